@@ -1,13 +1,40 @@
+# The report: every cell's metrics -> one Parquet table, the paper tables (Markdown, LaTeX, CSV)
+# and figures (PNG, SVG). Every table and figure goes into `snakemake --report` with its caption
+# from workflow/report/; the file names come from relapse.report.plan.
+
+from relapse.report import plan as report_plan
+
+
+report: "../report/workflow.rst"
+
+
+# Optional inputs: survival diagnostics files and a relearning-curves table, once stages write
+# them. The matching figure becomes an output exactly when its input list is non-empty.
+REPORT_DIAGNOSTICS = grid.diagnostics_files(config)
+REPORT_RELEARN = []
+
+
 rule report:
     input:
-        [cell.metrics for cell in grid.cells(config)],
+        metrics=[cell.metrics for cell in grid.cells(config)],
+        diagnostics=REPORT_DIAGNOSTICS,
+        relearn=REPORT_RELEARN,
     output:
-        table="results/tables/metrics.parquet",
-        markdown="results/tables/summary.md",
-        csv="results/tables/summary.csv",
+        **{
+            key: (
+                report(o.path, caption=o.caption, category=o.category,
+                       subcategory=o.subcategory, labels=o.labels)
+                if o.caption
+                else o.path
+            )
+            for key, o in report_plan.outputs(
+                diagnostics=bool(REPORT_DIAGNOSTICS), relearn=bool(REPORT_RELEARN)
+            ).items()
+        },
     params:
         # The whole config goes into the tables' provenance, so the report reruns on any change.
         settings=as_json({"config": config}),
+        optional=lambda w, input: report_plan.optional_flags(input.diagnostics, input.relearn),
     log:
         "logs/report/report.log",
     benchmark:
@@ -19,4 +46,5 @@ rule report:
         ENV
     shell:
         "relapse report --settings {params.settings:q} --table {output.table} "
-        "--markdown {output.markdown} --csv {output.csv} {input} > {log} 2>&1"
+        f"--tables {report_plan.TABLES_DIR} --figures {report_plan.FIGURES_DIR} "
+        "{input.metrics}{params.optional} > {log} 2>&1"

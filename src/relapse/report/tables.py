@@ -1,4 +1,5 @@
-"""results/tables/metrics.parquet (a concat: every row carries its keys) and the summary table.
+"""results/tables/metrics.parquet (a concat: every row carries its keys) and the summary table
+(the paper tables are in paper_tables.py; build.py writes everything).
 
 Knowledge retained = metric(unlearned, q) / metric(target, q), at matched quantization q: the
 seed paper's "21% → 83%" quantity. It is only meaningful against the target quantized the same
@@ -75,20 +76,3 @@ def to_markdown(table: pd.DataFrame, caption: str) -> str:
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([f"**{caption}**", "", header, rule, *body, ""])
 
-
-def build_report(inputs: list[str], cfg: dict, table_out: str, markdown_out: str,
-                 csv_out: str) -> None:
-    from relapse.io import atomic_file, write_parquet
-    from relapse.provenance import provenance
-
-    metrics = concat_metrics(inputs)
-    write_parquet(table_out, metrics, provenance(cfg))
-    table = summary_table(metrics)
-    caption = ("Per quant: KnowMem_f, VerbMem_f, KnowMem_r (ROUGE-L F1 x100, loss variant "
-               f"{cfg['unlearning'].get('loss_variant', 'paper')}), PrivLeak (Min-K% AUC vs the "
-               "retrain model's at the same quant, %), PPL_r (retain_eval perplexity) where "
-               "computed, and retained. " + RETAINED_CAPTION)
-    with atomic_file(markdown_out) as tmp:
-        tmp.write_text(to_markdown(table, caption))
-    with atomic_file(csv_out) as tmp:
-        table.to_csv(tmp, index=False)

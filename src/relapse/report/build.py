@@ -1,0 +1,127 @@
+"""The report stage: every cell's metrics -> results/tables/* and results/figures/*.
+
+Outputs (names fixed in plan.py, which workflow/rules/report.smk declares):
+  tables/metrics.parquet          every metric row, with provenance
+  tables/summary.{md,csv}         quick per-quant overview (what `make run` prints)
+  tables/selection.csv            the selected hp of each method, and whether it met the floor
+  tables/{main,retained,grid}.{md,tex,csv}   the paper tables (a), (b), (c)
+  figures/{retained_by_precision,retained_heatmap}.{png,svg}
+  figures/survival_by_layer.{png,svg}   only with diagnostics
+  figures/relearn_curves.{png,svg}      only with a relearning table
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from relapse.report import captions
+from relapse.report.measures import quant_order, wide
+from relapse.report.plan import DIAGNOSTICS_FIGURE, FIGURES, RELEARN_FIGURE
+from relapse.report.paper_tables import PaperTable, grid_table, main_table, retained_table
+from relapse.report.selection import select_hps
+
+DEFAULT_REPORT = {"retained_metrics": ["knowmem_forget", "verbmem_forget"],
+                  "selection": {"quant": "none-w16", "min_retain_pct": 90.0}}
+
+
+def report_settings(cfg: dict) -> dict:
+    got = cfg.get("report", {})
+    return {"retained_metrics": got.get("retained_metrics", DEFAULT_REPORT["retained_metrics"]),
+            "selection": {**DEFAULT_REPORT["selection"], **got.get("selection", {})}}
+
+
+def with_keys(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The metrics table as published: every key column present (`stage` = evaluate for rows
+    of the evaluation stage)."""
+    if "stage" not in metrics:
+        metrics = metrics.assign(stage="evaluate")
+    return metrics
+
+
+def paper_tables(metrics: pd.DataFrame, cfg: dict) -> tuple[dict[str, PaperTable], pd.DataFrame,
+                                                             pd.DataFrame, list[str]]:
+    """(tables by name, the wide frame, the selection, the quant order)."""
+    settings = report_settings(cfg)
+    cfg = {**cfg, "report": settings}
+    retained = list(dict.fromkeys(["knowmem_forget", *settings["retained_metrics"]]))
+    frame = wide(metrics, retained)
+    quants = quant_order(metrics)
+    chosen = select_hps(frame, settings["selection"])
+    tables = {
+        "main": main_table(frame, chosen, quants, captions.main_caption(cfg)),
+        "retained": retained_table(frame, chosen, quants, settings["retained_metrics"],
+                                   captions.retained_caption(cfg)),
+        "grid": grid_table(frame, quants, captions.grid_caption(cfg)),
+    }
+    return tables, frame, chosen, quants
+
+
+def _write_text(path: Path, text: str) -> None:
+    from relapse.io import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    from relapse.io import atomic_file
+
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_tables(tables: dict[str, PaperTable], chosen: pd.DataFrame, tables_dir: Path) -> None:
+    from relapse.report.latex import to_latex
+    from relapse.report.markdown import to_markdown
+
+    marks = {(b, m): "†" for b, m, ok in zip(chosen.bench, chosen.method, chosen.meets_floor)
+             if not ok}
+    for name, table in tables.items():
+        labels = ("method", "hp") if name == "grid" else ("method",)
+        _write_text(tables_dir / f"{name}.md", to_markdown(table, marks=marks))
+        _write_text(tables_dir / f"{name}.tex", to_latex(table, labels, marks=marks))
+        _write_csv(tables_dir / f"{name}.csv", table.flat())
+    _write_csv(tables_dir / "selection.csv", chosen)
+
+
+def write_figures(frame: pd.DataFrame, chosen: pd.DataFrame, quants: list[str], figures_dir: Path,
+                  diagnostics: pd.DataFrame | None = None, relearn: pd.DataFrame | None = None
+                  ) -> list[Path]:
+    from relapse.report import figures
+
+    out = figures.save(figures.retained_bars(frame, chosen, quants), figures_dir / FIGURES[0])
+    out += figures.save(figures.retained_heatmap(frame, quants), figures_dir / FIGURES[1])
+    if diagnostics is not None:
+        out += figures.save(figures.survival_by_layer(diagnostics, chosen),
+                            figures_dir / DIAGNOSTICS_FIGURE)
+    if relearn is not None:
+        out += figures.save(figures.relearn_curves(relearn, chosen), figures_dir / RELEARN_FIGURE)
+    return out
+
+
+def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir: str | Path,
+                 figures_dir: str | Path, diagnostics: list[str] | None = None,
+                 relearn: str | None = None) -> None:
+    from relapse.io import write_parquet
+    from relapse.provenance import provenance
+    from relapse.report.inputs import read_diagnostics, read_relearn
+    from relapse.report.tables import concat_metrics, summary_table, to_markdown
+
+    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
+    metrics = with_keys(concat_metrics(inputs))
+    write_parquet(table_out, metrics, provenance(cfg, report=report_settings(cfg)))
+
+    summary = summary_table(metrics)
+    caption = ("Per quant: KnowMem_f, VerbMem_f, KnowMem_r (ROUGE-L F1 x100, loss variant "
+               f"{cfg['unlearning'].get('loss_variant', 'paper')}), PrivLeak (Min-K% AUC vs the "
+               "retrain model's at the same quant, %), PPL_r (retain_eval perplexity) where "
+               "computed, and retained. " + captions.RETAINED_DEFINITION + ", for KnowMem_f.")
+    _write_text(tables_dir / "summary.md", to_markdown(summary, caption))
+    _write_csv(tables_dir / "summary.csv", summary)
+
+    tables, frame, chosen, quants = paper_tables(metrics, cfg)
+    write_tables(tables, chosen, tables_dir)
+    write_figures(frame, chosen, quants, figures_dir, read_diagnostics(diagnostics or []),
+                  read_relearn(relearn))

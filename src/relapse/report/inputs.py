@@ -1,0 +1,51 @@
+"""The optional tables the report plots when a run has them, and their schemas.
+
+Survival diagnostics (one file per cell, `results/{bench}/{method}/{hp}/s{seed}/{quant}/
+diagnostics.parquet`): a row per decoder Linear layer of an unlearned x quantized model.
+Relearning curves (one table, `--relearn`): a row per (model, quant, attack step, metric).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+DIAGNOSTICS_COLUMNS = {
+    "bench": "benchmark", "method": "unlearning method", "hp": "hp id", "seed": "seed",
+    "quant": "quant id", "scheme": "quant scheme", "bits": "bit width",
+    "module": "module name, e.g. model.layers.0.self_attn.q_proj", "layer": "decoder layer index",
+    "delta_over_step": "mean |W_u - W_t| / quantization step",
+    "same_code_fraction": "share of weights whose quantized code equals the target's",
+    "update_survival": "projection of the quantized update onto the full-precision one on "
+                       "forget activations (1: survives, 0: erased)",
+    "cosine": "cosine of the two updates", "norm_ratio": "norm of quantized / full update",
+}
+RELEARN_COLUMNS = {
+    "bench": "benchmark", "method": "unlearning method", "hp": "hp id", "seed": "seed",
+    "quant": "quant id", "step": "relearning step (0 = before the attack)",
+    "metric": "metric name, as in metrics.parquet", "split": "split", "value": "the metric's value",
+}
+
+
+def _check(frame: pd.DataFrame, required: dict, what: str) -> pd.DataFrame:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: missing columns {', '.join(missing)}; "
+                         f"expected {', '.join(required)}")
+    return frame
+
+
+def read_diagnostics(paths: list[str | Path]) -> pd.DataFrame | None:
+    """Concatenate the diagnostics files that exist; None when there are none."""
+    frames = [pd.read_parquet(p) for p in paths if Path(p).exists()]
+    if not frames:
+        return None
+    return _check(pd.concat(frames, ignore_index=True), DIAGNOSTICS_COLUMNS, "diagnostics")
+
+
+def read_relearn(path: str | Path | None) -> pd.DataFrame | None:
+    if not path or not Path(path).exists():
+        return None
+    frame = pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path)
+    return _check(frame, RELEARN_COLUMNS, "relearn table")

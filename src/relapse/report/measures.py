@@ -1,0 +1,122 @@
+"""The named quantities the paper tables show, and the seed-averaged wide frame they come from.
+
+A *measure* is one (metric, split, stat) row family of metrics.parquet. `wide()` turns the tidy
+table into one row per (bench, method, hp, quant) with a column per measure (mean over seeds),
+plus `retained <measure>` = measure(unlearned, q) / measure(target, q) at matched quant q.
+Quant columns are read from the data: scheme names are never hard-coded here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str        # column name in frames and CSV
+    metric: str
+    split: str
+    stat: str
+    label: str       # Markdown header
+    tex: str         # LaTeX header
+
+
+# The seed paper's four criteria (MUSE's C1-C4), in its column order.
+MAIN = (
+    Measure("VerbMem_f", "verbmem", "forget", "rougeL_f1", "M1 VerbMem_f ↓", r"M1 VerbMem$_f\downarrow$"),
+    Measure("KnowMem_f", "knowmem", "forget", "rougeL_f1", "M2 KnowMem_f ↓", r"M2 KnowMem$_f\downarrow$"),
+    Measure("PrivLeak", "privleak", "forget", "privleak", "M3 PrivLeak →0", r"M3 PrivLeak$\to0$"),
+    Measure("KnowMem_r", "knowmem", "retain", "rougeL_f1", "M4 KnowMem_r ↑", r"M4 KnowMem$_r\uparrow$"),
+)
+# Quantities whose ratio to the target makes sense: the choices of `report.retained_metrics`.
+RETAINABLE = {
+    "knowmem_forget": Measure("KnowMem_f", "knowmem", "forget", "rougeL_f1", "KnowMem_f", r"KnowMem$_f$"),
+    "verbmem_forget": Measure("VerbMem_f", "verbmem", "forget", "rougeL_f1", "VerbMem_f", r"VerbMem$_f$"),
+    "verbmem_facts_forget": Measure("Facts_f", "verbmem_facts", "forget", "facts_recalled",
+                                    "Facts_f", r"Facts$_f$"),
+    "qa_em_forget": Measure("QA-EM_f", "qa_em", "forget", "exact_match", "QA-EM_f", r"QA-EM$_f$"),
+    "knowmem_retain": Measure("KnowMem_r", "knowmem", "retain", "rougeL_f1", "KnowMem_r", r"KnowMem$_r$"),
+}
+KEYS = ["bench", "method", "hp", "quant"]
+_QUANT_RE = re.compile(r"^(?P<name>.+)-w(?P<bits>\d+)$")
+_REFERENCE_ORDER = {"target": 0, "retrain": 1}
+
+
+def is_utility_constrained(method: str) -> bool:
+    """GDR and KLR variants: unlearning with a retain-set regularizer (npo_gdr, ga_klr_sure, ...)."""
+    return "_gdr" in method or "_klr" in method
+
+
+def measures(retained: list[str] | tuple[str, ...] = ()) -> list[Measure]:
+    """The main four, then every retained quantity not already among them."""
+    out = list(MAIN)
+    for key in retained:
+        if RETAINABLE[key].name not in {m.name for m in out}:
+            out.append(RETAINABLE[key])
+    return out
+
+
+def wide(metrics: pd.DataFrame, retained: list[str] | tuple[str, ...] = ("knowmem_forget",)
+         ) -> pd.DataFrame:
+    """One row per (bench, method, hp, quant): the seed mean of each measure (NaN when the run
+    did not compute it), its CI bounds (`<name> lo`, `<name> hi`, seed means of the bootstrap
+    bounds), and `retained <name>` for each retained key."""
+    wanted = measures(retained)
+    frames = []
+    for m in wanted:
+        rows = metrics[(metrics.metric == m.metric) & (metrics.split == m.split)
+                       & (metrics.stat == m.stat)]
+        agg = rows.groupby(KEYS, sort=False)[["value", "ci_low", "ci_high"]].mean()
+        frames.append(agg.rename(columns={"value": m.name, "ci_low": f"{m.name} lo",
+                                          "ci_high": f"{m.name} hi"}))
+    cells = metrics[KEYS].drop_duplicates().set_index(KEYS)
+    out = cells.join(frames, how="left") if frames else cells
+    for m in wanted:      # measures absent from the whole run are still columns, all NaN
+        for col in (m.name, f"{m.name} lo", f"{m.name} hi"):
+            if col not in out:
+                out[col] = float("nan")
+    out = out.reset_index()
+    target = out[out.method == "target"].set_index(["bench", "quant"])
+    for key in retained:
+        name = RETAINABLE[key].name
+        ref = out.set_index(["bench", "quant"]).index.map(target[name].to_dict())
+        ref = pd.Series(ref, index=out.index, dtype=float)
+        ref = ref.where(ref != 0)
+        for suffix in ("", " lo", " hi"):
+            out[f"retained {name}{suffix}"] = out[f"{name}{suffix}"] / ref
+    return out
+
+
+def quant_order(metrics: pd.DataFrame) -> list[str]:
+    """Quant ids present: full precision first, then schemes in order of first appearance, each
+    from the most bits to the fewest."""
+    quants = list(dict.fromkeys(metrics.quant))
+    seen = list(dict.fromkeys(quant_parts(q)[0] for q in quants))
+    names = sorted(seen, key=lambda n: (n != "none", seen.index(n)))
+    return sorted(quants, key=lambda q: (names.index(quant_parts(q)[0]), -quant_parts(q)[1]))
+
+
+def quant_parts(quant: str) -> tuple[str, int]:
+    match = _QUANT_RE.match(quant)
+    if not match:
+        return quant, 0
+    return match.group("name"), int(match.group("bits"))
+
+
+def quant_label(quant: str) -> str:
+    """`none-w16` -> `full (16-bit)`, `rtn-w4` -> `rtn 4-bit`, `bnb_nf4-w4` -> `bnb_nf4 4-bit`."""
+    name, bits = quant_parts(quant)
+    if name == "none":
+        return f"full ({bits}-bit)"
+    return f"{name} {bits}-bit" if bits else quant
+
+
+def method_order(methods) -> list[str]:
+    """target, retrain, then the unlearning methods in order of first appearance."""
+    methods = list(dict.fromkeys(methods))
+    return sorted(methods, key=lambda m: (_REFERENCE_ORDER.get(m, 2), methods.index(m)))
+

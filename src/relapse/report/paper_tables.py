@@ -1,0 +1,125 @@
+"""The paper tables, as data: (a) main, (b) knowledge retained, (c) the full grid.
+
+Each is a `PaperTable`: label columns (bench, method, hp) and value columns grouped by precision
+(one group per quant id in the data, full precision first). `latex.py` and `markdown.py` render
+them; `flat()` is the CSV (full precision numbers, no rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from relapse.grid import BASELINES
+from relapse.report.measures import (MAIN, RETAINABLE, Measure, is_utility_constrained,
+                                     method_order)
+
+MEAN_ROW = "mean (GDR/KLR)"
+
+
+@dataclass
+class PaperTable:
+    name: str
+    caption: str
+    labels: pd.DataFrame                 # bench, method, hp (strings), one row per table row
+    groups: list[str]                    # quant ids, in column order
+    columns: list[Measure]               # the measures under each group
+    values: pd.DataFrame                 # columns "<quant>|<measure name>", same rows as labels
+    percent: bool = False                # values are ratios x 100 (%)
+    notes: list[str] = field(default_factory=list)
+
+    def column(self, quant: str, measure: str) -> pd.Series:
+        return self.values[f"{quant}|{measure}"]
+
+    def flat(self) -> pd.DataFrame:
+        """The CSV: label columns, then `<quant> <measure>` columns."""
+        vals = self.values.copy()
+        vals.columns = [c.replace("|", " ") for c in vals.columns]
+        return pd.concat([self.labels.reset_index(drop=True), vals.reset_index(drop=True)], axis=1)
+
+
+def _values(rows: pd.DataFrame, quants: list[str], cols: list[tuple[str, str, float]]
+            ) -> pd.DataFrame:
+    """For each row (bench, method, hp) of `rows`, the wide frame's `source` column at each
+    quant times `scale`, named `<quant>|<name>`; `cols` is [(name, source column, scale)]."""
+    out = {}
+    for quant in quants:
+        for name, source, scale in cols:
+            out[f"{quant}|{name}"] = [row.get((quant, source), float("nan")) * scale
+                                      for row in rows["_cells"]]
+    return pd.DataFrame(out, index=rows.index)
+
+
+def _index_cells(wide: pd.DataFrame) -> dict:
+    """(bench, method, hp) -> {(quant, column): value}."""
+    out: dict = {}
+    value_cols = [c for c in wide.columns if c not in ("bench", "method", "hp", "quant")]
+    for rec in wide.to_dict("records"):
+        cell = out.setdefault((rec["bench"], rec["method"], rec["hp"]), {})
+        for col in value_cols:
+            cell[(rec["quant"], col)] = rec[col]
+    return out
+
+
+def _rows(wide: pd.DataFrame, chosen: pd.DataFrame | None) -> pd.DataFrame:
+    """Label rows: per bench, target, retrain, then each method at its selected hp (every hp of
+    every method when `chosen` is None)."""
+    cells = _index_cells(wide)
+    rows = []
+    for bench in dict.fromkeys(wide.bench):
+        in_bench = wide[wide.bench == bench]
+        for method in method_order(in_bench.method):
+            if chosen is not None and method not in BASELINES:
+                hit = chosen[(chosen.bench == bench) & (chosen.method == method)]
+                hps = list(hit.hp)
+            else:
+                hps = sorted(dict.fromkeys(in_bench[in_bench.method == method].hp))
+            for hp in hps:
+                rows.append({"bench": bench, "method": method, "hp": hp,
+                             "_cells": cells.get((bench, method, hp), {})})
+    return pd.DataFrame(rows, columns=["bench", "method", "hp", "_cells"])
+
+
+def main_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
+               caption: str) -> PaperTable:
+    """(a) Rows: target, retrain, each method at its selected hp; per quant: M1-M4."""
+    rows = _rows(wide, chosen)
+    values = _values(rows, quants, [(m.name, m.name, 1.0) for m in MAIN])
+    notes = [f"† {b}/{m}: no hp met the KnowMem_r floor" for b, m, ok in
+             zip(chosen.bench, chosen.method, chosen.meets_floor) if not ok]
+    return PaperTable("main", caption, rows[["bench", "method", "hp"]], quants, list(MAIN),
+                      values, notes=notes)
+
+
+def retained_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
+                   retained: list[str], caption: str) -> PaperTable:
+    """(b) Knowledge retained (unlearned / target at matched quant) per method x precision, for
+    each retained measure, with the retrain model as a reference row and, per bench, the mean
+    over the utility-constrained (GDR/KLR) methods."""
+    measures = [RETAINABLE[k] for k in retained]
+    rows = _rows(wide, chosen)
+    rows = rows[rows.method != "target"].reset_index(drop=True)   # 100% by definition
+    values = _values(rows, quants, [(m.name, f"retained {m.name}", 100.0) for m in measures])
+    labels = rows[["bench", "method", "hp"]]
+    out_labels, out_values = [], []
+    for bench in dict.fromkeys(labels.bench):
+        mask = labels.bench == bench
+        out_labels.append(labels[mask])
+        out_values.append(values[mask])
+        constrained = mask & labels.method.map(is_utility_constrained)
+        if constrained.any():
+            out_labels.append(pd.DataFrame([{"bench": bench, "method": MEAN_ROW, "hp": ""}]))
+            out_values.append(values[constrained].mean().to_frame().T)
+    return PaperTable("retained", caption, pd.concat(out_labels, ignore_index=True), quants,
+                      measures, pd.concat(out_values, ignore_index=True), percent=True)
+
+
+def grid_table(wide: pd.DataFrame, quants: list[str], caption: str) -> PaperTable:
+    """(c) Every bench x method x hp: M1-M4 and KnowMem_f retained, per quant (appendix)."""
+    rows = _rows(wide, None)
+    ret = Measure("Ret_f", "knowmem", "forget", "retained", "KnowMem_f ret. %", r"Ret.$_f$ \%")
+    cols = [(m.name, m.name, 1.0) for m in MAIN] + [("Ret_f", "retained KnowMem_f", 100.0)]
+    values = _values(rows, quants, cols)
+    return PaperTable("grid", caption, rows[["bench", "method", "hp"]], quants, [*MAIN, ret],
+                      values)

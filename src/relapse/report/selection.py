@@ -1,0 +1,58 @@
+"""Hyperparameter selection: which hp of each method the paper tables show.
+
+The rule (config `report.selection`): at one quant (default `none-w16`, full precision, as the
+seed paper does), among the hps whose KnowMem_r is at least `min_retain_pct`% of the target's
+KnowMem_r at that quant, take the one with the lowest KnowMem_f (ties: higher KnowMem_r, then the
+hp id). When no hp meets the floor, the hp with the highest KnowMem_r is taken and the row is
+flagged (`meets_floor` false), so a table never silently shows an over-unlearned model.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from relapse.grid import BASELINES
+from relapse.report.measures import method_order
+
+DEFAULT = {"quant": "none-w16", "min_retain_pct": 90.0}
+
+
+def rule_text(selection: dict) -> str:
+    s = {**DEFAULT, **selection}
+    return (f"Hp selection: at {s['quant']}, among the hps keeping KnowMem_r >= "
+            f"{s['min_retain_pct']:g}% of the target's, the lowest KnowMem_f "
+            "(none qualifies: the highest KnowMem_r, marked †); averaged over seeds.")
+
+
+def select_hps(wide: pd.DataFrame, selection: dict | None = None) -> pd.DataFrame:
+    """One row per (bench, unlearning method): the selected hp, its KnowMem_f and KnowMem_r at
+    the selection quant, the floor, `meets_floor` and the number of candidate hps."""
+    s = {**DEFAULT, **(selection or {})}
+    quant, pct = s["quant"], float(s["min_retain_pct"])
+    at = wide[wide.quant == quant]
+    if at.empty:
+        present = ", ".join(dict.fromkeys(wide.quant))
+        raise ValueError(f"report.selection.quant: {quant!r} is not in the results; "
+                         f"present: {present}")
+    rows = []
+    for bench, group in at.groupby("bench", sort=False):
+        target = group[group.method == "target"].KnowMem_r
+        floor = pct / 100.0 * float(target.mean()) if len(target) else float("nan")
+        for method in method_order(group.method):
+            if method in BASELINES:
+                continue
+            cand = group[group.method == method]
+            ok = cand[cand.KnowMem_r >= floor - 1e-9]
+            if len(ok):
+                pick = ok.sort_values(["KnowMem_f", "KnowMem_r", "hp"],
+                                      ascending=[True, False, True]).iloc[0]
+            else:
+                pick = cand.sort_values(["KnowMem_r", "KnowMem_f", "hp"],
+                                        ascending=[False, True, True], na_position="last").iloc[0]
+            rows.append({"bench": bench, "method": method, "hp": pick.hp, "quant": quant,
+                         "KnowMem_f": pick.KnowMem_f, "KnowMem_r": pick.KnowMem_r,
+                         "floor_KnowMem_r": floor, "meets_floor": bool(len(ok)),
+                         "candidates": len(cand)})
+    return pd.DataFrame(rows, columns=["bench", "method", "hp", "quant", "KnowMem_f", "KnowMem_r",
+                                       "floor_KnowMem_r", "meets_floor", "candidates"])
+
