@@ -33,7 +33,7 @@ PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
-GPU_RULES = {"train_reference", "snap_reference", "unlearn", "quantize", "evaluate"}
+GPU_RULES = {"train_reference", "snap_reference", "unlearn", "quantize", "evaluate", "diagnose"}
 CPU_RULES = {"prepare_data", "train_tokenizer", "select_epoch", "report"}
 KEYS = ["bench", "method", "hp", "seed", "quant", "metric", "split", "stat"]
 

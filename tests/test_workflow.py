@@ -4,6 +4,7 @@ small config end to end: outputs, value ranges, no-op rerun, and a one-branch re
 from __future__ import annotations
 
 import collections
+import json
 import re
 import shutil
 import subprocess
@@ -51,7 +52,8 @@ def test_dry_run_of_the_default_plans_the_grid(tmp_path):
         "unlearn": 6,
         "select_epoch": 10,               # 2 arms x 5 unlearned models
         "quantize": 42, "evaluate": 42,   # 2 arms x (5 + target + retrain) x 3 quants
-        "report": 1, "all": 1, "total": 109}
+        "diagnose": 10,                   # one per unlearned model, over rtn-w8 and rtn-w4
+        "report": 1, "all": 1, "total": 119}
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -63,7 +65,7 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 def test_a_named_configfile_replaces_the_default(tmp_path):
     counts = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(ROOT / "tests/data/small.yaml")))
-    assert counts["unlearn"] == 4 and counts["evaluate"] == 16
+    assert counts["unlearn"] == 4 and counts["evaluate"] == 24 and counts["diagnose"] == 4
 
 
 @pytest.mark.slow
@@ -78,7 +80,7 @@ def test_small_config_end_to_end(tmp_path):
     assert set(keys) <= set(table.columns)
     assert set(table.bench) == {"small", "small-qat"}
     assert set(table.method) == {"target", "retrain", "npo_gdr", "ga_gdr"}
-    assert set(table.quant) == {"none-w16", "rtn-w4"}
+    assert set(table.quant) == {"none-w16", "rtn-w4", "bnb-w4"}
     assert (table.n > 0).all()
     assert ((table.ci_low <= table.value + 1e-9) & (table.value <= table.ci_high + 1e-9)).all()
     rouge = table[table.stat == "rougeL_f1"]
@@ -105,6 +107,21 @@ def test_small_config_end_to_end(tmp_path):
     summary = (tmp_path / "results" / "tables" / "summary.md").read_text()
     assert "retained" in summary and "npo_gdr" in summary
 
+    # Survival diagnostics: one file per unlearned model, a row per Linear and quant.
+    diag = pd.concat(pd.read_parquet(p) for p in
+                     (tmp_path / "results").glob("small*/*/*/s0/diagnostics.parquet"))
+    assert len(diag) == 2 * 2 * 2 * 28       # 2 arms x 2 methods x 2 quants x 28 Linear
+    assert set(diag.quant) == {"rtn-w4", "bnb-w4"}
+    full = diag[diag.method == "npo_gdr"]
+    assert (full.changed_fraction > 0).all() and full.update_survival.notna().all()
+    # lora_merge: adapter keeps the LoRA update in full precision: it survives exactly
+    lora = diag[(diag.method == "ga_gdr") & (diag.changed_fraction > 0)]
+    assert len(lora) and (lora.lora_merge == "adapter").all()
+    assert lora.update_survival.between(0.999, 1.001).all()
+    manifest = json.loads((tmp_path / "results" / "small" / "ga_gdr").glob("*/s0/bnb-w4/model")
+                          .__next__().joinpath("quant_manifest.json").read_text())
+    assert manifest["library"] == "bitsandbytes" and manifest["lora_merge"] == "adapter"
+
     # Nothing changed: nothing to do.
     assert planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(config))) == {}
 
@@ -113,8 +130,8 @@ def test_small_config_end_to_end(tmp_path):
     cfg["methods"]["npo_gdr"]["lr"] = 2.0e-4
     config.write_text(yaml.safe_dump(cfg))
     counts = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(config)))
-    assert counts == {"unlearn": 2, "select_epoch": 2, "quantize": 4, "evaluate": 4, "report": 1,
-                      "all": 1, "total": 14}
+    assert counts == {"unlearn": 2, "select_epoch": 2, "quantize": 6, "evaluate": 6,
+                      "diagnose": 2, "report": 1, "all": 1, "total": 20}
 
 
 def test_every_planned_shell_command_parses_with_the_cli(tmp_path):
@@ -135,4 +152,4 @@ def test_every_planned_shell_command_parses_with_the_cli(tmp_path):
         assert isinstance(json.loads(args.settings), dict)
         seen.add(args.command)
     assert seen == {"prepare-data", "train-tokenizer", "train-reference", "snap-reference",
-                    "unlearn", "select-epoch", "quantize", "evaluate", "report"}
+                    "unlearn", "select-epoch", "quantize", "diagnose", "evaluate", "report"}

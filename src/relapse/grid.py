@@ -209,3 +209,18 @@ def cells(cfg: dict) -> list[Cell]:
     for bench, method, hp, seed in unlearned_models(cfg):
         out += [Cell(bench, method, hp, seed, q) for q in quants]
     return out
+
+
+def diagnosed_quants(cfg: dict) -> list[str]:
+    """Quant ids the survival diagnostics cover: every scheme that changes the weights."""
+    from relapse.quantize.registry import get_quantizer
+
+    return [q for q, s in quant_settings(cfg).items() if not get_quantizer(s["scheme"]).is_identity]
+
+
+def diagnostics_files(cfg: dict) -> list[str]:
+    """One diagnostics.parquet per unlearned model, when enabled and some quant changes weights."""
+    if not cfg["quantization"]["diagnostics"]["enabled"] or not diagnosed_quants(cfg):
+        return []
+    return [f"results/{b}/{m}/{hp}/s{seed}/diagnostics.parquet"
+            for b, m, hp, seed in unlearned_models(cfg)]

@@ -71,7 +71,7 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
 
     from relapse.evaluate.registry import get_metric
     from relapse.io import write_parquet
-    from relapse.models.io import load_model, read_manifest
+    from relapse.models.io import read_manifest
     from relapse.models.tokenizer import load_tokenizer
     from relapse.provenance import provenance
     from relapse.seeding import seed_everything
@@ -81,7 +81,9 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
     seed_everything(0, threads)
     model_dir = Path(model_dir)
     dtype = "bfloat16" if device == "cuda" else "float32"
-    model = load_model(model_dir, device=device, dtype=dtype)
+    from relapse.quantize.runtime import load_quantized_model
+
+    model = load_quantized_model(model_dir, device=device, dtype=dtype)
     tokenizer = load_tokenizer(model_dir)
     quant = read_manifest(model_dir, "quant_manifest.json")
     ctx = EvalContext(model, tokenizer, Path(data_dir), eval_cfg, eval_cfg.get("batch_size", 32),

@@ -1,34 +1,93 @@
 """The quantizer registry. A quantizer changes a loaded model's weights in place (fake-quant:
-quantize then dequantize, so every scheme's output loads and runs the same way) and returns
-the settings it used, for the manifest."""
+quantize then dequantize, so every scheme's output loads and runs the same way on CPU and GPU)
+and returns the settings it used, for the manifest.
+
+Besides the weights, a quantizer records the quantization *step* of every weight it quantized
+(`QuantJob.record_step`), which the survival diagnostics divide weight updates by. A step is
+stored compactly per module as `step[out, groups]` plus `group_index[in]` (the group of each
+input column), which covers per-channel, per-group and GPTQ's act-order (g_idx) layouts alike.
+"""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 _QUANTIZERS: dict[str, "Quantizer"] = {}
 
 
+@dataclass
+class QuantJob:
+    """What a quantizer may need beyond the model: where the model came from (libraries that
+    load a folder themselves), the prepared data (calibration), a folder for the library's own
+    packed checkpoint, the device and thread count."""
+    source_dir: Path
+    out_dir: Path
+    data_dir: Path | None = None
+    device: str = "cpu"
+    threads: int = 1
+    steps: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def record_step(self, module: str, step, group_index) -> None:
+        self.steps[module] = (step.detach().float().cpu().contiguous(),
+                              group_index.detach().to(dtype=_int32()).cpu().contiguous())
+
+
+def _int32():
+    import torch
+
+    return torch.int32
+
+
+def uniform_group_index(in_features: int, group_size: int):
+    """group_index for consecutive groups of `group_size` input columns (-1: one group)."""
+    import torch
+
+    g = in_features if group_size in (-1, 0) or group_size >= in_features else group_size
+    return torch.arange(in_features) // g
+
+
 class Quantizer:
     name: str = ""
     supported_bits: tuple[int, ...] = ()
-    library: str = "torch"
-    is_identity: bool = False     # True: the weights are copied as they are
+    library: str = "torch"         # the distribution whose code does the quantizing
+    is_identity: bool = False      # True: the weights are copied as they are
+    needs_data: bool = False       # True: the stage passes the prepared data (calibration)
     settings_defaults: dict[str, Any] = {}
 
-    def check_settings(self, settings: dict[str, Any]) -> None:
+    def check_settings(self, settings: dict[str, Any], bits: int | None = None) -> None:
+        """Raise ValueError naming the bad key; called at config validation, before any job."""
         unknown = set(settings) - set(self.settings_defaults)
         if unknown:
             raise ValueError(f"{self.name}: unknown setting(s) {', '.join(sorted(unknown))}; "
                              f"allowed: {', '.join(sorted(self.settings_defaults)) or 'none'}")
+        self.validate({**self.settings_defaults, **settings}, bits)
 
-    def resolve(self, settings: dict[str, Any]) -> dict[str, Any]:
-        self.check_settings(settings)
+    def validate(self, settings: dict[str, Any], bits: int | None) -> None:
+        """Scheme-specific value checks (override)."""
+
+    def resolve(self, settings: dict[str, Any], bits: int | None = None) -> dict[str, Any]:
+        self.check_settings(settings, bits)
         return {**self.settings_defaults, **settings}
 
-    def quantize(self, model, bits: int, settings: dict[str, Any]) -> dict[str, Any]:
+    def library_version(self) -> str | None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        if self.library == "none":
+            return None
+        if self.library == "torch":
+            import torch
+
+            return torch.__version__
+        try:
+            return version(self.library)
+        except PackageNotFoundError:
+            return None
+
+    def quantize(self, model, bits: int, settings: dict[str, Any], job: QuantJob) -> dict[str, Any]:
         raise NotImplementedError
 
 

@@ -1,4 +1,10 @@
-"""The quantize stage: load a model of the grid, apply one scheme at one bit width, save it."""
+"""The quantize stage: load a model of the grid, apply one scheme at one bit width, save it.
+
+Output folder: the dequantized weights (model.safetensors, so the evaluation loads every scheme
+alike), the tokenizer, `quant_manifest.json` (scheme, bits, settings, library and version,
+source) and `quant_steps.safetensors` (the step of every quantized weight, for the survival
+diagnostics). With `lora_merge: adapter` a LoRA-unlearned model is its reference base quantized
+(the target's folder at the same quant, reused) plus the full-precision `adapter/` on top."""
 
 from __future__ import annotations
 
@@ -7,41 +13,102 @@ from pathlib import Path
 from typing import Any
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
+STEPS_FILE = "quant_steps.safetensors"
+MANIFEST = "quant_manifest.json"
+LORA_MERGE_MODES = ("merged", "adapter")
 
 
 def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bits: int,
-                   settings: dict[str, Any], device: str = "cpu", threads: int = 1) -> None:
+                   settings: dict[str, Any], device: str = "cpu", threads: int = 1,
+                   data_dir: str | Path | None = None, lora_merge: str = "merged",
+                   base_quant_dir: str | Path | None = None) -> dict:
     """Quantize the model folder `source_dir` (a reference or merged unlearned model) into
-    `out_dir`, with `quant_manifest.json` saying what was done, by which library."""
+    `out_dir`. Returns the manifest written."""
     from relapse.io import atomic_dir, write_json
     from relapse.models.io import TOKENIZER_FILES, read_manifest
     from relapse.provenance import provenance
-    from relapse.quantize.registry import get_quantizer
+    from relapse.quantize.registry import QuantJob, get_quantizer
 
     quantizer = get_quantizer(scheme)
     if bits not in quantizer.supported_bits:
         raise ValueError(f"{scheme} does not support {bits} bits; "
                          f"supported: {', '.join(map(str, quantizer.supported_bits))}")
+    if lora_merge not in LORA_MERGE_MODES:
+        raise ValueError(f"lora_merge must be one of {LORA_MERGE_MODES}, got {lora_merge!r}")
+    import time
+
+    start = time.time()
     source_dir = Path(source_dir)
+    adapter_mode = lora_merge == "adapter" and (source_dir / "adapter").is_dir()
+    if adapter_mode and base_quant_dir is None:
+        raise ValueError(f"{source_dir} is a LoRA run and lora_merge is 'adapter': the quantized "
+                         "base (--base-quant) is needed")
+    manifest_extra: dict[str, Any] = {"lora_merge": "adapter" if adapter_mode else "merged"}
     with atomic_dir(out_dir) as tmp:
-        if quantizer.is_identity:
+        if adapter_mode:
+            # The base is quantized once, in the target's cell; reuse exactly those weights.
+            base = Path(base_quant_dir)
+            base_manifest = read_manifest(base, MANIFEST)
+            if (base_manifest.get("scheme"), base_manifest.get("bits")) != (scheme, bits):
+                raise ValueError(f"{base}: quantized as {base_manifest.get('scheme')}-"
+                                 f"{base_manifest.get('bits')}, not {scheme}-{bits}")
+            for name in MODEL_FILES + (STEPS_FILE,):
+                if (base / name).exists():
+                    shutil.copy2(base / name, tmp / name)
+            shutil.copytree(source_dir / "adapter", tmp / "adapter")
+            for name in TOKENIZER_FILES:
+                if (source_dir / name).exists():
+                    shutil.copy2(source_dir / name, tmp / name)
+            used = base_manifest.get("settings", {})
+            manifest_extra["base_quant"] = str(base)
+        elif quantizer.is_identity:
             # Byte copies: the full-precision cell needs neither torch nor a load/save round trip.
             for name in MODEL_FILES + TOKENIZER_FILES:
                 if (source_dir / name).exists():
                     shutil.copy2(source_dir / name, tmp / name)
-            used = quantizer.resolve(settings)
+            used = quantizer.resolve(settings, bits)
         else:
+            from safetensors.torch import save_file
+
             from relapse.models.io import copy_tokenizer, load_model, save_model
             from relapse.seeding import seed_everything
 
             seed_everything(0, threads)
             model = load_model(source_dir, device=device)
-            used = quantizer.quantize(model, bits, settings)
+            job = QuantJob(source_dir=source_dir, out_dir=tmp,
+                           data_dir=Path(data_dir) if data_dir else None,
+                           device=device, threads=threads)
+            used = quantizer.quantize(model, bits, settings, job)
             save_model(model, tmp)
             copy_tokenizer(source_dir, tmp)
-        write_json(tmp / "quant_manifest.json", {
+            tensors = {}
+            for module, (step, group_index) in job.steps.items():
+                tensors[f"step/{module}"] = step
+                tensors[f"group_index/{module}"] = group_index
+            save_file(tensors, str(tmp / STEPS_FILE))
+        manifest = {
             "scheme": scheme, "bits": bits, "settings": used, "library": quantizer.library,
+            "library_version": quantizer.library_version(), **manifest_extra,
+            "seconds": round(time.time() - start, 3),
             "source": str(source_dir),
             "source_manifest": read_manifest(source_dir, "unlearn_manifest.json")
             or read_manifest(source_dir, "reference_manifest.json"),
-            **provenance()})
+            **provenance()}
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def read_steps(model_dir: str | Path) -> dict[str, Any]:
+    """module -> per-weight quantization step [out, in], from quant_steps.safetensors."""
+    from safetensors.torch import load_file
+
+    file = Path(model_dir) / STEPS_FILE
+    if not file.exists():
+        return {}
+    raw = load_file(str(file))
+    out = {}
+    for key, step in raw.items():
+        if key.startswith("step/"):
+            module = key[len("step/"):]
+            out[module] = step[:, raw[f"group_index/{module}"].long()]
+    return out

@@ -9,5 +9,5 @@ class FullPrecision(Quantizer):
     library = "none"
     is_identity = True
 
-    def quantize(self, model, bits, settings):
+    def quantize(self, model, bits, settings, job):
         return {}

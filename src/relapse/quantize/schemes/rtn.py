@@ -1,19 +1,37 @@
-from relapse.quantize.registry import Quantizer, register_quantizer
+from relapse.quantize.modules import MODULE_SETTINGS
+from relapse.quantize.registry import Quantizer, register_quantizer, uniform_group_index
 
 
 @register_quantizer
 class RoundToNearest(Quantizer):
-    """Integer RTN (relapse.quantize.rtn) on the decoder Linear weights; `extra_modules` adds
-    e.g. lm_head."""
+    """Integer RTN (relapse.quantize.rtn), per channel (group_size -1) or per group of input
+    columns, symmetric or asymmetric: the scheme of the seed paper's theory, exact and fast."""
     name = "rtn"
     supported_bits = (2, 3, 4, 5, 6, 7, 8)
-    settings_defaults = {"group_size": 64, "symmetric": False, "extra_modules": []}
+    settings_defaults = {"group_size": 64, "symmetric": False, **MODULE_SETTINGS}
 
-    def quantize(self, model, bits, settings):
-        from relapse.quantize.rtn import quantize_linear_layers
-        from relapse.unlearn.params import decoder_linear_names
+    def validate(self, settings, bits):
+        g = settings["group_size"]
+        if not isinstance(g, int) or (g < 1 and g != -1):
+            raise ValueError(f"rtn: group_size must be a positive integer or -1 (per channel), "
+                             f"got {g!r}")
 
-        settings = self.resolve(settings)
-        names = decoder_linear_names(model) + list(settings["extra_modules"])
-        n = quantize_linear_layers(model, names, bits, settings["group_size"], settings["symmetric"])
-        return {**settings, "modules": len(names), "weights_quantized": n}
+    def quantize(self, model, bits, settings, job):
+        import torch
+
+        from relapse.quantize.modules import quantized_module_names
+        from relapse.quantize.rtn import rtn_codes, rtn_dequantize
+
+        settings = self.resolve(settings, bits)
+        names = quantized_module_names(model, settings)
+        count = 0
+        with torch.no_grad():
+            for name in names:
+                weight = model.get_submodule(name).weight
+                codes, scale, zero = rtn_codes(weight, bits, settings["group_size"],
+                                               settings["symmetric"])
+                weight.copy_(rtn_dequantize(codes, scale, zero, weight.shape))
+                job.record_step(name, scale.squeeze(-1),
+                                uniform_group_index(weight.shape[1], settings["group_size"]))
+                count += weight.numel()
+        return {**settings, "modules": len(names), "weights_quantized": count}

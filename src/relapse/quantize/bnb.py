@@ -1,0 +1,77 @@
+"""bitsandbytes quantization of one weight matrix, on CPU or CUDA, returning the dequantized
+weight and its quantization step in the registry's (step[out, groups], group_index[in]) form.
+
+For the 4-bit codebooks (fp4, nf4: 16 values spanning [-1, 1] times the block's absmax) the grid
+is not uniform; the step we report is the mean spacing, absmax · 2/15."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _require_bnb():
+    try:
+        import bitsandbytes  # noqa: F401
+        import bitsandbytes.functional as F
+    except ImportError as err:  # pragma: no cover - installed with the project
+        raise RuntimeError("scheme bnb needs the bitsandbytes package "
+                           "(pip install -c constraints.txt bitsandbytes)") from err
+    return F
+
+
+def bnb_4bit(weight: torch.Tensor, quant_type: str = "fp4", blocksize: int = 64,
+             double_quant: bool = False):
+    F = _require_bnb()
+    w = weight.detach().float().contiguous()
+    rows, cols = w.shape
+    # bitsandbytes blocks the row-major flattened weight. Its CPU dequantize kernel (0.50.2)
+    # gets blocks that straddle rows wrong (in_features % blocksize != 0: errors up to the
+    # absmax), so hand it the same blocks as rows of a [blocks, blocksize] matrix; zero padding
+    # of the last block changes no absmax.
+    flat = w.reshape(-1)
+    pad = (-flat.numel()) % blocksize
+    blocks = torch.nn.functional.pad(flat, (0, pad)).reshape(-1, blocksize)
+    packed, state = F.quantize_4bit(blocks, blocksize=blocksize, quant_type=quant_type,
+                                    compress_statistics=double_quant)
+    deq_blocks = F.dequantize_4bit(packed, state).reshape(blocks.shape).float()
+    dequantized = deq_blocks.reshape(-1)[: flat.numel()].reshape(w.shape)
+    # The element of largest magnitude in a block maps to the codebook's ±1, so the block's
+    # (double-quant-dequantized) absmax is exactly the largest dequantized magnitude.
+    step_per_block = deq_blocks.abs().amax(-1) * (2.0 / 15.0)
+    if cols % blocksize == 0:
+        step = step_per_block.reshape(rows, cols // blocksize)
+        group_index = torch.arange(cols) // blocksize
+    else:
+        # Blocks straddle rows: store one step per weight.
+        step = step_per_block.repeat_interleave(blocksize)[: rows * cols].reshape(rows, cols)
+        group_index = torch.arange(cols)
+    return dequantized.to(weight.dtype), step, group_index
+
+
+def bnb_int8(weight: torch.Tensor):
+    """LLM.int8's weight quantization: per output row, codes = round(127 · w / absmax)."""
+    F = _require_bnb()
+    w = weight.detach().float().contiguous()
+    codes, row_absmax, _ = F.int8_vectorwise_quant(w)
+    dequantized = codes.float() * (row_absmax.float()[:, None] / 127.0)
+    step = (row_absmax.float() / 127.0)[:, None]
+    return dequantized.to(weight.dtype), step, torch.zeros(w.shape[1], dtype=torch.long)
+
+
+def swap_in_int8_linear(model, names: list[str], threshold: float) -> None:
+    """Replace the named Linear modules by bitsandbytes' Linear8bitLt (LLM.int8 matmul with
+    outlier decomposition), built from weights already on the int8 grid (re-quantizing them
+    gives back the same codes)."""
+    import bitsandbytes as bnb
+
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        new = bnb.nn.Linear8bitLt(old.in_features, old.out_features, bias=old.bias is not None,
+                                  has_fp16_weights=False, threshold=threshold)
+        new.weight = bnb.nn.Int8Params(old.weight.data.clone(), requires_grad=False,
+                                       has_fp16_weights=False)
+        if old.bias is not None:
+            new.bias = torch.nn.Parameter(old.bias.data.clone(), requires_grad=False)
+        setattr(parent, child, new.to(old.weight.device))

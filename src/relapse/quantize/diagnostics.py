@@ -1,0 +1,173 @@
+"""Quantization survival diagnostics (DESIGN §8): does an unlearning update survive quantization?
+
+Per decoder Linear module of an unlearned model, at each quantization of the grid, against the
+target quantized the same way (W: full precision, Q: the quantized weights; t target, u unlearned;
+x: the module's input activations on forget texts, in the unlearned full-precision model):
+
+- delta_over_step: mean |W_u − W_t| / step_t, the update in units of the quantization step of
+  the target's grid (the step a weight must move to change its code);
+- same_code_fraction: fraction of weights with Q(W_u) = Q(W_t), i.e. the same quantized value
+  (the same code where the grid did not move);
+- update_survival: the projection of the quantized update onto the full-precision one,
+  ⟨ΔQ·x, ΔW·x⟩ / ‖ΔW·x‖² summed over forget tokens (= cosine × norm_ratio). About 1: the
+  unlearning survives quantization; about 0: quantization erased it.
+
+AWQ folds per-channel scales into the norms and the preceding Linear rows, so its quantized
+Linear weights live in a different basis from the full-precision ones and the per-module
+comparison is undefined: its rows carry NaN and say why in `note`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DIAGNOSTICS_DEFAULTS = {"split": "forget", "samples": 32, "max_tokens": 128}
+
+
+def update_projection(delta_w, delta_q, x) -> dict[str, float]:
+    """⟨ΔQ·x, ΔW·x⟩/‖ΔW·x‖², the cosine and the norm ratio, with x [tokens, in] and Δ [out, in]."""
+    dw = x.double() @ delta_w.double().T
+    dq = x.double() @ delta_q.double().T
+    return _ratios(float((dq * dw).sum()), float((dq * dq).sum()), float((dw * dw).sum()))
+
+
+def _ratios(dot: float, qq: float, ww: float) -> dict[str, float]:
+    nan = float("nan")
+    if ww == 0.0:
+        return {"update_survival": nan, "cosine": nan, "norm_ratio": nan}
+    cosine = dot / (qq ** 0.5 * ww ** 0.5) if qq > 0 else nan
+    return {"update_survival": dot / ww, "cosine": cosine, "norm_ratio": (qq / ww) ** 0.5}
+
+
+def weight_diagnostics(w_t, w_u, q_t, q_u, step_t) -> dict[str, float]:
+    delta = (w_u.double() - w_t.double()).abs()
+    return {"n_weights": int(w_t.numel()),
+            "mean_abs_delta": float(delta.mean()),
+            "delta_over_step": float((delta / step_t.double().clamp(min=1e-12)).mean()),
+            "changed_fraction": float((w_u != w_t).double().mean()),
+            "same_code_fraction": float((q_u == q_t).double().mean())}
+
+
+def _linear_weights(model_dir: Path) -> dict[str, Any]:
+    """Effective weights of a quantize-stage folder: the saved (dequantized) weights, plus the
+    full-precision LoRA update in lora_merge: adapter mode."""
+    from relapse.models.io import load_model, read_manifest
+
+    model = load_model(model_dir)
+    if read_manifest(model_dir, "quant_manifest.json").get("lora_merge") == "adapter" \
+            and (model_dir / "adapter").is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(model_dir / "adapter")).merge_and_unload()
+    return {k: v.detach().float() for k, v in model.state_dict().items()}
+
+
+def _forget_activations(model, names, texts, tokenizer, max_tokens, sink) -> int:
+    """Run the forget texts through `model`; `sink(name, x)` receives each module's inputs."""
+    import torch
+
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda mod, inp, out, n=n: sink(n, inp[0].detach().reshape(-1, inp[0].shape[-1])))
+        for n in names]
+    tokens = 0
+    try:
+        with torch.no_grad():
+            for text in texts:   # one text a forward: no padding tokens among the activations
+                ids = tokenizer(text, return_tensors="pt", truncation=True,
+                                max_length=max_tokens).input_ids.to(model.device)
+                model(ids)
+                tokens += ids.shape[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    return tokens
+
+
+def survival_diagnostics(target_dir, unlearned_dir, cells: list[tuple[str, str, str]],
+                         data_dir, keys: dict, cfg: dict, out: str | Path,
+                         device: str = "cpu", threads: int = 1):
+    """Write diagnostics.parquet for one unlearned model over `cells`, each a tuple
+    (quant id, the target's quantized folder, the unlearned model's quantized folder)."""
+    import re
+
+    import pandas as pd
+
+    from relapse.data.prepare import load_split
+    from relapse.io import write_parquet
+    from relapse.models.io import load_model, read_manifest
+    from relapse.models.tokenizer import load_tokenizer
+    from relapse.provenance import provenance
+    from relapse.quantize.stage import read_steps
+    from relapse.seeding import seed_everything
+
+    unknown = set(cfg) - set(DIAGNOSTICS_DEFAULTS)
+    if unknown:
+        raise ValueError(f"diagnostics: unknown setting(s) {', '.join(sorted(unknown))}")
+    cfg = {**DIAGNOSTICS_DEFAULTS, **cfg}
+    seed_everything(0, threads)
+    target_dir, unlearned_dir = Path(target_dir), Path(unlearned_dir)
+    w_t = {k: v.float() for k, v in load_model(target_dir).state_dict().items()}
+    unlearned = load_model(unlearned_dir, device=device)
+    w_u = {k: v.detach().float().cpu() for k, v in unlearned.state_dict().items()}
+
+    per_cell = []
+    modules: set[str] = set()
+    for quant, tq_dir, uq_dir in cells:
+        tq_dir, uq_dir = Path(tq_dir), Path(uq_dir)
+        manifest = read_manifest(uq_dir, "quant_manifest.json")
+        steps = read_steps(tq_dir)
+        if not steps:
+            raise ValueError(f"{tq_dir}: no quant_steps.safetensors (a full-precision cell has "
+                             "no quantization to diagnose)")
+        per_cell.append((quant, manifest, steps, _linear_weights(tq_dir), _linear_weights(uq_dir)))
+        modules |= set(steps)
+    names = sorted(modules)
+
+    # Accumulate ⟨ΔQx, ΔWx⟩, ‖ΔQx‖², ‖ΔWx‖² per (cell, module) while streaming activations.
+    sums = {(i, n): [0.0, 0.0, 0.0] for i in range(len(per_cell)) for n in names}
+    deltas_w = {n: (w_u[f"{n}.weight"] - w_t[f"{n}.weight"]).double().to(device) for n in names}
+    deltas_q = {(i, n): (c[4][f"{n}.weight"] - c[3][f"{n}.weight"]).double().to(device)
+                for i, c in enumerate(per_cell) for n in names if n in c[2]}
+
+    def sink(name, x):
+        dw = x.double() @ deltas_w[name].T
+        ww = float((dw * dw).sum())
+        for i in range(len(per_cell)):
+            if (i, name) not in deltas_q:
+                continue
+            dq = x.double() @ deltas_q[(i, name)].T
+            acc = sums[(i, name)]
+            acc[0] += float((dq * dw).sum())
+            acc[1] += float((dq * dq).sum())
+            acc[2] += ww
+
+    texts = load_split(data_dir, cfg["split"])["text"].tolist()[: cfg["samples"]]
+    tokens = _forget_activations(unlearned, names, texts, load_tokenizer(unlearned_dir),
+                                 cfg["max_tokens"], sink)
+
+    rows = []
+    for i, (quant, manifest, steps, q_t, q_u) in enumerate(per_cell):
+        scaled_basis = manifest.get("settings", {}).get("basis") == "awq-scaled"
+        for name in names:
+            if name not in steps:
+                continue
+            match = re.search(r"\.layers\.(\d+)\.", f".{name}")
+            row = {**keys, "quant": quant, "scheme": manifest.get("scheme"),
+                   "bits": manifest.get("bits"), "lora_merge": manifest.get("lora_merge"),
+                   "module": name, "layer": int(match.group(1)) if match else -1,
+                   "kind": name.rsplit(".", 1)[-1], "tokens": tokens, "note": ""}
+            w_key = f"{name}.weight"
+            stats = weight_diagnostics(w_t[w_key], w_u[w_key], q_t[w_key], q_u[w_key],
+                                       steps[name])
+            stats.update(_ratios(*sums[(i, name)]))
+            if scaled_basis:
+                for key in ("delta_over_step", "same_code_fraction", "update_survival",
+                            "cosine", "norm_ratio"):
+                    stats[key] = float("nan")
+                row["note"] = ("awq folds activation scales into the weights: per-module "
+                               "comparison with the full-precision update is undefined")
+            rows.append({**row, **stats})
+    frame = pd.DataFrame(rows)
+    write_parquet(out, frame, provenance(cfg, keys=keys))
+    return frame
