@@ -1,6 +1,8 @@
 rule prepare_data:
     output:
         directory("results/{bench}/data"),
+    wildcard_constraints:
+        bench=alternatives(SYNTHETIC_ONLY),
     params:
         settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
     log:
@@ -15,3 +17,30 @@ rule prepare_data:
     shell:
         "relapse prepare-data --settings {params.settings:q} --bench {wildcards.bench} "
         "--out {output} > {log} 2>&1"
+
+
+# A bench on a pretrained base (reference.kind: gguf) also keeps the real-world facts that the
+# base answers (the `world` utility split), so its data stage waits for the base and runs it.
+
+
+rule prepare_data_pretrained:
+    input:
+        base=lambda w: pretrained_base(w.bench),
+    output:
+        directory("results/{bench}/data"),
+    wildcard_constraints:
+        bench=alternatives(ON_PRETRAINED),
+    params:
+        settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+    log:
+        "logs/prepare_data/{bench}.log",
+    benchmark:
+        "results/benchmarks/prepare_data/{bench}.tsv"
+    threads: stage_threads("data")
+    resources:
+        **{**stage_resources("data"), "mem_mb": stage_resources("reference")["mem_mb"]},
+    conda:
+        ENV
+    shell:
+        "relapse prepare-data --settings {params.settings:q} --bench {wildcards.bench} "
+        "--base {input.base} --out {output} --threads {threads} > {log} 2>&1"

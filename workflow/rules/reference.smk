@@ -71,3 +71,56 @@ rule snap_reference:
     shell:
         "relapse snap-reference --settings {params.settings:q} --bench {wildcards.bench} "
         "--source {input.source} --out {output} --threads {threads} > {log} 2>&1"
+
+
+# kind: gguf: the pretrained base, loaded once from its GGUF file and kept as safetensors; target
+# and retrain are that base fine-tuned on their people (LoRA, merged), with no tokenizer step.
+
+
+rule load_gguf:
+    output:
+        directory("results/{bench}/reference/base"),
+    wildcard_constraints:
+        bench=alternatives(GGUF),
+    params:
+        settings=lambda w: as_json({"reference": {
+            k: v for k, v in config["benchmarks"][w.bench]["reference"].items()
+            if k in ("kind", "path", "package", "file")}}),
+    log:
+        "logs/load_gguf/{bench}.log",
+    benchmark:
+        "results/benchmarks/load_gguf/{bench}.tsv"
+    threads: stage_threads("reference")
+    resources:
+        **stage_resources("reference"),
+    conda:
+        ENV
+    shell:
+        "relapse load-gguf --settings {params.settings:q} --bench {wildcards.bench} "
+        "--out {output} --threads {threads} > {log} 2>&1"
+
+
+rule finetune_reference:
+    input:
+        data="results/{bench}/data",
+        base="results/{bench}/reference/base",
+    output:
+        directory("results/{bench}/reference/{ref}"),
+    wildcard_constraints:
+        bench=alternatives(GGUF),
+        ref="target|retrain",
+    params:
+        settings=lambda w: model_settings(reference=config["benchmarks"][w.bench]["reference"]),
+    log:
+        "logs/finetune_reference/{bench}/{ref}.log",
+    benchmark:
+        "results/benchmarks/finetune_reference/{bench}/{ref}.tsv"
+    threads: stage_threads("reference")
+    resources:
+        **stage_resources("reference"),
+    conda:
+        ENV
+    shell:
+        "relapse finetune-reference --settings {params.settings:q} --bench {wildcards.bench} "
+        "--which {wildcards.ref} --data {input.data} --base {input.base} "
+        "--out {output} --threads {threads} > {log} 2>&1"

@@ -86,10 +86,25 @@ def build_splits(corpus: dict) -> tuple[dict[str, pd.DataFrame], dict[str, list[
     return splits, roles
 
 
-def prepare(bench: str, corpus: dict, out_dir: str | Path) -> None:
+def prepare(bench: str, corpus: dict, out_dir: str | Path, base_dir: str | Path | None = None,
+            threads: int = 1) -> None:
+    """Write the splits. With `base_dir` (a pretrained base model: `reference.kind: gguf`), also
+    the real-knowledge utility split `knowmem_world_qa` (+ `_icl`): the facts of
+    relapse.data.world that the base answers, and `world_check` with every fact's answer."""
     if corpus.get("kind", "synthetic") != "synthetic":
         raise ValueError(f"corpus kind {corpus.get('kind')!r} is not supported yet")
     splits, roles = build_splits(corpus)
+    if base_dir is not None:
+        from relapse.data.world import world_splits
+        from relapse.models.io import load_model
+        from relapse.models.tokenizer import load_tokenizer
+        from relapse.seeding import seed_everything
+
+        seed_everything(0, threads)
+        qa, icl, checked = world_splits(load_model(base_dir), load_tokenizer(base_dir))
+        print(f"[data] world QA: the base answers {len(qa)} of {len(checked)} facts", flush=True)
+        splits.update({"knowmem_world_qa": qa, "knowmem_world_qa_icl": icl,
+                       "world_check": checked})
     with atomic_dir(out_dir) as tmp:
         for name, frame in splits.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)

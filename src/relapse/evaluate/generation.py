@@ -23,7 +23,10 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     import torch
 
     device = next(model.parameters()).device
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    from relapse.models.batching import prompt_ids
+
+    # A trailing space that the tokenizer would split off is left to the model (prompt_ids).
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
     if max_prompt_tokens:
         encoded = [e[-max_prompt_tokens:] for e in encoded]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))

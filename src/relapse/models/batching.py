@@ -25,6 +25,23 @@ def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt that a continuation will follow.
+
+    MUSE's prompts end in a space ("...\nAnswer: ", a VerbMem prefix cut after a word). The
+    tokenizer trained here keeps that space inside the prompt's last pre-token, so the prompt
+    tokenizes as a prefix of prompt + continuation, and it is used as it is. A GPT-2-style BPE
+    (SmolLM2's) splits a trailing space off as a lone token that never precedes a word in its
+    training text ("Answer: Paris" is "Answer", ":", " Paris"); there the space is dropped, and
+    the model writes it with the next word (outputs are compared after stripping)."""
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if prompt.endswith(" ") and not prompt.endswith("  "):
+        trimmed = tokenizer(prompt[:-1], add_special_tokens=True)["input_ids"]
+        if len(trimmed) == len(ids) - 1 and ids[:-1] == trimmed:
+            return trimmed
+    return ids
+
+
 def answers_correct(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
                     batch_size: int = 64) -> list[bool]:
     """Whether greedy decoding would produce each answer followed by a newline, checked in one
@@ -37,7 +54,7 @@ def answers_correct(model, tokenizer, prompts: Sequence[str], answers: Sequence[
         p = list(prompts[start:start + batch_size])
         a = list(answers[start:start + batch_size])
         full = encode(tokenizer, [pi + ai + "\n" for pi, ai in zip(p, a)])
-        prompt_lens = [len(tokenizer(pi)["input_ids"]) for pi in p]
+        prompt_lens = [len(prompt_ids(tokenizer, pi)) for pi in p]
         with torch.no_grad():
             logits = model(input_ids=full["input_ids"].to(device),
                            attention_mask=full["attention_mask"].to(device)).logits

@@ -6,7 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# chat_template.jinja: transformers 5 keeps a chat template there; gguf_tokenizer.json: the GGUF
+# tokenizer fields of a model loaded from GGUF (relapse.models.gguf), which export-gguf writes back.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "gguf_tokenizer.json")
 
 
 def resolve_device(device: str = "auto") -> str:

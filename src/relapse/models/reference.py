@@ -46,31 +46,19 @@ def qa_accuracy(model, tokenizer, people: pd.DataFrame) -> float:
     return sum(ok) / len(ok)
 
 
-def train_reference(which: str, data_dir: str | Path, tokenizer_dir: str | Path, ref_cfg: dict,
-                    out_dir: str | Path, device: str = "cpu", threads: int = 1) -> None:
+def fit_reference(model, tokenizer, trained: pd.DataFrame, monitored: dict[str, pd.DataFrame],
+                  ref_cfg: dict, device: str, which: str):
+    """The reference training loop (the recipe above) on the model's trainable parameters: every
+    weight of a model trained from scratch, or a LoRA adapter on a pretrained base. Returns
+    (per-epoch log, last QA accuracy per role, start time)."""
     import torch
 
-    from relapse.io import atomic_dir, write_json, write_parquet
     from relapse.models.batching import pack
-    from relapse.models.io import save_model
-    from relapse.models.tiny import tiny_llama
-    from relapse.models.tokenizer import load_tokenizer
-    from relapse.provenance import provenance
     from relapse.schedule import lr_schedule
-    from relapse.seeding import seed_everything
     from relapse.unlearn.guard import LossGuard
 
-    if which not in TRAINED_ROLES:
-        raise ValueError(f"reference model {which!r}: expected target or retrain")
-    seed = ref_cfg.get("seed", 0)
-    seed_everything(seed, threads)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    people = pd.read_parquet(Path(data_dir) / "people.parquet")
-    trained = people[people.role.isin(TRAINED_ROLES[which])]
-    monitored = {role: people[people.role == role] for role in TRAINED_ROLES[which]}
-
-    model = tiny_llama(ref_cfg.get("arch", {}), tokenizer).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=ref_cfg.get("lr", 3e-3), weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=ref_cfg.get("lr", 3e-3), weight_decay=0.0)
     batch_size = ref_cfg.get("batch_size", 16)
     max_epochs = ref_cfg.get("max_epochs", 80)
     steps_per_epoch = math.ceil(len(epoch_texts(trained, random.Random(0), 1)) / batch_size)
@@ -80,7 +68,7 @@ def train_reference(which: str, data_dir: str | Path, tokenizer_dir: str | Path,
                             warmup=0.02)
     stop_at = ref_cfg.get("stop_at", 0.99)
     check_every = ref_cfg.get("check_every", 5)
-    rng = random.Random(seed)
+    rng = random.Random(ref_cfg.get("seed", 0))
     guard = LossGuard()
     log, start, step = [], time.time(), 0
     accuracy: dict[str, float] = {}
@@ -98,13 +86,15 @@ def train_reference(which: str, data_dir: str | Path, tokenizer_dir: str | Path,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if ref_cfg.get("grad_clip", 1.0):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), ref_cfg.get("grad_clip", 1.0))
+                torch.nn.utils.clip_grad_norm_(trainable, ref_cfg.get("grad_clip", 1.0))
             opt.step()
             scheduler.step()
             losses.append(loss.item())
             step += 1
         row = {"epoch": epoch, "step": step, "loss": sum(losses) / len(losses),
                "seconds": time.time() - start}
+        print(f"[reference {which}] epoch {epoch} loss {row['loss']:.4f} "
+              f"({row['seconds']:.0f} s)", flush=True)
         if epoch % check_every == 0 or epoch == max_epochs:
             model.eval()
             accuracy = {role: qa_accuracy(model, tokenizer, frame) for role, frame in monitored.items()}
@@ -114,13 +104,70 @@ def train_reference(which: str, data_dir: str | Path, tokenizer_dir: str | Path,
                 log.append(row)
                 break
         log.append(row)
-
     model.eval()
+    return log, accuracy, start
+
+
+def _people(data_dir, which: str):
+    if which not in TRAINED_ROLES:
+        raise ValueError(f"reference model {which!r}: expected target or retrain")
+    people = pd.read_parquet(Path(data_dir) / "people.parquet")
+    trained = people[people.role.isin(TRAINED_ROLES[which])]
+    monitored = {role: people[people.role == role] for role in TRAINED_ROLES[which]}
+    return trained, monitored
+
+
+def train_reference(which: str, data_dir: str | Path, tokenizer_dir: str | Path, ref_cfg: dict,
+                    out_dir: str | Path, device: str = "cpu", threads: int = 1) -> None:
+    from relapse.io import atomic_dir, write_json, write_parquet
+    from relapse.models.io import save_model
+    from relapse.models.tiny import tiny_llama
+    from relapse.models.tokenizer import load_tokenizer
+    from relapse.provenance import provenance
+    from relapse.seeding import seed_everything
+
+    trained, monitored = _people(data_dir, which)
+    seed_everything(ref_cfg.get("seed", 0), threads)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = tiny_llama(ref_cfg.get("arch", {}), tokenizer).to(device)
+    log, accuracy, start = fit_reference(model, tokenizer, trained, monitored, ref_cfg, device, which)
     with atomic_dir(out_dir) as tmp:
         save_model(model, tmp, tokenizer_dir)
         write_parquet(tmp / "train_log.parquet", pd.DataFrame(log), provenance(ref_cfg))
         write_json(tmp / "reference_manifest.json", {
             "which": which, "epochs": log[-1]["epoch"], "qa_accuracy": accuracy,
+            "seconds": time.time() - start, "trained_roles": list(TRAINED_ROLES[which]),
+            "parameters": sum(p.numel() for p in model.parameters()), **provenance(ref_cfg)})
+
+
+def finetune_reference(which: str, data_dir: str | Path, base_dir: str | Path, ref_cfg: dict,
+                       out_dir: str | Path, device: str = "cpu", threads: int = 1) -> None:
+    """A reference model on a pretrained base (`reference.kind: gguf`): the base fine-tuned on
+    the people of `which` with the same recipe, through a LoRA adapter (`params: lora`, merged
+    at the end, so the folder is a plain model) or on every decoder Linear (`params: full`)."""
+    from relapse.io import atomic_dir, write_json, write_parquet
+    from relapse.models.io import load_model, read_manifest, save_model
+    from relapse.models.tokenizer import load_tokenizer
+    from relapse.provenance import provenance
+    from relapse.seeding import seed_everything
+    from relapse.unlearn.params import make_trainable
+
+    trained, monitored = _people(data_dir, which)
+    seed_everything(ref_cfg.get("seed", 0), threads)
+    tokenizer = load_tokenizer(base_dir)
+    params = ref_cfg.get("params", "lora")
+    model = make_trainable(load_model(base_dir, device=device), params, ref_cfg.get("lora", {}))
+    log, accuracy, start = fit_reference(model, tokenizer, trained, monitored, ref_cfg, device, which)
+    if params == "lora":
+        model = model.merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with atomic_dir(out_dir) as tmp:
+        save_model(model, tmp, base_dir)
+        write_parquet(tmp / "train_log.parquet", pd.DataFrame(log), provenance(ref_cfg))
+        write_json(tmp / "reference_manifest.json", {
+            "which": which, "base": read_manifest(base_dir, "reference_manifest.json"),
+            "params": params, "epochs": log[-1]["epoch"], "qa_accuracy": accuracy,
             "seconds": time.time() - start, "trained_roles": list(TRAINED_ROLES[which]),
             "parameters": sum(p.numel() for p in model.parameters()), **provenance(ref_cfg)})
 

@@ -3,7 +3,9 @@
 Prompt: "Question: {q}\nAnswer: {a}\n\n" for each of k examples from the split's *_icl set, then
 "Question: {q}\nAnswer: ". Generation: greedy, `max_new_tokens` (32), cut at "\n\n",
 "\nQuestion" or "Question:". The holdout split (people never trained on) is a control: its
-scores show what guessing from the templates gives.
+scores show what guessing from the templates gives. On a pretrained base the split `world`
+(real-world facts the base answered at the data stage, relapse.data.world) is reported too: a
+utility split beside retain, knowledge the unlearning should not touch.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def normalize(text: str) -> str:
 def knowmem(ctx) -> list[MetricResult]:
     cfg = ctx.cfg["knowmem"]
     results = []
-    for split in SPLITS:
+    # `world` (benchmarks on a pretrained base): real facts the base answers, a utility split.
+    world = ("world",) if (ctx.data_dir / "knowmem_world_qa.parquet").exists() else ()
+    for split in SPLITS + world:
         qa = ctx.split(f"knowmem_{split}_qa", cfg.get("max_items"))
         icl = ctx.split(f"knowmem_{split}_qa_icl")
         examples = list(zip(icl.question, icl.answer))[:cfg.get("shots", 3)]
