@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/pipeline_e2e.py [--config config/config.yaml] [--cores 2]
 
-Runs in a scratch work directory, so the repository's own results/ are untouched, and writes
+Runs in a scratch work directory (or a new one given with --keep), so the repository's own
+results/ are untouched, and writes
 benchmarks/pipeline_e2e.json: wall seconds per phase, job counts, and the per-rule sums of
 Snakemake's own job benchmarks (so start-up cost per job is visible).
 """
@@ -50,9 +51,14 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "pipeline_e2e.json"))
+    parser.add_argument("--keep", default=None,
+                        help="run in this new, empty directory and keep it (to look at the "
+                             "results) instead of a scratch directory")
     args = parser.parse_args()
+    if args.keep:
+        Path(args.keep).mkdir(parents=True)      # refuses an existing directory: a cold run
     with tempfile.TemporaryDirectory(prefix="relapse-bench-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(args.keep).resolve() if args.keep else Path(tmp)
         cold, log = run(workdir, Path(args.config).resolve(), args.cores)
         noop, noop_log = run(workdir, Path(args.config).resolve(), args.cores)
         result = {

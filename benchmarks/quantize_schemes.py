@@ -4,6 +4,10 @@ benchmarks/quantize_schemes.json with the process wall time (imports included) a
 stage's own time from quant_manifest.json (load, quantize, save).
 
     .venv/bin/python benchmarks/quantize_schemes.py [--threads 2] [--schemes rtn-w4,gptq-w4]
+                                                    [--timeout 1500]
+
+A run of some schemes keeps the other schemes' last results in the JSON; a scheme that runs past
+--timeout seconds is recorded as such.
 
 The model has random weights (the time does not depend on what it learned); calibration texts
 come from the synthetic corpus (32 samples of up to 128 tokens for GPTQ and AWQ).
@@ -56,8 +60,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--schemes", default=",".join(SCHEMES))
+    parser.add_argument("--timeout", type=float, default=1500)
     args = parser.parse_args()
-    results = {}
+    out_json = ROOT / "benchmarks" / "quantize_schemes.json"
+    results = json.loads(out_json.read_text())["schemes"] if out_json.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         params = build_model(tmp / "model", tmp / "data")
@@ -68,7 +74,12 @@ def main() -> None:
                    "--source", str(tmp / "model"), "--out", str(out), "--data", str(tmp / "data"),
                    "--threads", str(args.threads)]
             start = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                results[name] = {"timeout_s": args.timeout, "finished": False}
+                write(out_json, params, args.threads, results)
+                continue
             wall = time.perf_counter() - start
             if done.returncode:
                 results[name] = {"error": done.stderr[-2000:]}
@@ -78,10 +89,17 @@ def main() -> None:
                              "library": manifest["library"],
                              "library_version": manifest["library_version"]}
             print(name, results[name], flush=True)
-    report = {"model": {**ARCH, "parameters": params}, "threads": args.threads,
-              "calibration": CALIBRATION, "schemes": results}
-    (ROOT / "benchmarks" / "quantize_schemes.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+            write(out_json, params, args.threads, results)
+    print(out_json.read_text())
+
+
+def write(path: Path, params: int, threads: int, results: dict) -> None:
+    report = {"model": {**ARCH, "parameters": params}, "threads": threads,
+              "calibration": CALIBRATION,
+              "note": "process_s: the `relapse quantize` process (imports included); stage_s: "
+                      "load, quantize and save, from quant_manifest.json",
+              "schemes": results}
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -238,3 +238,17 @@ def test_a_bad_selection_quant_fails_validation(default_config):
     cfg["report"] = {"selection": {"quant": "rtn-w3"}}
     with pytest.raises(ConfigError, match="report.selection.quant: 'rtn-w3'.*allowed: none-w16"):
         validate(cfg)
+
+
+def test_selection_quant_defaults_to_the_closest_to_full_precision(default_config):
+    """A config without none-w16 (e.g. only rtn-w4 and rtn-w8) selects at the most bits, instead
+    of failing validation on a default it never asked for."""
+    import copy
+
+    from relapse.config import validate
+
+    cfg = copy.deepcopy(default_config)
+    cfg.pop("report", None)
+    assert validate(copy.deepcopy(cfg))["report"]["selection"]["quant"] == "none-w16"
+    cfg["quantization"]["schemes"] = [{"scheme": "rtn", "bits": [4, 8], "group_size": 64}]
+    assert validate(cfg)["report"]["selection"]["quant"] == "rtn-w8"

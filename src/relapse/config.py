@@ -185,8 +185,14 @@ def _check_registries(cfg: dict) -> None:
 def _check_report(cfg: dict) -> None:
     from relapse.grid import quant_settings
 
-    quant = cfg["report"]["selection"]["quant"]
-    quants = list(quant_settings(cfg))
+    settings = quant_settings(cfg)
+    quants = list(settings)
+    selection = cfg["report"]["selection"]
+    if "quant" not in selection:
+        # The seed paper selects at full precision; without a none-w16 cell, the closest to it.
+        selection["quant"] = "none-w16" if "none-w16" in settings else \
+            max(quants, key=lambda q: settings[q]["bits"])
+    quant = selection["quant"]
     if quant not in quants:
         raise ConfigError(f"report.selection.quant: {quant!r} is not a quant of this config; "
                           f"allowed: {', '.join(quants)}")

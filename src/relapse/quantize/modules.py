@@ -17,3 +17,20 @@ def quantized_module_names(model, settings: dict) -> list[str]:
     if settings.get("embeddings"):
         names.append(by_module[model.get_input_embeddings()])
     return names
+
+
+def quantize_weights(model, settings: dict, job, quantize_one) -> tuple[list[str], int]:
+    """Replace every selected weight W by quantize_one(W) -> (dequantized, step, group_index),
+    recording the step for the diagnostics. Returns the module names and the weight count."""
+    import torch
+
+    names = quantized_module_names(model, settings)
+    count = 0
+    with torch.no_grad():
+        for name in names:
+            weight = model.get_submodule(name).weight
+            dequantized, step, group_index = quantize_one(weight)
+            weight.copy_(dequantized)
+            job.record_step(name, step, group_index)
+            count += weight.numel()
+    return names, count

@@ -30,24 +30,17 @@ class BitsAndBytes(Quantizer):
             raise ValueError(f"bnb: threshold must be >= 0, got {settings['threshold']!r}")
 
     def quantize(self, model, bits, settings, job):
-        import torch
-
         from relapse.quantize.bnb import bnb_4bit, bnb_int8
-        from relapse.quantize.modules import quantized_module_names
+        from relapse.quantize.modules import quantize_weights
 
         settings = self.resolve(settings, bits)
-        names = quantized_module_names(model, settings)
-        with torch.no_grad():
-            for name in names:
-                weight = model.get_submodule(name).weight
-                if bits == 4:
-                    dequantized, step, group_index = bnb_4bit(
-                        weight, settings["quant_type"], settings["blocksize"],
-                        settings["double_quant"])
-                else:
-                    dequantized, step, group_index = bnb_int8(weight)
-                weight.copy_(dequantized)
-                job.record_step(name, step, group_index)
+        if bits == 4:
+            def one(weight):
+                return bnb_4bit(weight, settings["quant_type"], settings["blocksize"],
+                                settings["double_quant"])
+        else:
+            one = bnb_int8
+        names, _ = quantize_weights(model, settings, job, one)
         used = {**settings, "modules": len(names)}
         if bits == 8:
             used["format"] = "llm.int8"

@@ -31,21 +31,16 @@ class GGUFBlocks(Quantizer):
         return settings.get("type") or default_type(bits)
 
     def quantize(self, model, bits, settings, job):
-        import torch
-
         from relapse.quantize.gguf import BLOCK, fake_quantize
-        from relapse.quantize.modules import quantized_module_names
+        from relapse.quantize.modules import quantize_weights
 
         settings = self.resolve(settings, bits)
         kind = self.gguf_type(settings, bits)
-        names = quantized_module_names(model, settings)
-        count = 0
-        with torch.no_grad():
-            for name in names:
-                weight = model.get_submodule(name).weight
-                values, step = fake_quantize(weight, kind)
-                weight.copy_(values)
-                job.record_step(name, step, uniform_group_index(weight.shape[1], BLOCK))
-                count += weight.numel()
+
+        def one(weight):
+            values, step = fake_quantize(weight, kind)
+            return values, step, uniform_group_index(weight.shape[1], BLOCK)
+
+        names, count = quantize_weights(model, settings, job, one)
         return {**settings, "type": kind, "block_size": BLOCK, "modules": len(names),
                 "weights_quantized": count}

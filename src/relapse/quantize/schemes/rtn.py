@@ -17,21 +17,16 @@ class RoundToNearest(Quantizer):
                              f"got {g!r}")
 
     def quantize(self, model, bits, settings, job):
-        import torch
-
-        from relapse.quantize.modules import quantized_module_names
+        from relapse.quantize.modules import quantize_weights
         from relapse.quantize.rtn import rtn_codes, rtn_dequantize
 
         settings = self.resolve(settings, bits)
-        names = quantized_module_names(model, settings)
-        count = 0
-        with torch.no_grad():
-            for name in names:
-                weight = model.get_submodule(name).weight
-                codes, scale, zero = rtn_codes(weight, bits, settings["group_size"],
-                                               settings["symmetric"])
-                weight.copy_(rtn_dequantize(codes, scale, zero, weight.shape))
-                job.record_step(name, scale.squeeze(-1),
-                                uniform_group_index(weight.shape[1], settings["group_size"]))
-                count += weight.numel()
+        group, symmetric = settings["group_size"], settings["symmetric"]
+
+        def one(weight):
+            codes, scale, zero = rtn_codes(weight, bits, group, symmetric)
+            return (rtn_dequantize(codes, scale, zero, weight.shape), scale.squeeze(-1),
+                    uniform_group_index(weight.shape[1], group))
+
+        names, count = quantize_weights(model, settings, job, one)
         return {**settings, "modules": len(names), "weights_quantized": count}
