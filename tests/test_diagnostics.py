@@ -90,3 +90,17 @@ def test_survival_diagnostics_table(tmp_path, tiny_lm):
     assert (still.changed_fraction == 0).all() and still.update_survival.isna().all()
     assert (still.same_code_fraction == 1).all()
     assert (frame.layer.isin([0, 1])).all() and (frame.tokens > 0).all()
+
+
+def test_same_code_survives_a_slightly_rescaled_grid():
+    """Moving one weight of a group past the group's max rescales every level of the group by a
+    hair; the other weights still sit on their old levels, which is what same_code counts."""
+    torch.manual_seed(0)
+    w_t = rtn_quantize(torch.randn(1, 16), 4, 16)       # on its own grid
+    w_u = w_t.clone()
+    w_u[0, w_t.argmax()] += 1e-3                         # the group's max moves a little
+    q_t, q_u = rtn_quantize(w_t, 4, 16), rtn_quantize(w_u, 4, 16)
+    assert (q_t != q_u).sum() >= 8                        # most levels moved a little
+    d = weight_diagnostics(w_t, w_u, q_t, q_u, rtn_step(w_t, 4, 16))
+    assert d["same_code_fraction"] == 1.0
+    assert d["changed_fraction"] == 1 / 16

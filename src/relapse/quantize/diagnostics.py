@@ -6,8 +6,10 @@ x: the module's input activations on forget texts, in the unlearned full-precisi
 
 - delta_over_step: mean |W_u − W_t| / step_t, the update in units of the quantization step of
   the target's grid (the step a weight must move to change its code);
-- same_code_fraction: fraction of weights with Q(W_u) = Q(W_t), i.e. the same quantized value
-  (the same code where the grid did not move);
+- same_code_fraction: fraction of weights whose quantized value did not move to another level,
+  |Q(W_u) − Q(W_t)| < step_t/2: the same code where the grid did not move, and still the same
+  level where an update of a group's min or max rescaled the grid slightly (exact equality would
+  count every weight of such a group as changed);
 - update_survival: the projection of the quantized update onto the full-precision one,
   ⟨ΔQ·x, ΔW·x⟩ / ‖ΔW·x‖² summed over forget tokens (= cosine × norm_ratio). About 1: the
   unlearning survives quantization; about 0: quantization erased it.
@@ -46,7 +48,8 @@ def weight_diagnostics(w_t, w_u, q_t, q_u, step_t) -> dict[str, float]:
             "mean_abs_delta": float(delta.mean()),
             "delta_over_step": float((delta / step_t.double().clamp(min=1e-12)).mean()),
             "changed_fraction": float((w_u != w_t).double().mean()),
-            "same_code_fraction": float((q_u == q_t).double().mean())}
+            "same_code_fraction": float(((q_u.double() - q_t.double()).abs()
+                                         < step_t.double() / 2).double().mean())}
 
 
 def _linear_weights(model_dir: Path) -> dict[str, Any]:

@@ -182,6 +182,11 @@ def survival_by_layer(diag: pd.DataFrame, chosen: pd.DataFrame | None = None):
                 if r == 0:
                     ax.set_title(f"{bench} / {method}")
                     ax.axhline(1, color="black", linestyle=":", linewidth=0.8)
+                if column != "delta_over_step":
+                    # Both fractions read against 0 and 1: autoscaling made a 1% wobble around
+                    # 1 look like a collapse.
+                    low, high = ax.get_ylim()
+                    ax.set_ylim(min(0.0, low), max(1.05, high))
                 if c == 0:
                     ax.set_ylabel(label)
                 if r == len(DIAGNOSTIC_PANELS) - 1:
