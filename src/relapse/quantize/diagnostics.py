@@ -55,14 +55,11 @@ def weight_diagnostics(w_t, w_u, q_t, q_u, step_t) -> dict[str, float]:
 def _linear_weights(model_dir: Path) -> dict[str, Any]:
     """Effective weights of a quantize-stage folder: the saved (dequantized) weights, plus the
     full-precision LoRA update in lora_merge: adapter mode."""
-    from relapse.models.io import load_model, read_manifest
+    from relapse.quantize.runtime import load_quantized_model
 
-    model = load_model(model_dir)
-    if read_manifest(model_dir, "quant_manifest.json").get("lora_merge") == "adapter" \
-            and (model_dir / "adapter").is_dir():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(model_dir / "adapter")).merge_and_unload()
+    model = load_quantized_model(model_dir, kernels=False)
+    if hasattr(model, "merge_and_unload"):       # a PeftModel: the adapter over the base
+        model = model.merge_and_unload()
     return {k: v.detach().float() for k, v in model.state_dict().items()}
 
 

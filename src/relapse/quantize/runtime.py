@@ -7,14 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def load_quantized_model(model_dir: str | Path, device: str = "cpu", dtype: str = "float32"):
+def load_quantized_model(model_dir: str | Path, device: str = "cpu", dtype: str = "float32",
+                         kernels: bool = True):
+    """`kernels=False` keeps plain Linear modules (the saved weights are exactly the quantized
+    values): what the survival diagnostics compare."""
     from relapse.models.io import load_model, read_manifest
 
     model_dir = Path(model_dir)
     model = load_model(model_dir, device=device, dtype=dtype)
     manifest = read_manifest(model_dir, "quant_manifest.json")
     settings = manifest.get("settings", {})
-    if settings.get("runtime") == "bnb_int8":
+    if kernels and settings.get("runtime") == "bnb_int8":
         from relapse.quantize.bnb import swap_in_int8_linear
 
         swap_in_int8_linear(model, settings["quantized_modules"], settings["threshold"])

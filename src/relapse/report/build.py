@@ -20,10 +20,11 @@ from relapse.report import captions
 from relapse.report.measures import quant_order, wide
 from relapse.report.plan import DIAGNOSTICS_FIGURE, FIGURES, RELEARN_FIGURE
 from relapse.report.paper_tables import PaperTable, grid_table, main_table, retained_table
+from relapse.report.selection import DEFAULT as DEFAULT_SELECTION
 from relapse.report.selection import select_hps
 
 DEFAULT_REPORT = {"retained_metrics": ["knowmem_forget", "verbmem_forget"],
-                  "selection": {"quant": "none-w16", "min_retain_pct": 90.0}}
+                  "selection": DEFAULT_SELECTION}
 
 
 def report_settings(cfg: dict) -> dict:
