@@ -34,6 +34,38 @@ def test_stop_strings_change_nothing_after_the_cut(qa_lm):
     assert any(len(s) < len(f) for s, f in zip(stopped, full)), "no row stopped early"
 
 
+def test_shared_prefix_cache_gives_the_same_continuations(qa_lm):
+    """KnowMem prompts share their few-shot examples; forwarding that prefix once and copying
+    its KV cache across the batch (pads then sit between prefix and question) must not change
+    a single generated token, for rows of different lengths."""
+    from relapse.evaluate.generation import MIN_SHARED_PREFIX, shared_prefix_length
+    from relapse.models.batching import prompt_ids
+
+    model, tok = qa_lm
+    shots = [("Where was Alden Ashdown born?", "Veloria"),
+             ("Which instrument does Ivo Oakes play?", "the cello")]
+    prompts = [few_shot_prompt(shots, q) for q in (
+        "Where was Brisa Carrow born?", "What is the profession of Wren Dray?",
+        "In which year was the famous painter Ottilie Marsh of Veloria born?")]
+    encoded = [prompt_ids(tok, p) for p in prompts]
+    assert shared_prefix_length(encoded) >= MIN_SHARED_PREFIX, "the test must use the cache"
+    assert len({len(e) for e in encoded}) == 3, "rows of different lengths need padding"
+    cached = greedy_generate(model, tok, prompts, 16, batch_size=3)
+    plain = greedy_generate(model, tok, prompts, 16, batch_size=3, share_prefix=False)
+    single = [greedy_generate(model, tok, [p], 16, batch_size=1, share_prefix=False)[0]
+              for p in prompts]
+    assert cached == plain == single
+    assert all(cached)
+
+
+def test_shared_prefix_length_leaves_a_token_to_feed():
+    from relapse.evaluate.generation import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert shared_prefix_length([[1, 2], [7, 2]]) == 0
+
+
 def test_few_shot_prompt_is_muse_format():
     assert few_shot_prompt([("Q1?", "A1")], "Q2?") == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: "
     assert few_shot_prompt([], "Q?") == "Question: Q?\nAnswer: "
