@@ -154,9 +154,10 @@ def test_gptq_beats_rtn_on_calibration_data_and_awq_runs(tmp_path, awq_sized_lm,
 
     folder, model, tok = awq_sized_lm
     cal = {"samples": 16, "seq_len": 64}
+    # threads=1: a job given one core (GPTQModel's fixed 2-worker loader pool once failed there)
     _relapse_quantize(folder, tmp_path / "gptq", {"scheme": "gptq", "bits": 4, "group_size": 32,
                                                   "symmetric": False, "calibration": cal},
-                      calib_data)
+                      calib_data, threads=1)
     quantize_model(folder, tmp_path / "rtn", "rtn", 4, {"group_size": 32, "symmetric": False})
     gptq = json.loads((tmp_path / "gptq" / "quant_manifest.json").read_text())
     assert gptq["library"] == "gptqmodel" and gptq["library_version"] == "7.6.0"

@@ -20,8 +20,11 @@ NATIVE_DIR = "native"
 
 
 def _import_gptqmodel(threads: int):
-    # GPTQModel refuses to quantize on CPU without this; it sizes its worker pool.
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, threads)))
+    # GPTQModel refuses to quantize on CPU without this; it sizes its worker pool. Its model
+    # loader pool is a fixed 2 workers carved out of the CPU pool, so a pool of 1 (a job given one
+    # core, as on a 2-core machine running two jobs) fails with "requests 2 workers but parent
+    # 'cpu' only has 1". The workers are Python threads; torch's own thread count stays `threads`.
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, threads)))
     try:
         import gptqmodel
     except ImportError as err:
