@@ -252,3 +252,36 @@ def test_selection_quant_defaults_to_the_closest_to_full_precision(default_confi
     assert validate(copy.deepcopy(cfg))["report"]["selection"]["quant"] == "none-w16"
     cfg["quantization"]["schemes"] = [{"scheme": "rtn", "bits": [4, 8], "group_size": 64}]
     assert validate(cfg)["report"]["selection"]["quant"] == "rtn-w8"
+
+
+def test_world_knowledge_sits_beside_knowmem_r_when_measured(tmp_path):
+    """A benchmark on a pretrained base measures KnowMem on real-world facts (split `world`):
+    tables (a) and (c) show it right after KnowMem_r, with the run's own numbers."""
+    from relapse.report.build import paper_tables, write_tables
+
+    metrics = crafted_metrics()
+    rng = np.random.default_rng(1)
+    world = metrics[(metrics.metric == "knowmem") & (metrics.split == "retain")].copy()
+    world["split"] = "world"
+    world["value"] = rng.uniform(30, 60, len(world))
+    metrics = pd.concat([metrics, world], ignore_index=True)
+    tables, _, chosen, quants = paper_tables(metrics, CFG)
+    write_tables(tables, chosen, tmp_path)
+
+    main = pd.read_csv(tmp_path / "main.csv")
+    cols = list(main.columns)
+    for quant in quants:
+        assert cols.index(f"{quant} KnowMem_world") == cols.index(f"{quant} KnowMem_r") + 1
+    for row in main.to_dict("records"):
+        for quant in quants:
+            want = _value(metrics, row["bench"], row["method"], row["hp"], quant, "knowmem",
+                          "world")
+            assert row[f"{quant} KnowMem_world"] == pytest.approx(want, rel=1e-12)
+    assert "none-w16 KnowMem_world" in pd.read_csv(tmp_path / "grid.csv").columns
+    assert "KnowMem_world ↑" in (tmp_path / "main.md").read_text()
+    tex = (tmp_path / "main.tex").read_text()
+    assert r"KnowMem$_{world}\uparrow$" in tex and "real-world facts" in tex
+    # without world rows the table keeps the paper's four columns (test above)
+    plain, *_ = paper_tables(crafted_metrics(), CFG)
+    assert [m.name for m in plain["main"].columns] == ["VerbMem_f", "KnowMem_f", "PrivLeak",
+                                                       "KnowMem_r"]

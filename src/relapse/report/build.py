@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from relapse.report import captions
-from relapse.report.measures import quant_order, wide
+from relapse.report.measures import has_world, main_measures, quant_order, wide
 from relapse.report.plan import DIAGNOSTICS_FIGURE, FIGURES, RELEARN_FIGURE
 from relapse.report.paper_tables import PaperTable, grid_table, main_table, retained_table
 from relapse.report.selection import DEFAULT as DEFAULT_SELECTION
@@ -50,11 +50,12 @@ def paper_tables(metrics: pd.DataFrame, cfg: dict) -> tuple[dict[str, PaperTable
     frame = wide(metrics, retained)
     quants = quant_order(metrics)
     chosen = select_hps(frame, settings["selection"])
+    columns, world = main_measures(metrics), has_world(metrics)
     tables = {
-        "main": main_table(frame, chosen, quants, captions.main_caption(cfg)),
+        "main": main_table(frame, chosen, quants, captions.main_caption(cfg, world), columns),
         "retained": retained_table(frame, chosen, quants, settings["retained_metrics"],
                                    captions.retained_caption(cfg)),
-        "grid": grid_table(frame, quants, captions.grid_caption(cfg)),
+        "grid": grid_table(frame, quants, captions.grid_caption(cfg, world), columns),
     }
     return tables, frame, chosen, quants
 

@@ -30,12 +30,17 @@ def _context(cfg: dict) -> str:
             "Means over seeds; ROUGE-L F1 x100.")
 
 
-def main_caption(cfg: dict) -> str:
+WORLD_TEXT = ("KnowMem_world: the same few-shot QA on real-world facts that the pretrained base "
+              "answered at the data stage (higher is better; utility that neither the fact "
+              "injection nor the unlearning targets). ")
+
+
+def main_caption(cfg: dict, world: bool = False) -> str:
     return ("Unlearning under quantization, each method at its selected hp, with the target "
             "and retrain models. M1 VerbMem_f and M2 KnowMem_f (lower is better), M3 PrivLeak "
             "(Min-K% AUC relative to the retrain model at the same quant, %, 0 is best), M4 "
-            "KnowMem_r (higher is better). " + rule_text(cfg.get("report", {}).get("selection", {}))
-            + " " + _context(cfg))
+            "KnowMem_r (higher is better). " + (WORLD_TEXT if world else "")
+            + rule_text(cfg.get("report", {}).get("selection", {})) + " " + _context(cfg))
 
 
 def retained_caption(cfg: dict) -> str:
@@ -46,6 +51,7 @@ def retained_caption(cfg: dict) -> str:
             + rule_text(cfg.get("report", {}).get("selection", {})) + " " + _context(cfg))
 
 
-def grid_caption(cfg: dict) -> str:
-    return ("Every method x hp (appendix): M1-M4 as in the main table and KnowMem_f retained "
+def grid_caption(cfg: dict, world: bool = False) -> str:
+    return ("Every method x hp (appendix): M1-M4 as in the main table"
+            + (" (and KnowMem_world)" if world else "") + " and KnowMem_f retained "
             f"(%). {RETAINED_DEFINITION}. " + _context(cfg))

@@ -32,6 +32,10 @@ MAIN = (
     Measure("PrivLeak", "privleak", "forget", "privleak", "M3 PrivLeak →0", r"M3 PrivLeak$\to0$"),
     Measure("KnowMem_r", "knowmem", "retain", "rougeL_f1", "M4 KnowMem_r ↑", r"M4 KnowMem$_r\uparrow$"),
 )
+# Utility on knowledge nobody trained or unlearned: the real-world facts a pretrained base
+# answers (split `world`, relapse.data.world). Shown beside KnowMem_r when a run has it.
+WORLD = Measure("KnowMem_world", "knowmem", "world", "rougeL_f1", "KnowMem_world ↑",
+                r"KnowMem$_{world}\uparrow$")
 # Quantities whose ratio to the target makes sense: the choices of `report.retained_metrics`.
 RETAINABLE = {
     "knowmem_forget": Measure("KnowMem_f", "knowmem", "forget", "rougeL_f1", "KnowMem_f", r"KnowMem$_f$"),
@@ -51,9 +55,18 @@ def is_utility_constrained(method: str) -> bool:
     return "_gdr" in method or "_klr" in method
 
 
-def measures(retained: list[str] | tuple[str, ...] = ()) -> list[Measure]:
-    """The main four, then every retained quantity not already among them."""
-    out = list(MAIN)
+def has_world(metrics: pd.DataFrame) -> bool:
+    return bool(((metrics.metric == WORLD.metric) & (metrics.split == WORLD.split)).any())
+
+
+def main_measures(metrics: pd.DataFrame) -> list[Measure]:
+    """The seed paper's four, and KnowMem_world after KnowMem_r when the run measured it."""
+    return [*MAIN, WORLD] if has_world(metrics) else list(MAIN)
+
+
+def measures(retained: list[str] | tuple[str, ...] = (), world: bool = False) -> list[Measure]:
+    """The main four (and KnowMem_world), then every retained quantity not already among them."""
+    out = [*MAIN, WORLD] if world else list(MAIN)
     for key in retained:
         if RETAINABLE[key].name not in {m.name for m in out}:
             out.append(RETAINABLE[key])
@@ -64,8 +77,9 @@ def wide(metrics: pd.DataFrame, retained: list[str] | tuple[str, ...] = ("knowme
          ) -> pd.DataFrame:
     """One row per (bench, method, hp, quant): the seed mean of each measure (NaN when the run
     did not compute it), its CI bounds (`<name> lo`, `<name> hi`, seed means of the bootstrap
-    bounds), and `retained <name>` for each retained key."""
-    wanted = measures(retained)
+    bounds), and `retained <name>` for each retained key. KnowMem_world is a column when the run
+    measured it."""
+    wanted = measures(retained, world=has_world(metrics))
     frames = []
     for m in wanted:
         rows = metrics[(metrics.metric == m.metric) & (metrics.split == m.split)

@@ -82,13 +82,15 @@ def _rows(wide: pd.DataFrame, chosen: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def main_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
-               caption: str) -> PaperTable:
-    """(a) Rows: target, retrain, each method at its selected hp; per quant: M1-M4."""
+               caption: str, columns: list[Measure] | None = None) -> PaperTable:
+    """(a) Rows: target, retrain, each method at its selected hp; per quant: M1-M4 (or
+    `columns`: main_measures adds KnowMem_world)."""
+    columns = list(columns or MAIN)
     rows = _rows(wide, chosen)
-    values = _values(rows, quants, [(m.name, m.name, 1.0) for m in MAIN])
+    values = _values(rows, quants, [(m.name, m.name, 1.0) for m in columns])
     notes = [f"† {b}/{m}: no hp met the KnowMem_r floor" for b, m, ok in
              zip(chosen.bench, chosen.method, chosen.meets_floor) if not ok]
-    return PaperTable("main", caption, rows[["bench", "method", "hp"]], quants, list(MAIN),
+    return PaperTable("main", caption, rows[["bench", "method", "hp"]], quants, columns,
                       values, notes=notes)
 
 
@@ -115,11 +117,14 @@ def retained_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
                       measures, pd.concat(out_values, ignore_index=True), percent=True)
 
 
-def grid_table(wide: pd.DataFrame, quants: list[str], caption: str) -> PaperTable:
-    """(c) Every bench x method x hp: M1-M4 and KnowMem_f retained, per quant (appendix)."""
+def grid_table(wide: pd.DataFrame, quants: list[str], caption: str,
+               columns: list[Measure] | None = None) -> PaperTable:
+    """(c) Every bench x method x hp: M1-M4 (or `columns`) and KnowMem_f retained, per quant
+    (appendix)."""
+    columns = list(columns or MAIN)
     rows = _rows(wide, None)
     ret = Measure("Ret_f", "knowmem", "forget", "retained", "KnowMem_f ret. %", r"Ret.$_f$ \%")
-    cols = [(m.name, m.name, 1.0) for m in MAIN] + [("Ret_f", "retained KnowMem_f", 100.0)]
+    cols = [(m.name, m.name, 1.0) for m in columns] + [("Ret_f", "retained KnowMem_f", 100.0)]
     values = _values(rows, quants, cols)
-    return PaperTable("grid", caption, rows[["bench", "method", "hp"]], quants, [*MAIN, ret],
+    return PaperTable("grid", caption, rows[["bench", "method", "hp"]], quants, [*columns, ret],
                       values)
