@@ -49,8 +49,13 @@ def test_a_large_update_survives():
     assert r["update_survival"] == pytest.approx(1.0, abs=0.05)
 
 
-def test_survival_diagnostics_table(tmp_path, tiny_lm):
+def test_survival_diagnostics_table(tmp_path, tiny_lm, monkeypatch):
+    import gc
+    import weakref
+
     import pandas as pd
+
+    import relapse.quantize.diagnostics as diagnostics
 
     from relapse.data.prepare import build_splits
     from relapse.io import read_parquet_metadata
@@ -75,9 +80,26 @@ def test_survival_diagnostics_table(tmp_path, tiny_lm):
         quantize_model(folder, tmp_path / f"t-{q}", scheme, bits, settings)
         quantize_model(tmp_path / "u", tmp_path / f"u-{q}", scheme, bits, settings)
         cells.append((q, tmp_path / f"t-{q}", tmp_path / f"u-{q}"))
+    # One cell's quantized weights in memory at a time: holding every cell's at once took
+    # 12 GB on SmolLM2 x 10 quants and was OOM-killed.
+    class Weights(dict):
+        pass
+
+    live, most = [], []
+    load = diagnostics._linear_weights
+
+    def tracked(*args, **kwargs):
+        gc.collect()
+        out = Weights(load(*args, **kwargs))
+        live.append(weakref.ref(out))
+        most.append(sum(ref() is not None for ref in live))
+        return out
+
+    monkeypatch.setattr(diagnostics, "_linear_weights", tracked)
     keys = {"bench": "b", "method": "ga", "hp": "lr=1", "seed": 0}
     frame = survival_diagnostics(folder, tmp_path / "u", cells, data, keys, {"samples": 4},
                                  tmp_path / "diagnostics.parquet")
+    assert len(most) == 2 * len(cells) and max(most) <= 2
     assert frame.equals(pd.read_parquet(tmp_path / "diagnostics.parquet"))
     assert read_parquet_metadata(tmp_path / "diagnostics.parquet")["keys"]["method"] == "ga"
     assert set(frame.quant) == {"rtn-w4", "bnb-w8"}

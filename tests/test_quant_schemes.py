@@ -3,6 +3,7 @@ checks made at config validation."""
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,8 +145,12 @@ def _relapse_quantize(source, out, quant, data, threads=2):
     cmd = [sys.executable, "-m", "relapse.cli", "quantize", "--settings",
            json.dumps({"quant": quant, "device": "cpu"}), "--source", str(source),
            "--out", str(out), "--data", str(data), "--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    workdir = Path(out).parent / f"cwd-{Path(out).name}"
+    workdir.mkdir()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     assert done.returncode == 0, done.stderr[-3000:]
+    # GPTQModel's per-module logs go with the model, not into the working directory's logs/
+    assert not (workdir / "logs").exists()
 
 
 @pytest.mark.slow
@@ -163,6 +168,7 @@ def test_gptq_beats_rtn_on_calibration_data_and_awq_runs(tmp_path, awq_sized_lm,
     assert gptq["library"] == "gptqmodel" and gptq["library_version"] == "7.6.0"
     assert gptq["settings"]["library_config"]["bits"] == 4
     assert (tmp_path / "gptq" / "native" / "quantize_config.json").exists()
+    assert any((tmp_path / "gptq" / "gptqmodel_logs").iterdir())
     texts = list(pd.read_parquet(calib_data / "retain.parquet").text)[:16]
     q_gptq, q_rtn = load_model(tmp_path / "gptq"), load_model(tmp_path / "rtn")
     names = [f"model.layers.{i}.{m}" for i in range(2)

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 NATIVE_DIR = "native"
+LIBRARY_LOG_DIR = "gptqmodel_logs"
 
 
 def _import_gptqmodel(threads: int):
@@ -31,6 +32,16 @@ def _import_gptqmodel(threads: int):
         raise RuntimeError("schemes gptq and awq need GPTQModel 7.6.0 "
                            "(see README: it is installed by `make`)") from err
     return gptqmodel
+
+
+def _keep_library_logs_in(folder: Path) -> None:
+    """GPTQModel 7.6 writes its per-module statistics (loss, samples, seconds) to `./logs` of the
+    working directory, i.e. into the workflow's own logs/ folder, under random names. They
+    describe one quantized model, so they go into that model's folder."""
+    from gptqmodel.looper import loop_processor
+
+    if hasattr(loop_processor, "_PROJECT_LOG_DIR"):
+        loop_processor._PROJECT_LOG_DIR = Path(folder)
 
 
 def _backends():
@@ -67,6 +78,7 @@ def gptqmodel_quantize(method: str, model, bits: int, settings: dict, job) -> di
     cal = settings["calibration"]
     samples = calibration_batch(job.data_dir, load_tokenizer(job.source_dir), cal)
     native = Path(job.out_dir) / NATIVE_DIR
+    _keep_library_logs_in(Path(job.out_dir) / LIBRARY_LOG_DIR)
     torch.manual_seed(cal["seed"])
     # GPTQ runs in fp32, so that no bf16 rounding of the weights (as large as half an 8-bit
     # step) precedes quantization; the AWQ torch kernel only packs fp16/bf16 modules.
