@@ -5,8 +5,9 @@
 Runs the full metric set of the default config (KnowMem on forget/retain/holdout, VerbMem,
 the MIA family and PrivLeak's Min-K% AUC, perplexity on retain_eval and holdout) twice:
 
-  engine     the registered metrics: batched greedy generation (left padding, KV cache, stop
-             strings) and batched teacher-forced scoring, one forward pass per distinct text;
+  engine     the registered metrics: batched greedy generation (left padding, KV cache, a
+             few-shot prefix shared by the batch forwarded once, stop strings) and batched
+             teacher-forced scoring, one forward pass per distinct text;
   reference  a loop written here, one item at a time as MUSE's evaluation does: one `generate`
              per prompt to the full max_new_tokens, then the cut; for each PrivLeak text two
              forward passes (the text, for its loss and token log-probs, and the lowercased
