@@ -79,7 +79,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     stops once every row has produced one; greedy tokens before a stop do not depend on what
     follows, so after `cut_at_stops` the result is the same as generating to the limit.
     With `share_prefix`, a token prefix common to a whole batch is forwarded once (the
-    continuation is the same; tests/test_generation.py compares both)."""
+    continuation is the same; tests/test_evaluate.py compares both)."""
     import torch
     from transformers import StoppingCriteriaList
 
