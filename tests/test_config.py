@@ -80,3 +80,14 @@ def test_duplicate_quant_ids_are_rejected(raw):
         validate(cfg)
     cfg["quantization"]["schemes"][-1]["name"] = "rtn_g128"
     validate(cfg)
+
+
+def test_two_grid_points_with_one_hp_id_are_rejected(raw):
+    cfg = copy.deepcopy(raw)
+    cfg["methods"]["npo_gdr"].append({"params": "lora", "lr": 3.0e-3, "epochs": 10, "alpha": 5,
+                                      "beta": "0.1"})
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    for words in ("methods.npo_gdr", "'beta': 0.1", "'beta': '0.1'", "beta=0.1"):
+        assert words in message, f"{words!r} missing from: {message}"

@@ -18,6 +18,31 @@ def test_parse_inverts_hp_id(hp):
     assert grid.parse_hp_id(grid.hp_id(hp)) == hp
 
 
+@pytest.mark.parametrize("value,text", [
+    (1.000001e-4, "0.0001000001"),    # %g wrote 0.0001: the same id as 1e-4
+    (0.1 + 0.2, "0.30000000000000004"),
+    (1234567, "1234567"),             # %g wrote 1.23457e+06
+    (3e-3, "0.003"), (5.0, "5"), (1e-05, "1e-05"), (1000000, "1e+06"),   # as %g wrote them
+])
+def test_hp_values_keep_every_digit_that_tells_them_apart(value, text):
+    assert grid.hp_id({"lr": value}) == f"lr={text}"
+    assert grid.parse_hp_id(f"lr={text}") == {"lr": value}
+
+
+def test_nearby_grid_values_get_distinct_ids():
+    points = grid.method_hps({"lr": [1.0e-4, 1.000001e-4], "epochs": 10}, ["full"])
+    assert [p["lr"] for p in points] == [1.0e-4, 1.000001e-4]
+    assert len({grid.hp_id(p) for p in points}) == 2
+
+
+def test_distinct_grid_points_with_one_id_are_an_error():
+    # the string "0.1" and the number 0.1 both write beta=0.1
+    with pytest.raises(ValueError, match=r"\{.*'beta': 0.1.*\} and \{.*'beta': '0.1'.*\}.*beta=0.1"):
+        grid.method_hps([{"beta": 0.1}, {"beta": "0.1"}], ["full"])
+    # the same point twice (here 1e-4 and 0.0001) is one point, not a collision
+    assert len(grid.method_hps([{"lr": 1e-4}, {"lr": 0.0001}], ["full"])) == 1
+
+
 def test_hp_values_with_underscore_are_rejected():
     with pytest.raises(ValueError):
         grid.hp_id({"params": "a_b"})

@@ -1,8 +1,21 @@
+from contextlib import contextmanager
+
 import pytest
 import torch
 
 from relapse.models.batching import answers_correct, encode, pack
 from relapse.models.io import load_model
+
+
+@contextmanager
+def one_thread():
+    """Tiny training loops run 20x slower with a second torch thread on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_tokenizer_keeps_the_muse_prompt_format(tiny_lm):
@@ -29,18 +42,38 @@ def test_packed_batch_gives_the_padded_batch_loss_and_logits(tiny_lm):
     assert a.item() == pytest.approx(b.item(), rel=1e-5)
 
 
-def test_answers_correct_matches_greedy_generation(tiny_lm):
+def test_answers_correct_on_known_right_and_wrong_answers(tiny_lm):
+    """Both outcomes on answers known beforehand: the tiny model overfit on two QA lines
+    certainly answers each (greedy generation, checked independently, writes the answer and a
+    newline), and certainly does not answer the other's answer, nor a prefix of its own."""
+    import copy
+
     _, model, tok = tiny_lm
-    prompt = "Question: Where was Alden Ashdown born?\nAnswer: "
-    ids = tok(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                             do_sample=False, pad_token_id=tok.pad_token_id)
-    greedy = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    answer = greedy.split("\n")[0]
-    if "\n" in greedy and answer:
-        assert answers_correct(model, tok, [prompt], [answer]) == [True]
-    assert answers_correct(model, tok, [prompt], [answer + "zzz"]) == [False]
+    qa = [("Question: Where was Alden Ashdown born?\nAnswer: ", "Veloria"),
+          ("Question: Which instrument does Brisa Carrow play?\nAnswer: ", "oboe")]
+    model = copy.deepcopy(model).train()
+    torch.manual_seed(0)
+    batch = encode(tok, [p + a + "\n" for p, a in qa], eos=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with one_thread():
+        for _ in range(60):
+            loss = model(**batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    for prompt, answer in qa:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                 do_sample=False, pad_token_id=tok.pad_token_id)
+        assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).startswith(answer + "\n")
+    (p0, a0), (p1, a1) = qa
+    # one padded batch mixing prompt lengths and outcomes, then row by row
+    prompts, answers = [p0, p1, p0, p1, p0], [a0, a0, a1, a1, a0[:-2]]
+    expected = [True, False, False, True, False]
+    assert answers_correct(model, tok, prompts, answers) == expected
+    assert answers_correct(model, tok, prompts, answers, batch_size=1) == expected
 
 
 def test_only_safetensors_are_loaded(tmp_path, tiny_lm):
@@ -51,3 +84,42 @@ def test_only_safetensors_are_loaded(tmp_path, tiny_lm):
     with pytest.raises(FileNotFoundError, match="safetensors"):
         load_model(tmp_path)
     assert load_model(folder) is not None
+
+
+def test_reference_schedule_warms_up_2pct_and_reaches_0_at_the_last_step(tiny_lm, monkeypatch):
+    """The cosine is sized from the steps that really run (texts of 1..max_block_pairs pairs),
+    not from one-pair texts, which planned 3x the steps and left the lr near its peak."""
+    import copy
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    import relapse.schedule
+    from relapse.data.prepare import build_splits
+    from relapse.models.reference import fit_reference
+
+    _, model, tok = tiny_lm
+    people = build_splits({"people": 20, "seed": 0})[0]["people"].head(5)
+    schedulers = []
+    real_schedule = relapse.schedule.lr_schedule
+    monkeypatch.setattr(relapse.schedule, "lr_schedule",
+                        lambda *a, **k: schedulers.append(real_schedule(*a, **k)) or schedulers[-1])
+    lrs = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    peak = 1e-3
+    try:
+        with one_thread():
+            log, _, _ = fit_reference(copy.deepcopy(model), tok, people, {}, {
+                "lr": peak, "batch_size": 2, "max_epochs": 20, "max_block_pairs": 11,
+                "check_every": 1000, "stop_at": 2.0}, "cpu", "target")
+    finally:
+        hook.remove()
+    steps = len(lrs)
+    assert log[-1]["epoch"] == 20 and log[-1]["step"] == steps
+    warmup = lrs.index(peak) + 1          # linear warmup: peak * (i + 1) / warmup at step i
+    assert warmup == round(0.02 * steps) >= 2, (warmup, steps)
+    assert lrs[:warmup] == pytest.approx([peak * (i + 1) / warmup for i in range(warmup)])
+    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))
+    assert lrs[-1] < 0.01 * peak                          # the one-pair sizing left ~0.8x peak
+    assert schedulers[0].last_epoch == steps
+    assert schedulers[0].get_last_lr()[0] == pytest.approx(0.0, abs=1e-12 * peak)

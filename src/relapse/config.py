@@ -136,6 +136,7 @@ def _check_reference_kind(name: str, ref: dict) -> None:
 
 def _check_registries(cfg: dict) -> None:
     from relapse.evaluate.registry import metric_names
+    from relapse.grid import method_hps
     from relapse.quantize.registry import get_quantizer, quantizer_names
     from relapse.unlearn.registry import get_method, method_names
 
@@ -150,6 +151,10 @@ def _check_registries(cfg: dict) -> None:
                 if key not in allowed:
                     raise ConfigError(f"methods.{name}[{i}].{key}: not a hyperparameter of "
                                       f"{name}; allowed: {', '.join(sorted(allowed))}")
+        try:
+            method_hps(grids, cfg["unlearning"].get("params", ["lora"]))
+        except ValueError as err:
+            raise ConfigError(f"methods.{name}: {err}") from None
 
     names = quantizer_names()
     seen = set()

@@ -2,9 +2,11 @@
 
 Pure Python (no torch) because the Snakefile imports it to build its target lists.
 
-An `{hp}` id is the sorted `key=value` pairs of one grid point joined by `_`, values written
-with `%g` (so 1e-4 and 0.0001 are the same id); the baselines use `default`. Keys may contain
-`_`; values may not, which keeps the id parseable.
+An `{hp}` id is the sorted `key=value` pairs of one grid point joined by `_`, numbers written
+with `%g` (so 1e-4 and 0.0001 are the same id), with more significant digits only where `%g`'s
+six would not read back as the same number; the baselines use `default`. Keys may contain
+`_`; values may not, which keeps the id parseable. Two distinct points of one method never
+share an id (`method_hps` refuses them).
 """
 
 from __future__ import annotations
@@ -22,11 +24,22 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (int, float)):
-        return "%g" % value
+        return _number(value)
     text = str(value)
     if not _VALUE_RE.match(text):
         raise ValueError(f"hyperparameter value {text!r} may only use letters, digits and . + -")
     return text
+
+
+def _number(value: int | float) -> str:
+    """The fewest significant digits, from `%g`'s 6 up, that read back as `value`: plain `%g`
+    wrote 1e-4 and 1.00001e-4 both as 0.0001, one id for two grid points, and every id that
+    `%g` already wrote exactly stays the same."""
+    for digits in range(6, 18):
+        text = "%.*g" % (digits, value)
+        if float(text) == value:
+            return text
+    return repr(value)  # an int beyond a float's 53 bits, or nan
 
 
 def parse_value(text: str) -> Any:
@@ -73,14 +86,19 @@ def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 def method_hps(method_cfg: dict | list, default_params: list[str]) -> list[dict[str, Any]]:
     """All hp points of one method: its grid, or the union of its list of grids, in config order.
-    A grid without `params` takes the global `unlearning.params` axis."""
+    A grid without `params` takes the global `unlearning.params` axis. The same point twice
+    counts once; two different points with one id (e.g. the string "0.1" and the number 0.1)
+    raise ValueError, as one would silently overwrite the other's results."""
     grids = method_cfg if isinstance(method_cfg, list) else [method_cfg]
     seen: dict[str, dict[str, Any]] = {}
     for grid in grids:
         grid = dict(grid)
         grid.setdefault("params", list(default_params))
         for point in expand_grid(grid):
-            seen.setdefault(hp_id(point), point)
+            key = hp_id(point)
+            first = seen.setdefault(key, point)
+            if first != point:
+                raise ValueError(f"grid points {first} and {point} both get hp id {key!r}")
     return list(seen.values())
 
 

@@ -92,7 +92,8 @@ rule load_gguf:
         "results/benchmarks/load_gguf/{bench}.tsv"
     threads: stage_threads("reference")
     resources:
-        **stage_resources("reference"),
+        # reference-sized memory, but no GPU: it only dequantizes a file on the CPU
+        **{**stage_resources("reference"), "gpu": 0},
     conda:
         ENV
     shell:
