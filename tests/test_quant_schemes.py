@@ -12,7 +12,8 @@ from relapse.config import ConfigError, validate
 from relapse.models.io import load_model
 from relapse.quantize.registry import get_quantizer, quantizer_names
 from relapse.quantize.runtime import load_quantized_model
-from relapse.quantize.stage import quantize_model, read_steps
+from relapse.quantize.grid import read_grids
+from relapse.quantize.stage import quantize_model
 
 LAYER = "model.layers.0.mlp.up_proj"
 
@@ -62,9 +63,21 @@ def test_bnb_4bit_round_trip(tmp_path, tiny_lm, quant_type):
     # re-quantizing is the identity; the error is within the block's largest step
     again = quantize_model(tmp_path / "q", tmp_path / "q2", "bnb", 4, {"quant_type": quant_type})
     assert again and torch.equal(_weight(tmp_path / "q2"), q)
-    step = read_steps(tmp_path / "q")[LAYER]
+    # the recorded grid: each weight's block absmax and bitsandbytes' own codebook
+    grid = read_grids(tmp_path / "q")[LAYER]
     absmax = w.reshape(-1, 64).abs().amax(-1, keepdim=True).expand(-1, 64).reshape(w.shape)
-    assert torch.allclose(step, absmax * 2 / 15, rtol=1e-6)
+    assert torch.allclose(grid.scale, absmax, rtol=1e-6)
+    assert torch.equal(grid.levels, torch.unique(_get_4bit_code(quant_type, "cpu").float()))
+    assert torch.equal(grid.levels[grid.level_index(q)] * grid.scale, q)
+    # a folder written before codebooks were recorded (a mean step, no codebook) is refused
+    from safetensors.torch import load_file, save_file
+
+    steps_file = tmp_path / "q" / "quant_steps.safetensors"
+    old = {k.replace("absmax/", "step/"): v for k, v in load_file(str(steps_file)).items()
+           if k != "codebook"}
+    save_file(old, str(steps_file))
+    with pytest.raises(ValueError, match=f"{quant_type} without its codebook"):
+        read_grids(tmp_path / "q")
     assert ((q - w).abs() <= absmax / 6 + 1e-6).all()   # the widest gap is 1/3 (fp4, nf4)
     # lm_head and embeddings stay full precision (bnb's load_in_4bit default)
     qmodel = load_model(tmp_path / "q")
@@ -179,7 +192,7 @@ def test_gptq_beats_rtn_on_calibration_data_and_awq_runs(tmp_path, awq_sized_lm,
     # every quantized weight sits on its group's grid: at most 16 values per (row, group)
     w = q_gptq.get_submodule(LAYER).weight
     assert all(len(torch.unique(g)) <= 16 for g in w.reshape(w.shape[0], -1, 32).flatten(0, 1))
-    assert read_steps(tmp_path / "gptq")[LAYER].shape == w.shape
+    assert read_grids(tmp_path / "gptq")[LAYER].scale.shape == w.shape
 
     _relapse_quantize(folder, tmp_path / "awq", {"scheme": "awq", "bits": 4, "group_size": 32,
                                                  "calibration": cal}, calib_data)
@@ -189,8 +202,18 @@ def test_gptq_beats_rtn_on_calibration_data_and_awq_runs(tmp_path, awq_sized_lm,
     with torch.no_grad():
         logits = load_quantized_model(tmp_path / "awq")(ids).logits
         ref = model(ids).logits
+        rtn_logits = q_rtn(ids).logits
     assert torch.isfinite(logits).all()
-    assert (logits - ref).abs().mean() < 0.5 * ref.abs().mean()
+    # AWQ's scale search includes the identity scales, so a working AWQ is no worse than
+    # plain RTN of its group size. Measured here: mean |logit error| 0.086 of the mean |logit|,
+    # RTN g32 0.091 (0.95x). The same AWQ with its scales left out of the norms (folded into
+    # the Linear weights only) gives 0.102 (1.13x) and fails; the old bound was 0.5.
+    awq_error = float((logits - ref).abs().mean() / ref.abs().mean())
+    rtn_error = float((rtn_logits - ref).abs().mean() / ref.abs().mean())
+    assert 0 < awq_error < 1.05 * rtn_error, (awq_error, rtn_error)
+    # and it did quantize: every Linear weight sits on 16 levels per (row, group of 32)
+    w = load_model(tmp_path / "awq").get_submodule(LAYER).weight
+    assert all(len(torch.unique(g)) <= 16 for g in w.reshape(w.shape[0], -1, 32).flatten(0, 1))
 
 
 def test_awq_refuses_shapes_gptqmodel_cannot_take(tmp_path, tiny_lm, calib_data):

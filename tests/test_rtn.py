@@ -1,7 +1,21 @@
 import pytest
 import torch
 
-from relapse.quantize.rtn import rtn_codes, rtn_quantize, rtn_step
+from relapse.quantize.rtn import rtn_codes, rtn_quantize
+
+
+def _step(w, bits, group_size, symmetric):
+    """Every weight's step, from the group's own min/max (written out here, not rtn's code)."""
+    rows, cols = w.shape
+    g = cols if group_size == -1 else group_size
+    grouped = w.reshape(rows, cols // g, g)
+    if symmetric:
+        step = grouped.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
+    else:
+        lo = torch.minimum(grouped.amin(-1, keepdim=True), torch.zeros(()))
+        hi = torch.maximum(grouped.amax(-1, keepdim=True), torch.zeros(()))
+        step = (hi - lo) / (2 ** bits - 1)
+    return step.expand_as(grouped).reshape(rows, cols)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -11,7 +25,7 @@ def test_error_within_half_a_step_and_idempotent(bits, group_size, symmetric):
     torch.manual_seed(bits)
     w = torch.randn(32, 128) * 0.05
     q = rtn_quantize(w, bits, group_size, symmetric)
-    step = rtn_step(w, bits, group_size, symmetric)
+    step = _step(w, bits, group_size, symmetric)
     # symmetric clamps the most negative level away only at -qmax-1, so the bound holds too
     assert ((q - w).abs() <= step / 2 + 1e-7).all()
     assert torch.allclose(rtn_quantize(q, bits, group_size, symmetric), q, atol=1e-7, rtol=0)
@@ -35,6 +49,28 @@ def test_asymmetric_by_hand():
     assert scale.item() == pytest.approx(1.0) and zero.item() == 1
     assert codes.flatten().tolist() == [0, 1, 1, 3]   # round(0.5) = 0 (half to even), +1
     assert rtn_quantize(w, 2, -1).flatten().tolist() == [-1.0, 0.0, 0.0, 2.0]
+
+
+def test_asymmetric_range_holds_zero_and_the_zero_point_is_a_code():
+    """All-positive and all-negative groups: 0 stays on the grid and the zero point is a valid
+    unsigned code, as in GPTQ's and llama.cpp's int formats (the old [min, max] range gave the
+    positive group zero = -15 and mapped 0 to 1.0)."""
+    w = torch.tensor([[1.0, 1.5, 2.0, 0.0], [-2.0, -1.0, -0.5, 0.0], [1.0, 1.5, 2.0, 3.0]])
+    codes, scale, zero = rtn_codes(w, 4, 4, symmetric=False)
+    assert ((zero >= 0) & (zero <= 15)).all()
+    assert zero.flatten().tolist() == [0, 15, 0]
+    # the range is [0, 2], [-2, 0] and [0, 3]: steps 2/15, 2/15, 3/15
+    assert scale.flatten().tolist() == pytest.approx([2 / 15, 2 / 15, 3 / 15])
+    q = rtn_quantize(w, 4, 4, symmetric=False)
+    assert q[0, 3].item() == 0.0 and q[1, 3].item() == 0.0       # 0 maps exactly to 0
+    assert q[0, 2].item() == pytest.approx(2.0) and q[1, 0].item() == pytest.approx(-2.0)
+    # 0 is a level of every group, whatever its sign pattern: code = zero dequantizes to 0
+    torch.manual_seed(0)
+    shifted = torch.randn(8, 64) * 0.05 + torch.linspace(-0.3, 0.3, 8)[:, None]
+    _, scale, zero = rtn_codes(shifted, 4, 16, symmetric=False)
+    assert ((zero >= 0) & (zero <= 15)).all()
+    with_zero = torch.cat([shifted, torch.zeros(8, 16)], 1)
+    assert (rtn_quantize(with_zero, 4, 16)[:, 64:] == 0).all()
 
 
 def test_symmetric_by_hand():

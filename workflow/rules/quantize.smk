@@ -36,7 +36,9 @@ rule diagnose:
                 k: v
                 for k, v in config["quantization"]["diagnostics"].items()
                 if k != "enabled"
-            }
+            },
+            # the evaluated model's dtype: the weights and activations it computes with
+            dtype=config["evaluation"]["dtype"],
         ),
         quants=lambda w: " ".join(grid.diagnosed_quants(config)),
     log:

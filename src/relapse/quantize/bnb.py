@@ -1,8 +1,10 @@
 """bitsandbytes quantization of one weight matrix, on CPU or CUDA, returning the dequantized
-weight and its quantization step in the registry's (step[out, groups], group_index[in]) form.
+weight and its grid in the registry's ([out, groups], group_index[in]) form.
 
-For the 4-bit codebooks (fp4, nf4: 16 values spanning [-1, 1] times the block's absmax) the grid
-is not uniform; the step we report is the mean spacing, absmax · 2/15."""
+LLM.int8 is a uniform grid: its step. The 4-bit codebooks (fp4, nf4: 16 values on [-1, 1] times
+the block's absmax) are not uniform: their grid is the block absmax and the codebook
+(`codebook_4bit`), from which the diagnostics take each weight's code and local spacing
+(relapse.quantize.grid)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,14 @@ def _require_bnb():
     return F
 
 
+def codebook_4bit(quant_type: str) -> torch.Tensor:
+    """bitsandbytes' own table of the 16 values a 4-bit code dequantizes to (times absmax)."""
+    return _require_bnb().get_4bit_type(quant_type, device="cpu").float()
+
+
 def bnb_4bit(weight: torch.Tensor, quant_type: str = "fp4", blocksize: int = 64,
              double_quant: bool = False):
+    """(dequantized weight, block absmax [out, groups], group_index [in])."""
     F = _require_bnb()
     w = weight.detach().float().contiguous()
     rows, cols = w.shape
@@ -37,15 +45,15 @@ def bnb_4bit(weight: torch.Tensor, quant_type: str = "fp4", blocksize: int = 64,
     dequantized = deq_blocks.reshape(-1)[: flat.numel()].reshape(w.shape)
     # The element of largest magnitude in a block maps to the codebook's ±1, so the block's
     # (double-quant-dequantized) absmax is exactly the largest dequantized magnitude.
-    step_per_block = deq_blocks.abs().amax(-1) * (2.0 / 15.0)
+    absmax_per_block = deq_blocks.abs().amax(-1)
     if cols % blocksize == 0:
-        step = step_per_block.reshape(rows, cols // blocksize)
+        absmax = absmax_per_block.reshape(rows, cols // blocksize)
         group_index = torch.arange(cols) // blocksize
     else:
-        # Blocks straddle rows: store one step per weight.
-        step = step_per_block.repeat_interleave(blocksize)[: rows * cols].reshape(rows, cols)
+        # Blocks straddle rows: store one absmax per weight.
+        absmax = absmax_per_block.repeat_interleave(blocksize)[: rows * cols].reshape(rows, cols)
         group_index = torch.arange(cols)
-    return dequantized.to(weight.dtype), step, group_index
+    return dequantized.to(weight.dtype), absmax, group_index
 
 
 def bnb_int8(weight: torch.Tensor):

@@ -5,18 +5,26 @@ target quantized the same way (W: full precision, Q: the quantized weights; t ta
 x: the module's input activations on forget texts, in the unlearned full-precision model):
 
 - delta_over_step: mean |W_u − W_t| / step_t, the update in units of the quantization step of
-  the target's grid (the step a weight must move to change its code);
-- same_code_fraction: fraction of weights whose quantized value did not move to another level,
-  |Q(W_u) − Q(W_t)| < step_t/2: the same code where the grid did not move, and still the same
-  level where an update of a group's min or max rescaled the grid slightly (exact equality would
-  count every weight of such a group as changed);
+  the target's grid (the step a weight must move to change its code). On a codebook grid (bnb
+  fp4/nf4) step_t is the local spacing around each weight's level (relapse.quantize.grid);
+- same_code_fraction: fraction of weights whose quantized value did not move to another level.
+  Uniform grids: |Q(W_u) − Q(W_t)| < step_t/2, the same code where the grid did not move, and
+  still the same level where an update of a group's min or max rescaled the grid slightly
+  (exact equality would count every weight of such a group as changed). Codebook grids: the
+  same codebook level, each model's weights read against its own block absmax;
 - update_survival: the projection of the quantized update onto the full-precision one,
   ⟨ΔQ·x, ΔW·x⟩ / ‖ΔW·x‖² summed over forget tokens (= cosine × norm_ratio). About 1: the
   unlearning survives quantization; about 0: quantization erased it.
 
-AWQ folds per-channel scales into the norms and the preceding Linear rows, so its quantized
-Linear weights live in a different basis from the full-precision ones and the per-module
-comparison is undefined: its rows carry NaN and say why in `note`.
+Two cases have no such finding, and their rows carry NaN and say why in `note`. AWQ folds
+per-channel scales into the norms and the preceding Linear rows, so its quantized Linear
+weights live in a different basis from the full-precision ones. With `lora_merge: adapter` the
+LoRA update stays in full precision over the quantized base, so ΔQ = ΔW by construction (the
+survival would read 1 whatever the quantizer) and the unlearned weights have no code; only
+delta_over_step, the update against the base's grid, still says something.
+
+Models load in the evaluation's dtype (`evaluation.dtype`): the weights and activations are those
+the evaluated model computes with; every row records it.
 """
 
 from __future__ import annotations
@@ -25,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 DIAGNOSTICS_DEFAULTS = {"split": "forget", "samples": 32, "max_tokens": 128}
-
-
-def update_projection(delta_w, delta_q, x) -> dict[str, float]:
-    """⟨ΔQ·x, ΔW·x⟩/‖ΔW·x‖², the cosine and the norm ratio, with x [tokens, in] and Δ [out, in]."""
-    dw = x.double() @ delta_w.double().T
-    dq = x.double() @ delta_q.double().T
-    return _ratios(float((dq * dw).sum()), float((dq * dq).sum()), float((dw * dw).sum()))
+DTYPES = ("float32", "bfloat16", "float16")
+PROJECTIONS = ("update_survival", "cosine", "norm_ratio")
+AWQ_NOTE = ("awq folds activation scales into the weights: per-module comparison with the "
+            "full-precision update is undefined")
+ADAPTER_NOTE = ("lora_merge adapter: the LoRA update stays full precision over the quantized "
+                "base, so the quantized update equals the full one by construction")
 
 
 def _ratios(dot: float, qq: float, ww: float) -> dict[str, float]:
@@ -42,22 +49,31 @@ def _ratios(dot: float, qq: float, ww: float) -> dict[str, float]:
     return {"update_survival": dot / ww, "cosine": cosine, "norm_ratio": (qq / ww) ** 0.5}
 
 
-def weight_diagnostics(w_t, w_u, q_t, q_u, step_t) -> dict[str, float]:
+def same_code(q_t, q_u, grid_t, grid_u):
+    """Per weight: did Q(W_u) stay on the level of Q(W_t)? (see the module docstring)"""
+    if grid_t.is_codebook:
+        return grid_t.level_index(q_t) == grid_u.level_index(q_u)
+    return (q_u.double() - q_t.double()).abs() < grid_t.scale.double() / 2
+
+
+def weight_diagnostics(w_t, w_u, q_t, q_u, grid_t, grid_u) -> dict[str, float]:
+    """Weight-level statistics of one module; grid_t / grid_u: the quantized target's and
+    unlearned model's grids (relapse.quantize.grid)."""
     delta = (w_u.double() - w_t.double()).abs()
+    step_t = grid_t.local_step(q_t).double()
     return {"n_weights": int(w_t.numel()),
             "mean_abs_delta": float(delta.mean()),
-            "delta_over_step": float((delta / step_t.double().clamp(min=1e-12)).mean()),
+            "delta_over_step": float((delta / step_t.clamp(min=1e-12)).mean()),
             "changed_fraction": float((w_u != w_t).double().mean()),
-            "same_code_fraction": float(((q_u.double() - q_t.double()).abs()
-                                         < step_t.double() / 2).double().mean())}
+            "same_code_fraction": float(same_code(q_t, q_u, grid_t, grid_u).double().mean())}
 
 
-def _linear_weights(model_dir: Path, names) -> dict[str, Any]:
+def _linear_weights(model_dir: Path, names, dtype: str = "float32") -> dict[str, Any]:
     """Effective weights of the Linear modules `names` of a quantize-stage folder: the saved
     (dequantized) weights, plus the full-precision LoRA update in lora_merge: adapter mode."""
     from relapse.quantize.runtime import load_quantized_model
 
-    model = load_quantized_model(model_dir, kernels=False)
+    model = load_quantized_model(model_dir, kernels=False, dtype=dtype)
     if hasattr(model, "merge_and_unload"):       # a PeftModel: the adapter over the base
         model = model.merge_and_unload()
     return {n: model.get_submodule(n).weight.detach().float().cpu() for n in names}
@@ -109,9 +125,10 @@ def _projection_sums(model, deltas_w, deltas_q, texts, tokenizer, max_tokens
 
 def survival_diagnostics(target_dir, unlearned_dir, cells: list[tuple[str, str, str]],
                          data_dir, keys: dict, cfg: dict, out: str | Path,
-                         device: str = "cpu", threads: int = 1):
+                         device: str = "cpu", threads: int = 1, dtype: str = "float32"):
     """Write diagnostics.parquet for one unlearned model over `cells`, each a tuple
-    (quant id, the target's quantized folder, the unlearned model's quantized folder)."""
+    (quant id, the target's quantized folder, the unlearned model's quantized folder), with
+    every model loaded in `dtype` (the evaluation's)."""
     import re
 
     import pandas as pd
@@ -121,26 +138,29 @@ def survival_diagnostics(target_dir, unlearned_dir, cells: list[tuple[str, str, 
     from relapse.models.io import load_model, read_manifest
     from relapse.models.tokenizer import load_tokenizer
     from relapse.provenance import provenance
-    from relapse.quantize.stage import read_steps
+    from relapse.quantize.grid import read_grids
     from relapse.seeding import seed_everything
 
     unknown = set(cfg) - set(DIAGNOSTICS_DEFAULTS)
     if unknown:
         raise ValueError(f"diagnostics: unknown setting(s) {', '.join(sorted(unknown))}")
+    if dtype not in DTYPES:
+        raise ValueError(f"diagnostics: dtype (evaluation.dtype) must be one of "
+                         f"{', '.join(DTYPES)}, got {dtype!r}")
     cfg = {**DIAGNOSTICS_DEFAULTS, **cfg}
     seed_everything(0, threads)
     target_dir, unlearned_dir = Path(target_dir), Path(unlearned_dir)
-    unlearned = load_model(unlearned_dir, device=device)
+    unlearned = load_model(unlearned_dir, device=device, dtype=dtype)
     tokenizer = load_tokenizer(unlearned_dir)
     texts = load_split(data_dir, cfg["split"])["text"].tolist()[: cfg["samples"]]
-    all_steps = []
+    all_grids = []
     for _, tq_dir, _ in cells:
-        all_steps.append(read_steps(tq_dir))
-        if not all_steps[-1]:
+        all_grids.append(read_grids(tq_dir))
+        if not all_grids[-1]:
             raise ValueError(f"{tq_dir}: no quant_steps.safetensors (a full-precision cell has "
                              "no quantization to diagnose)")
-    names = sorted(set().union(*all_steps))
-    target = load_model(target_dir)
+    names = sorted(set().union(*all_grids))
+    target = load_model(target_dir, dtype=dtype)
     w_t = {n: target.get_submodule(n).weight.detach().float().cpu() for n in names}
     del target
     w_u = {n: unlearned.get_submodule(n).weight.detach().float().cpu() for n in names}
@@ -151,30 +171,41 @@ def survival_diagnostics(target_dir, unlearned_dir, cells: list[tuple[str, str, 
     # of cells (holding every cell at once took 12 GB on SmolLM2-135M x 10 quants, and the OOM
     # killer); the extra forward passes are cheap next to the projections.
     rows = []
-    for (quant, tq_dir, uq_dir), steps in zip(cells, all_steps):
+    nan = float("nan")
+    for (quant, tq_dir, uq_dir), grids_t in zip(cells, all_grids):
         tq_dir, uq_dir = Path(tq_dir), Path(uq_dir)
         manifest = read_manifest(uq_dir, "quant_manifest.json")
-        quantized = [n for n in names if n in steps]
-        q_t, q_u = _linear_weights(tq_dir, quantized), _linear_weights(uq_dir, quantized)
-        deltas_q = {n: (q_u[n] - q_t[n]).to(device) for n in quantized}
-        sums, tokens = _projection_sums(unlearned, deltas_w, deltas_q, texts, tokenizer,
-                                        cfg["max_tokens"])
-        del deltas_q
         scaled_basis = manifest.get("settings", {}).get("basis") == "awq-scaled"
+        adapter = manifest.get("lora_merge") == "adapter"
+        grids_u = read_grids(uq_dir)
+        quantized = [n for n in names if n in grids_t]
+        q_t = _linear_weights(tq_dir, quantized, dtype)
+        q_u = _linear_weights(uq_dir, quantized, dtype)
+        if adapter or scaled_basis:       # no projection to report: skip the forward passes
+            sums, tokens = {n: (0.0, 0.0, 0.0) for n in quantized}, 0
+        else:
+            deltas_q = {n: (q_u[n] - q_t[n]).to(device) for n in quantized}
+            sums, tokens = _projection_sums(unlearned, deltas_w, deltas_q, texts, tokenizer,
+                                            cfg["max_tokens"])
+            del deltas_q
         for name in quantized:
             match = re.search(r"\.layers\.(\d+)\.", f".{name}")
+            grid_t = grids_t[name]
             row = {**keys, "quant": quant, "scheme": manifest.get("scheme"),
                    "bits": manifest.get("bits"), "lora_merge": manifest.get("lora_merge"),
+                   "grid": "codebook" if grid_t.is_codebook else "uniform", "dtype": dtype,
                    "module": name, "layer": int(match.group(1)) if match else -1,
                    "kind": name.rsplit(".", 1)[-1], "tokens": tokens, "note": ""}
-            stats = weight_diagnostics(w_t[name], w_u[name], q_t[name], q_u[name], steps[name])
+            stats = weight_diagnostics(w_t[name], w_u[name], q_t[name], q_u[name], grid_t,
+                                       grids_u[name])
             stats.update(_ratios(*sums[name]))
             if scaled_basis:
-                for key in ("delta_over_step", "same_code_fraction", "update_survival",
-                            "cosine", "norm_ratio"):
-                    stats[key] = float("nan")
-                row["note"] = ("awq folds activation scales into the weights: per-module "
-                               "comparison with the full-precision update is undefined")
+                stats.update({k: nan for k in ("delta_over_step", "same_code_fraction",
+                                               *PROJECTIONS)})
+                row["note"] = AWQ_NOTE
+            elif adapter:
+                stats.update({k: nan for k in ("same_code_fraction", *PROJECTIONS)})
+                row["note"] = ADAPTER_NOTE
             rows.append({**row, **stats})
         del q_t, q_u
     frame = pd.DataFrame(rows)

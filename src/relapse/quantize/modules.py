@@ -19,11 +19,15 @@ def quantized_module_names(model, settings: dict) -> list[str]:
     return names
 
 
-def quantize_weights(model, settings: dict, job, quantize_one) -> tuple[list[str], int]:
+def quantize_weights(model, settings: dict, job, quantize_one, codebook=None
+                     ) -> tuple[list[str], int]:
     """Replace every selected weight W by quantize_one(W) -> (dequantized, step, group_index),
-    recording the step for the diagnostics. Returns the module names and the weight count."""
+    recording the step for the diagnostics. With a `codebook` (a non-uniform scheme's table on
+    [-1, 1]), quantize_one returns the block absmax in place of the step. Returns the module
+    names and the weight count."""
     import torch
 
+    job.codebook = codebook
     names = quantized_module_names(model, settings)
     count = 0
     with torch.no_grad():

@@ -2,10 +2,11 @@
 quantize then dequantize, so every scheme's output loads and runs the same way on CPU and GPU)
 and returns the settings it used, for the manifest.
 
-Besides the weights, a quantizer records the quantization *step* of every weight it quantized
-(`QuantJob.record_step`), which the survival diagnostics divide weight updates by. A step is
-stored compactly per module as `step[out, groups]` plus `group_index[in]` (the group of each
-input column), which covers per-channel, per-group and GPTQ's act-order (g_idx) layouts alike.
+Besides the weights, a quantizer records the grid of every weight it quantized
+(`QuantJob.record_step`, relapse.quantize.grid), which the survival diagnostics compare codes on
+and divide weight updates by: per module `step[out, groups]` plus `group_index[in]` (the group
+of each input column: per-channel, per-group and GPTQ's act-order layouts alike), or, for a
+codebook scheme (`QuantJob.codebook` set), the block absmax in that layout.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class QuantJob:
     device: str = "cpu"
     threads: int = 1
     steps: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    codebook: Any = None           # a codebook scheme's table on [-1, 1]; then steps hold absmax
 
     def record_step(self, module: str, step, group_index) -> None:
         self.steps[module] = (step.detach().float().cpu().contiguous(),

@@ -1,9 +1,15 @@
 """Integer round-to-nearest quantization in torch: the scheme of the seed paper's theory.
 
 Per output row, weights are cut into groups of `group_size` consecutive input columns (-1: the
-whole row, i.e. per channel). Asymmetric: scale = (max − min)/(2^b − 1), zero = round(−min/scale),
+whole row, i.e. per channel). Asymmetric: lo = min(w_min, 0), hi = max(w_max, 0),
+scale = (hi − lo)/(2^b − 1), zero = clamp(round(−lo/scale), 0, 2^b − 1),
 code = clamp(round(w/scale) + zero, 0, 2^b − 1). Symmetric: scale = max|w|/(2^(b−1) − 1),
 code = clamp(round(w/scale), −2^(b−1), 2^(b−1) − 1). Dequantized w' = (code − zero)·scale.
+
+The asymmetric range always holds 0, as in GPTQ's and llama.cpp's integer formats with a zero
+point: 0 is then exactly representable (code = zero), and the zero point is a valid unsigned
+code. With the range [w_min, w_max] alone, a group of all-positive weights got a negative zero
+point, which no packed int format can store, and 0 fell off the grid.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ def rtn_codes(weight: torch.Tensor, bits: int, group_size: int = -1, symmetric: 
         codes = torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
     else:
         levels = 2 ** bits - 1
-        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        lo = w.amin(-1, keepdim=True).clamp(max=0)
+        hi = w.amax(-1, keepdim=True).clamp(min=0)
         scale = ((hi - lo) / levels).clamp(min=_EPS)
-        zero = torch.round(-lo / scale)
+        zero = torch.clamp(torch.round(-lo / scale), 0, levels)
         codes = torch.clamp(torch.round(w / scale) + zero, 0, levels)
     return codes, scale, zero
 
@@ -48,14 +55,6 @@ def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int = -1,
     """Quantize then dequantize: the weight the quantized model computes with."""
     codes, scale, zero = rtn_codes(weight, bits, group_size, symmetric)
     return rtn_dequantize(codes, scale, zero, weight.shape).to(weight.dtype)
-
-
-def rtn_step(weight: torch.Tensor, bits: int, group_size: int = -1,
-             symmetric: bool = False) -> torch.Tensor:
-    """The quantization step (scale) of every weight, in the weight's shape."""
-    _, scale, _ = rtn_codes(weight, bits, group_size, symmetric)
-    grouped = _grouped(weight, group_size)
-    return scale.expand_as(grouped).reshape(weight.shape)
 
 
 def quantize_linear_layers(model, names: list[str], bits: int, group_size: int,

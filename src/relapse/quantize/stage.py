@@ -2,9 +2,10 @@
 
 Output folder: the dequantized weights (model.safetensors, so the evaluation loads every scheme
 alike), the tokenizer, `quant_manifest.json` (scheme, bits, settings, library and version,
-source) and `quant_steps.safetensors` (the step of every quantized weight, for the survival
-diagnostics). With `lora_merge: adapter` a LoRA-unlearned model is its reference base quantized
-(the target's folder at the same quant, reused) plus the full-precision `adapter/` on top."""
+source) and `quant_steps.safetensors` (the grid of every quantized weight, for the survival
+diagnostics: relapse.quantize.grid). With `lora_merge: adapter` a LoRA-unlearned model is its
+reference base quantized (the target's folder at the same quant, reused) plus the
+full-precision `adapter/` on top."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from relapse.quantize.grid import STEPS_FILE
+
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
-STEPS_FILE = "quant_steps.safetensors"
 MANIFEST = "quant_manifest.json"
 LORA_MERGE_MODES = ("merged", "adapter")
 
@@ -68,9 +70,8 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
                     shutil.copy2(source_dir / name, tmp / name)
             used = quantizer.resolve(settings, bits)
         else:
-            from safetensors.torch import save_file
-
             from relapse.models.io import copy_tokenizer, load_model, save_model
+            from relapse.quantize.grid import save_grids
             from relapse.seeding import seed_everything
 
             seed_everything(0, threads)
@@ -81,11 +82,7 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             used = quantizer.quantize(model, bits, settings, job)
             save_model(model, tmp)
             copy_tokenizer(source_dir, tmp)
-            tensors = {}
-            for module, (step, group_index) in job.steps.items():
-                tensors[f"step/{module}"] = step
-                tensors[f"group_index/{module}"] = group_index
-            save_file(tensors, str(tmp / STEPS_FILE))
+            save_grids(job.steps, job.codebook, tmp / STEPS_FILE)
         manifest = {
             "scheme": scheme, "bits": bits, "settings": used, "library": quantizer.library,
             "library_version": quantizer.library_version(), **manifest_extra,
@@ -96,19 +93,3 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             **provenance()}
         write_json(tmp / MANIFEST, manifest)
     return manifest
-
-
-def read_steps(model_dir: str | Path) -> dict[str, Any]:
-    """module -> per-weight quantization step [out, in], from quant_steps.safetensors."""
-    from safetensors.torch import load_file
-
-    file = Path(model_dir) / STEPS_FILE
-    if not file.exists():
-        return {}
-    raw = load_file(str(file))
-    out = {}
-    for key, step in raw.items():
-        if key.startswith("step/"):
-            module = key[len("step/"):]
-            out[module] = step[:, raw[f"group_index/{module}"].long()]
-    return out

@@ -30,17 +30,20 @@ class BitsAndBytes(Quantizer):
             raise ValueError(f"bnb: threshold must be >= 0, got {settings['threshold']!r}")
 
     def quantize(self, model, bits, settings, job):
-        from relapse.quantize.bnb import bnb_4bit, bnb_int8
+        from relapse.quantize.bnb import bnb_4bit, bnb_int8, codebook_4bit
         from relapse.quantize.modules import quantize_weights
 
         settings = self.resolve(settings, bits)
+        codebook = None
         if bits == 4:
+            codebook = codebook_4bit(settings["quant_type"])
+
             def one(weight):
                 return bnb_4bit(weight, settings["quant_type"], settings["blocksize"],
                                 settings["double_quant"])
         else:
             one = bnb_int8
-        names, _ = quantize_weights(model, settings, job, one)
+        names, _ = quantize_weights(model, settings, job, one, codebook=codebook)
         used = {**settings, "modules": len(names)}
         if bits == 8:
             used["format"] = "llm.int8"
