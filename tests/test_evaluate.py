@@ -1,5 +1,9 @@
+import copy
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import yaml
 
 from relapse.data.prepare import prepare
 from relapse.evaluate.generation import greedy_generate
@@ -7,6 +11,8 @@ from relapse.evaluate.metrics.knowmem import few_shot_prompt
 from relapse.evaluate.registry import metric_names
 from relapse.evaluate.stage import evaluate_model
 from relapse.io import read_parquet_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_batched_greedy_equals_batch_of_one(tiny_lm):
@@ -130,26 +136,269 @@ def test_evaluate_cli_passes_the_retrain_metrics(monkeypatch):
             '"quant": {"scheme": "none", "bits": 16}}', "--bench", "b", "--method", "npo",
             "--hp", "lr=1", "--seed", "0", "--quant", "none-w16", "--model", "m", "--data", "d",
             "--metrics", "m.parquet", "--samples", "s.parquet"]
-    assert main(args + ["--retrain-metrics", "r.parquet"]) == 0
-    assert seen["retrain_metrics"] == "r.parquet"
-    assert main(args) == 0 and seen["retrain_metrics"] is None
+    refs = ["--retrain-metrics", "r.parquet", "--full-retrain-metrics", "f.parquet"]
+    assert main(args + refs) == 0
+    assert (seen["retrain_metrics"], seen["full_retrain_metrics"]) == ("r.parquet", "f.parquet")
+    assert main(args) == 0 and seen["retrain_metrics"] is seen["full_retrain_metrics"] is None
 
 
-def test_evaluation_waits_for_the_retrain_at_the_same_quant(tmp_path, root):
-    """PrivLeak's dependency is in the DAG: asking for the target's metrics at rtn-w4 schedules
-    the retrain's evaluation at rtn-w4 first, which itself takes no retrain input."""
-    import subprocess
-    import sys
+# --- evaluation dtype (DESIGN §7) ---------------------------------------------------------------
 
-    target = "results/small/target/default/s0/rtn-w4/metrics.parquet"
-    proc = subprocess.run([sys.executable, "-m", "snakemake", target, "-s", str(root / "Snakefile"),
-                           "-d", str(tmp_path), "--cores", "1", "-n", "-p", "--configfile",
-                           str(root / "tests/data/small.yaml")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    commands = [line for line in proc.stdout.splitlines() if "relapse evaluate" in line]
-    by_method = {m: [c for c in commands if f"--method {m} " in c] for m in ("retrain", "target")}
-    assert len(commands) == 2 and all(len(c) == 1 for c in by_method.values())
-    assert "--retrain-metrics" not in by_method["retrain"][0]
-    assert ("--retrain-metrics results/small/retrain/default/s0/rtn-w4/metrics.parquet"
-            in by_method["target"][0])
+def _spy_loader(monkeypatch, model):
+    """Replace the model loader: record (device, dtype) and hand back `model` cast to that dtype
+    on the CPU, so that a CUDA configuration runs here."""
+    import relapse.quantize.runtime as runtime
+
+    seen = []
+
+    def load(model_dir, device="cpu", dtype="float32", **kw):
+        import torch
+
+        seen.append((device, dtype))
+        return copy.deepcopy(model).to(getattr(torch, dtype))
+
+    monkeypatch.setattr(runtime, "load_quantized_model", load)
+    return seen
+
+
+QA_CFG = {"metrics": ["knowmem"], "batch_size": 8, "bootstrap": {"samples": 0},
+          "knowmem": {"shots": 1, "max_new_tokens": 2, "max_items": 2}}
+KEYS = {"bench": "t", "method": "target", "hp": "default", "params": "none", "seed": 0,
+        "quant": "rtn-w8", "quant_scheme": "rtn", "bits": 8}
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "data"
+    prepare("t", {"kind": "synthetic", "people": 20, "seed": 0}, out)
+    return out
+
+
+def test_default_dtype_is_float32_on_every_device(monkeypatch, tmp_path, tiny_lm, small_data):
+    """The old stage loaded every cell in bf16 on CUDA, moving fake-quantized weights off
+    their grid: with no dtype configured, a CUDA evaluation loads float32, and says so."""
+    folder, model, _ = tiny_lm
+    seen = _spy_loader(monkeypatch, model)
+    m = evaluate_model(folder, small_data, KEYS, QA_CFG, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet", device="cuda")
+    assert seen == [("cuda", "float32")]
+    assert (m.dtype == "float32").all()
+    assert (pd.read_parquet(tmp_path / "m.parquet").dtype == "float32").all()
+
+
+def test_configured_dtype_is_loaded_and_recorded(monkeypatch, tmp_path, tiny_lm, small_data):
+    import torch
+
+    folder, model, _ = tiny_lm
+    seen = _spy_loader(monkeypatch, model)
+    loaded = []
+    import relapse.evaluate.metrics.knowmem as knowmem
+
+    real = knowmem.greedy_generate
+    monkeypatch.setattr(knowmem, "greedy_generate",
+                        lambda m, *a, **kw: loaded.append(next(m.parameters()).dtype)
+                        or real(m, *a, **kw))
+    m = evaluate_model(folder, small_data, KEYS, {**QA_CFG, "dtype": "bfloat16"},
+                       tmp_path / "m.parquet", tmp_path / "s.parquet", device="cpu")
+    assert seen == [("cpu", "bfloat16")] and set(loaded) == {torch.bfloat16}
+    assert (m.dtype == "bfloat16").all() and len(m) == 6
+    with pytest.raises(ValueError, match="evaluation.dtype: 'fp8'"):
+        evaluate_model(folder, small_data, KEYS, {**QA_CFG, "dtype": "fp8"},
+                       tmp_path / "m.parquet", tmp_path / "s.parquet")
+
+
+def test_config_dtype_defaults_to_float32_whatever_the_device(default_config):
+    from relapse.config import validate
+
+    assert default_config["evaluation"]["dtype"] == "float32"
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for device in ("auto", "cpu", "cuda"):
+        raw["device"] = device
+        raw["evaluation"].pop("dtype", None)
+        assert validate(raw)["evaluation"]["dtype"] == "float32"
+
+
+# --- KnowMem and VerbMem on known generations ---------------------------------------------------
+
+class WordTokenizer:
+    """A tokenizer with one token per whitespace word and an optional BOS, so that token counts
+    can be done by hand."""
+
+    bos_token_id = 0
+
+    def __init__(self, bos: bool = True):
+        self.bos = bos
+        self.vocab = ["<s>"]
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = []
+        for word in text.split():
+            if word not in self.vocab:
+                self.vocab.append(word)
+            ids.append(self.vocab.index(word))
+        return {"input_ids": ([0] if self.bos and add_special_tokens else []) + ids}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return " ".join(self.vocab[i] for i in ids if not (skip_special_tokens and i == 0))
+
+
+def test_verbmem_ground_truth_counts_bos_like_muse(tiny_lm):
+    """MUSE tokenizes the ground truth with its special tokens and keeps the first
+    max_new_tokens ids: with a BOS, that is max_new_tokens - 1 words of text."""
+    from relapse.evaluate.metrics.verbmem import truncate_tokens
+
+    text = "a b c d e f g"
+    assert truncate_tokens(WordTokenizer(bos=True), text, 4) == "a b c"
+    assert truncate_tokens(WordTokenizer(bos=False), text, 4) == "a b c d"
+    assert truncate_tokens(WordTokenizer(bos=True), text, 50) == text
+    # the project's tokenizer adds a BOS: 128 tokens keep 127 of the text
+    _, _, tok = tiny_lm
+    long = " ".join(["Alden Ashdown was born in Veloria in 1934."] * 40)
+    content = tok(long, add_special_tokens=False)["input_ids"]
+    assert tok(long)["input_ids"][0] == tok.bos_token_id and len(content) > 128
+    assert truncate_tokens(tok, long, 128) == tok.decode(content[:127])
+
+
+def _write(data_dir, name, rows):
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(data_dir / f"{name}.parquet")
+
+
+def _qa_data(data_dir):
+    """Forget/retain/holdout QA with 12 ICL examples each; answers chosen for hand ROUGE."""
+    icl = [{"question": f"Q{i}?", "answer": f"A{i}"} for i in range(12)]
+    qa = {"forget": [("Where was Alden born?", "Veloria"),
+                     ("Which instrument does Ivo play?", "the cello")],
+          "retain": [("What is Wren's job?", "a ship's cartographer")],
+          "holdout": [("When was Brisa born?", "in 1934")]}
+    for split, pairs in qa.items():
+        _write(data_dir, f"knowmem_{split}_qa",
+               [{"pid": i, "question": q, "answer": a} for i, (q, a) in enumerate(pairs)])
+        _write(data_dir, f"knowmem_{split}_qa_icl", icl)
+
+
+# What the "model" writes after each question: stop strings must cut it before scoring.
+KNOWMEM_OUTPUTS = {
+    "Where was Alden born?": "Veloria\n\nQuestion: Where was Ivo born?",
+    "Which instrument does Ivo play?": "cello and piano\nQuestion: x",
+    "What is Wren's job?": "cartographer of ships",
+    "When was Brisa born?": "born in 1934 Question: y",
+}
+
+
+def _fake_generate(outputs, prompts_seen):
+    def generate(model, tokenizer, prompts, max_new_tokens, batch_size=32, **kw):
+        prompts_seen.extend(prompts)
+        return [next(v for k, v in outputs.items() if p.endswith(f"Question: {k}\nAnswer: "))
+                for p in prompts]
+    return generate
+
+
+def test_knowmem_scores_known_outputs_by_rouge_l_f1(monkeypatch, tmp_path):
+    import relapse.evaluate.metrics.knowmem as knowmem
+    from rouge_score import rouge_scorer
+
+    from relapse.evaluate.stage import EvalContext
+
+    _qa_data(tmp_path)
+    prompts = []
+    monkeypatch.setattr(knowmem, "greedy_generate", _fake_generate(KNOWMEM_OUTPUTS, prompts))
+    ctx = EvalContext(None, None, tmp_path, {"knowmem": {"shots": 3}}, 8)
+    results = {(r.metric, r.split): r for r in knowmem.knowmem(ctx)}
+    forget = results[("knowmem", "forget")]
+    # By hand (rouge-score's tokens: lowercase alphanumeric words):
+    # "Veloria" vs "Veloria" after the cut at "\n\n": F1 = 1.
+    # "the cello" vs "cello and piano" (cut at "\nQuestion"): LCS 1, P = 1/3, R = 1/2, F1 = 0.4.
+    assert forget.scores == pytest.approx([1.0, 0.4])
+    assert [s["output"] for s in forget.samples] == ["Veloria", "cello and piano"]
+    # "a ship's cartographer" -> a, ship, s, cartographer; "cartographer of ships" -> LCS 1:
+    # P = 1/3, R = 1/4, F1 = 2/7.
+    assert results[("knowmem", "retain")].scores == pytest.approx([2 / 7])
+    # "in 1934" vs "born in 1934 " (cut at "Question:"): LCS 2, P = 2/3, R = 1, F1 = 0.8.
+    assert results[("knowmem", "holdout")].scores == pytest.approx([0.8])
+    assert results[("qa_em", "forget")].scores == [1.0, 0.0]
+    # and what rouge-score itself says, with MUSE's settings (no stemming)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    for s in forget.samples:
+        assert s["rougeL_f1"] == scorer.score(s["answer"], s["output"])["rougeL"].fmeasure
+    assert forget.estimate(0)[0] * forget.scale == pytest.approx(70.0)
+    # 3 shots: 3 ICL examples, then the question
+    assert all(p.count("Question:") == 4 and p.startswith("Question: Q0?\nAnswer: A0\n\n")
+               for p in prompts)
+
+
+def test_knowmem_shots_all_uses_every_icl_example(monkeypatch, tmp_path):
+    import relapse.evaluate.metrics.knowmem as knowmem
+
+    from relapse.evaluate.stage import EvalContext
+
+    _qa_data(tmp_path)
+    prompts = []
+    monkeypatch.setattr(knowmem, "greedy_generate", _fake_generate(KNOWMEM_OUTPUTS, prompts))
+    knowmem.knowmem(EvalContext(None, None, tmp_path, {"knowmem": {"shots": "all"}}, 8))
+    assert prompts and all(p.count("Question:") == 13 and "A11\n\n" in p for p in prompts)
+    prompts.clear()
+    knowmem.knowmem(EvalContext(None, None, tmp_path, {"knowmem": {"shots": 0}}, 8))
+    assert all(p.startswith("Question: ") and p.count("Question:") == 1 for p in prompts)
+    with pytest.raises(ValueError, match="evaluation.knowmem.shots: 13 but knowmem_forget_qa_icl"):
+        knowmem.knowmem(EvalContext(None, None, tmp_path, {"knowmem": {"shots": 13}}, 8))
+
+
+def test_knowmem_shots_schema_accepts_all():
+    from relapse.config import ConfigError, validate
+
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw["evaluation"]["knowmem"]["shots"] = "all"
+    assert validate(raw)["evaluation"]["knowmem"]["shots"] == "all"
+    raw["evaluation"]["knowmem"]["shots"] = "every"
+    with pytest.raises(ConfigError, match="evaluation.knowmem.shots: 'every'"):
+        validate(raw)
+
+
+def test_verbmem_scores_known_continuations_against_the_cut_ground_truth(monkeypatch, tmp_path):
+    import relapse.evaluate.metrics.verbmem as verbmem
+
+    from relapse.evaluate.stage import EvalContext
+
+    _write(tmp_path, "verbmem_forget", [
+        {"pid": 0, "prompt": "Alden Ashdown was", "gt": "born in Veloria in 1934 and he plays",
+         "facts": ["Veloria", "1934"]},
+        {"pid": 1, "prompt": "Ivo Oakes plays", "gt": "the cello in Port Elmira",
+         "facts": ["cello"]}])
+    outputs = {"Alden Ashdown was": "born in Norhaven in 1934", "Ivo Oakes plays": "the cello"}
+    seen = []
+    monkeypatch.setattr(verbmem, "greedy_generate",
+                        lambda model, tok, prompts, max_new, *a, **kw:
+                        seen.append(max_new) or [outputs[p] for p in prompts])
+    ctx = EvalContext(None, WordTokenizer(bos=True), tmp_path,
+                      {"verbmem": {"max_new_tokens": 5}}, 8)
+    rouge, facts = verbmem.verbmem(ctx)
+    assert seen == [5]
+    # ground truths cut to 5 tokens with BOS: "born in Veloria in" and "the cello in Port".
+    assert [s["gt"] for s in rouge.samples] == ["born in Veloria in", "the cello in Port"]
+    # "born in Veloria in" vs "born in Norhaven in 1934": LCS 3 (born in in), P = 3/5, R = 3/4,
+    # F1 = 2/3; "the cello in Port" vs "the cello": LCS 2, P = 1, R = 1/2, F1 = 2/3.
+    assert rouge.scores == pytest.approx([2 / 3, 2 / 3])
+    assert rouge.estimate(0)[0] * rouge.scale == pytest.approx(200 / 3)
+    # facts recalled: 1934 of (Veloria, 1934); cello of (cello)
+    assert facts.scores == [0.5, 1.0]
+
+
+def test_captions_state_dtype_shots_and_generation_lengths(default_config):
+    from relapse.config import load_config
+    from relapse.report.captions import grid_caption, main_caption, retained_caption
+
+    for caption in (main_caption(default_config), retained_caption(default_config),
+                    grid_caption(default_config)):
+        assert "Evaluated in float32." in caption
+        assert "KnowMem: 3 shots (MUSE uses every ICL example, 10)" in caption
+        assert "32 new tokens; VerbMem: 128 new tokens" in caption
+        assert "not MUSE's" not in caption
+    muse_like = {**default_config, "evaluation": {**default_config["evaluation"], "dtype":
+                                                  "bfloat16", "knowmem": {"shots": "all"}}}
+    caption = main_caption(muse_like)
+    assert "Evaluated in bfloat16." in caption and "every ICL example as shots" in caption
+    # SmolLM2's config generates 12 / 32 tokens to fit 2 CPU cores: its captions say so
+    smollm2 = load_config(ROOT / "config" / "smollm2.yaml")
+    assert "Generation lengths are not MUSE's (VerbMem 128, KnowMem 32" in main_caption(smollm2)
+    assert "KnowMem: 3 shots" in main_caption(smollm2)

@@ -215,52 +215,145 @@ def _row(frame, metric):
     return rows.iloc[0]
 
 
-def test_privleak_is_relative_to_the_retrain_auc(tiny_lm, data_dir, tmp_path):
+def _retrain_table(path, quant, scheme, auc):
+    """A retrain metrics table holding only what PrivLeak reads: its Min-K% 40 AUC."""
+    pd.DataFrame([{**KEYS, "method": "retrain", "hp": "default", "quant": quant,
+                   "quant_scheme": scheme, "bits": 16 if scheme == "none" else 4,
+                   "metric": "mia_mink40", "split": "forget_vs_holdout", "stat": "auc",
+                   "value": auc}]).to_parquet(path)
+    return path
+
+
+QUANTIZED = {**KEYS, "quant": "rtn-w4", "quant_scheme": "rtn", "bits": 4}
+
+
+def _sklearn_auc(samples, metric="mia_mink40"):
+    """The forget-vs-holdout AUC of the per-text scores, by scikit-learn (not mia.roc_auc)."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    s = samples[samples.metric == metric]
+    return metrics.roc_auc_score(s.member, s.score)
+
+
+def test_privleak_against_each_reference(tiny_lm, data_dir, tmp_path):
+    """reference [full, matched] on a 4-bit model: metric privleak divides by the full-precision
+    retrain's AUC (0.4), metric privleak_matched by the 4-bit retrain's (0.25); each row names its
+    reference, the retrain quant and the AUC it used."""
     from relapse.evaluate.stage import evaluate_model
 
-    folder = tiny_lm[0]
-    retrain = tmp_path / "retrain.parquet"
-    pd.DataFrame([{**KEYS, "method": "retrain", "metric": "mia_mink40",
-                   "split": "forget_vs_holdout", "stat": "auc", "value": 0.4}]).to_parquet(retrain)
-    m = evaluate_model(folder, data_dir, KEYS, CFG, tmp_path / "m.parquet", tmp_path / "s.parquet",
-                       retrain_metrics=retrain)
-    auc = _row(m, "mia_mink40")
-    leak = _row(m, "privleak")
-    assert (leak.split, leak.stat, leak.n) == ("forget", "privleak", auc.n)
-    assert leak.value == pytest.approx((auc.value - 0.4) / 0.4 * 100)
-    assert leak.ci_low <= leak.value <= leak.ci_high
+    full = _retrain_table(tmp_path / "full.parquet", "none-w16", "none", 0.4)
+    matched = _retrain_table(tmp_path / "matched.parquet", "rtn-w4", "rtn", 0.25)
+    cfg = {**CFG, "privleak": {**CFG["privleak"], "reference": ["full", "matched"]}}
+    m = evaluate_model(tiny_lm[0], data_dir, QUANTIZED, cfg, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet", retrain_metrics=matched,
+                       full_retrain_metrics=full)
+    auc = _sklearn_auc(pd.read_parquet(tmp_path / "s.parquet"))
+    assert _row(m, "mia_mink40").value == pytest.approx(auc)
+    leaks = m[m.metric.str.startswith("privleak")].set_index("metric")
+    assert sorted(leaks.index) == ["privleak", "privleak_matched"]
+    assert leaks.loc["privleak", "value"] == pytest.approx((auc - 0.4) / 0.4 * 100)
+    assert leaks.loc["privleak_matched", "value"] == pytest.approx((auc - 0.25) / 0.25 * 100)
+    assert leaks.reference.to_dict() == {"privleak": "full", "privleak_matched": "matched"}
+    assert leaks.reference_quant.to_dict() == {"privleak": "none-w16",
+                                               "privleak_matched": "rtn-w4"}
+    assert leaks.reference_auc.to_dict() == {"privleak": 0.4, "privleak_matched": 0.25}
+    assert (leaks.split == "forget").all() and (leaks.stat == "privleak").all()
+    assert (leaks.n == _row(m, "mia_mink40").n).all()
+    assert ((leaks.ci_low <= leaks.value) & (leaks.value <= leaks.ci_high)).all()
     assert {"mia_loss", "mia_zlib", "mia_mink10", "mia_minkpp40"} <= set(m.metric)
+
+    # Listed the other way round, matched is the primary: metric privleak is then matched's.
+    cfg["privleak"]["reference"] = ["matched", "full"]
+    m = evaluate_model(tiny_lm[0], data_dir, QUANTIZED, cfg, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet", retrain_metrics=matched,
+                       full_retrain_metrics=full)
+    leaks = m[m.metric.str.startswith("privleak")].set_index("metric")
+    assert leaks.reference.to_dict() == {"privleak": "matched", "privleak_full": "full"}
+    assert leaks.loc["privleak", "value"] == pytest.approx((auc - 0.25) / 0.25 * 100)
 
     # each AUC row is the AUC of the per-text scores in samples.parquet
     samples = pd.read_parquet(tmp_path / "s.parquet")
     for metric in ("mia_loss", "mia_zlib", "mia_mink10", "mia_mink40", "mia_minkpp40"):
-        s = samples[samples.metric == metric]
-        assert len(s) == _row(m, metric).n
-        assert _row(m, metric).value == pytest.approx(mia.roc_auc(s.score, s.member))
+        assert len(samples[samples.metric == metric]) == _row(m, metric).n
+        assert _row(m, metric).value == pytest.approx(_sklearn_auc(samples, metric))
 
 
-def test_retrain_privleak_is_zero_and_needs_no_reference(tiny_lm, data_dir, tmp_path):
+def test_the_default_reference_is_the_full_precision_retrain(tiny_lm, data_dir, tmp_path):
+    """MUSE's definition: with no reference configured, a matched table alone gives no PrivLeak
+    row, and the full-precision retrain's AUC is what metric privleak divides by."""
     from relapse.evaluate.stage import evaluate_model
 
-    keys = {**KEYS, "method": "retrain", "hp": "default"}
-    m = evaluate_model(tiny_lm[0], data_dir, keys, CFG, tmp_path / "m.parquet",
-                       tmp_path / "s.parquet")
-    assert _row(m, "privleak").value == 0.0
-    # without a reference, another model gets its AUCs but no PrivLeak row
-    m = evaluate_model(tiny_lm[0], data_dir, KEYS, CFG, tmp_path / "m.parquet",
-                       tmp_path / "s.parquet")
+    matched = _retrain_table(tmp_path / "matched.parquet", "rtn-w4", "rtn", 0.25)
+    m = evaluate_model(tiny_lm[0], data_dir, QUANTIZED, CFG, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet", retrain_metrics=matched)
     assert "privleak" not in set(m.metric) and "mia_mink40" in set(m.metric)
+    full = _retrain_table(tmp_path / "full.parquet", "none-w16", "none", 0.4)
+    m = evaluate_model(tiny_lm[0], data_dir, QUANTIZED, CFG, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet", full_retrain_metrics=full)
+    leak = _row(m, "privleak")
+    assert (leak.stat, leak.reference) == ("privleak", "full")
+    auc = _sklearn_auc(pd.read_parquet(tmp_path / "s.parquet"))
+    assert leak.value == pytest.approx((auc - 0.4) / 0.4 * 100)
 
 
-def test_retrain_metrics_of_another_quant_are_refused(tiny_lm, data_dir, tmp_path):
+def test_retrain_privleak_is_zero_only_against_itself(tiny_lm, data_dir, tmp_path):
+    """The retrain model is its own matched reference (PrivLeak 0 at every quant) and its own
+    full reference only at full precision: at 4 bits it is compared with the full-precision
+    retrain, and its PrivLeak is (AUC_4bit - AUC_full) / AUC_full, not 0."""
     from relapse.evaluate.stage import evaluate_model
 
-    retrain = tmp_path / "retrain.parquet"
-    pd.DataFrame([{**KEYS, "method": "retrain", "quant": "rtn-w4", "metric": "mia_mink40",
-                   "split": "forget_vs_holdout", "stat": "auc", "value": 0.4}]).to_parquet(retrain)
+    cfg = {**CFG, "privleak": {**CFG["privleak"], "reference": ["full", "matched"]}}
+    retrain_fp = {**KEYS, "method": "retrain", "hp": "default"}
+    m = evaluate_model(tiny_lm[0], data_dir, retrain_fp, cfg, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet")
+    leaks = m[m.metric.str.startswith("privleak")].set_index("metric")
+    assert leaks.value.to_dict() == {"privleak": 0.0, "privleak_matched": 0.0}
+    assert (leaks.reference_quant == "none-w16").all()
+
+    full = _retrain_table(tmp_path / "full.parquet", "none-w16", "none", 0.4)
+    retrain_q = {**QUANTIZED, "method": "retrain", "hp": "default"}
+    m = evaluate_model(tiny_lm[0], data_dir, retrain_q, cfg, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet", full_retrain_metrics=full)
+    auc = _sklearn_auc(pd.read_parquet(tmp_path / "s.parquet"))
+    leaks = m[m.metric.str.startswith("privleak")].set_index("metric")
+    assert leaks.loc["privleak", "value"] == pytest.approx((auc - 0.4) / 0.4 * 100)
+    assert leaks.loc["privleak", "value"] != 0.0
+    assert leaks.loc["privleak_matched", "value"] == 0.0
+    assert leaks.loc["privleak_matched", "reference_auc"] == pytest.approx(auc)
+
+
+def test_retrain_metrics_of_another_cell_are_refused(tiny_lm, data_dir, tmp_path):
+    from relapse.evaluate.stage import evaluate_model
+
+    other_quant = _retrain_table(tmp_path / "r4.parquet", "rtn-w4", "rtn", 0.4)
     with pytest.raises(ValueError, match="same quant"):
         evaluate_model(tiny_lm[0], data_dir, KEYS, CFG, tmp_path / "m.parquet",
-                       tmp_path / "s.parquet", retrain_metrics=retrain)
+                       tmp_path / "s.parquet", retrain_metrics=other_quant)
+    # the full reference must be the full-precision retrain, whatever this model's quant
+    with pytest.raises(ValueError, match="full-precision retrain"):
+        evaluate_model(tiny_lm[0], data_dir, QUANTIZED, CFG, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet", full_retrain_metrics=other_quant)
+    other_bench = tmp_path / "b.parquet"
+    pd.read_parquet(_retrain_table(other_bench, "none-w16", "none", 0.4)).assign(
+        bench="other").to_parquet(other_bench)
+    with pytest.raises(ValueError, match="same bench"):
+        evaluate_model(tiny_lm[0], data_dir, QUANTIZED, CFG, tmp_path / "m.parquet",
+                       tmp_path / "s.parquet", full_retrain_metrics=other_bench)
+
+
+def test_reference_names_and_the_full_precision_cell():
+    from relapse.evaluate.metrics.privleak import (full_precision_quant, privleak_metric,
+                                                   reference_names)
+
+    assert reference_names({}) == ["full"]
+    assert reference_names({"reference": "matched"}) == ["matched"]
+    assert reference_names({"reference": ["matched", "full"]}) == ["matched", "full"]
+    with pytest.raises(ValueError, match="evaluation.privleak.reference: 'retrain'"):
+        reference_names({"reference": "retrain"})
+    assert [privleak_metric(n, ["matched", "full"]) for n in ("matched", "full")] == \
+        ["privleak", "privleak_full"]
+    quants = {"rtn-w4": {"scheme": "rtn"}, "fp-w16": {"scheme": "none"}}
+    assert full_precision_quant(quants) == "fp-w16"
+    assert full_precision_quant({"rtn-w4": {"scheme": "rtn"}}) is None
 
 
 def test_perplexity_is_exp_of_the_token_weighted_mean_nll(tiny_lm, data_dir, tmp_path):
@@ -289,6 +382,8 @@ def test_summary_table_shows_privleak_and_perplexity_when_computed():
         base = {"bench": "b", "method": method, "hp": "default", "quant": "none-w16"}
         for metric, split, stat, value in (("knowmem", "forget", "rougeL_f1", 50.0),
                                            ("privleak", "forget", "privleak", leak),
+                                           # a second reference never blends into PrivLeak
+                                           ("privleak_matched", "forget", "privleak", leak + 50),
                                            ("ppl", "retain_eval", "perplexity", ppl),
                                            ("mia_loss", "forget_vs_holdout", "auc", 0.1)):
             rows.append({**base, "metric": metric, "split": split, "stat": stat, "value": value})
@@ -315,3 +410,16 @@ def test_engine_upcasts_bf16_logits(tiny_lm):
     for a, b in zip(full, low):
         assert b.logprobs.dtype == np.float64 and np.isfinite(b.sigma).all()
         np.testing.assert_allclose(b.logprobs, a.logprobs, atol=0.1)
+
+
+def test_main_caption_names_the_privleak_reference():
+    from relapse.report.captions import main_caption
+
+    def caption(reference):
+        return main_caption({"evaluation": {"privleak": {"reference": reference}}})
+
+    assert "PrivLeak (Min-K% AUC relative to the full-precision retrain model" in caption("full")
+    assert "relative to the retrain model at the same quant" in caption("matched")
+    both = caption(["full", "matched"])
+    assert "full-precision retrain" in both and "metric privleak_matched" in both
+    assert "relative to the full-precision retrain" in main_caption({})   # MUSE's by default

@@ -68,6 +68,60 @@ def test_a_named_configfile_replaces_the_default(tmp_path):
     assert counts["unlearn"] == 4 and counts["evaluate"] == 24 and counts["diagnose"] == 4
 
 
+def _evaluate_commands(tmp_path, privleak, schemes=None, targets=()):
+    """{(method, quant): the evaluate command line} of a dry run of the small config with
+    `privleak` settings (and `schemes`), asking for `targets`."""
+    cfg = yaml.safe_load((ROOT / "tests/data/small.yaml").read_text())
+    cfg["evaluation"]["privleak"].update(privleak)
+    if schemes is not None:
+        cfg["quantization"]["schemes"] = schemes
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, *targets, "-n", "-p", "--configfile", str(path), check=False)
+    commands = {}
+    for line in proc.stdout.splitlines():
+        if "relapse evaluate" in line:
+            found = re.search(r"--method (\S+) .*--quant (\S+) ", line)
+            commands[found.groups()] = line
+    return proc, commands
+
+
+def _flags(command):
+    """The retrain metrics an evaluate command is given, by flag."""
+    return dict(re.findall(r"(--(?:full-)?retrain-metrics) (\S+)", command))
+
+
+RETRAIN = "results/small/retrain/default/s0/{}/metrics.parquet"
+CELLS = [f"results/small/{m}/default/s0/rtn-w4/metrics.parquet" for m in ("target", "retrain")]
+
+
+@pytest.mark.parametrize("reference", ["full", "matched", ["full", "matched"]])
+def test_privleak_reference_is_a_dag_edge(tmp_path, reference):
+    """full (the default, MUSE's): every cell, the 4-bit retrain included, waits for the
+    full-precision retrain's evaluation, which needs none; matched: each cell waits for the
+    retrain at its quant; both: both edges, and the retrain is never its own input."""
+    proc, commands = _evaluate_commands(tmp_path, {"reference": reference}, targets=CELLS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    refs = [reference] if isinstance(reference, str) else reference
+    full = {"--full-retrain-metrics": RETRAIN.format("none-w16")} if "full" in refs else {}
+    matched = {"--retrain-metrics": RETRAIN.format("rtn-w4")} if "matched" in refs else {}
+    expected = {("target", "rtn-w4"): {**full, **matched}, ("retrain", "rtn-w4"): full}
+    if "full" in refs:
+        expected[("retrain", "none-w16")] = {}
+    assert {cell: _flags(c) for cell, c in commands.items()} == expected
+
+
+def test_full_reference_without_a_full_precision_cell_fails_before_any_job(tmp_path):
+    schemes = [{"scheme": "rtn", "bits": [4], "group_size": 64}]
+    proc, _ = _evaluate_commands(tmp_path, {"reference": "full"}, schemes)
+    assert proc.returncode != 0
+    assert "evaluation.privleak.reference: 'full'" in proc.stdout + proc.stderr
+    assert "{scheme: none" in proc.stdout + proc.stderr
+    proc, commands = _evaluate_commands(tmp_path, {"reference": "matched"}, schemes, CELLS[:1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _flags(commands[("target", "rtn-w4")]) == {"--retrain-metrics": RETRAIN.format("rtn-w4")}
+
+
 @pytest.mark.slow
 def test_small_config_end_to_end(tmp_path):
     config = tmp_path / "small.yaml"

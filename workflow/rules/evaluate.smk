@@ -2,13 +2,17 @@ rule evaluate:
     input:
         model="results/{bench}/{method}/{hp}/s{seed}/{quant}/model",
         data="results/{bench}/data",
-        retrain=retrain_metrics_input,
+        full_retrain=privleak_reference_input("full"),
+        matched_retrain=privleak_reference_input("matched"),
     output:
         metrics="results/{bench}/{method}/{hp}/s{seed}/{quant}/metrics.parquet",
         samples="results/{bench}/{method}/{hp}/s{seed}/{quant}/samples.parquet",
     params:
         settings=lambda w: model_settings(evaluation=config["evaluation"], quant=QUANTS[w.quant]),
-        retrain=lambda w, input: f"--retrain-metrics {input.retrain}" if input.retrain else "",
+        retrain=lambda w, input: " ".join(
+            f"{flag} {input[key]}" for flag, key in (("--full-retrain-metrics", "full_retrain"),
+                                                     ("--retrain-metrics", "matched_retrain"))
+            if input[key]),
     log:
         "logs/evaluate/{bench}/{method}/{hp}/s{seed}/{quant}.log",
     benchmark:

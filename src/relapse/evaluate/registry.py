@@ -19,7 +19,9 @@ class MetricResult:
     scores (an AUC, a corpus perplexity) sets `statistic`: a function from an array of item
     indices (into `scores`) to the number, so that its value is `statistic(all items)` and its
     bootstrap CI resamples items. `strata` (one label per item) makes the bootstrap resample
-    within each label, keeping group sizes fixed (members and non-members for an AUC)."""
+    within each label, keeping group sizes fixed (members and non-members for an AUC).
+    `columns` are extra fields of this result's metrics row: what a reader needs to reproduce a
+    number that depends on more than this model (PrivLeak's reference and its AUC)."""
     metric: str                  # e.g. knowmem
     split: str                   # e.g. forget
     stat: str                    # e.g. rougeL_f1
@@ -28,6 +30,7 @@ class MetricResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     statistic: Callable[[Any], float] | None = None
     strata: list[int] | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
 
     def estimate(self, samples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
         """(value, ci_low, ci_high), before `scale`."""

@@ -12,16 +12,18 @@ import pandas as pd
 
 @dataclass
 class EvalContext:
-    """What a metric sees: the model, the prepared splits, the evaluation config, and, for
-    PrivLeak, the retrain model's metrics at the same quant (`retrain_metrics`, None when not
-    given) or the fact that this model is the retrain model itself (`is_retrain`)."""
+    """What a metric sees: the model, the prepared splits, the evaluation config, the cell's
+    keys, and, for PrivLeak, the retrain models' metrics by reference name (`references`:
+    full, matched) and the references this model is itself (`self_references`: the retrain
+    model is its own matched reference, and its own full one at full precision)."""
     model: Any
     tokenizer: Any
     data_dir: Path
     cfg: dict
     batch_size: int
-    retrain_metrics: pd.DataFrame | None = None
-    is_retrain: bool = False
+    references: dict[str, pd.DataFrame] = field(default_factory=dict)
+    self_references: frozenset[str] = frozenset()
+    keys: dict[str, Any] = field(default_factory=dict)
     _scored: dict = field(default_factory=dict, repr=False)
 
     def split(self, name: str, max_items: int | None = None) -> pd.DataFrame:
@@ -45,28 +47,46 @@ class EvalContext:
         return [self._scored[t] for t in texts]
 
 
-def read_retrain_metrics(path: str | Path, keys: dict[str, Any]) -> pd.DataFrame:
-    """The retrain model's metrics table, checked to be of the same bench and quant as `keys`
-    (PrivLeak is only defined against the retrain model at matched precision)."""
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def read_retrain_metrics(path: str | Path, keys: dict[str, Any],
+                         reference: str = "matched") -> pd.DataFrame:
+    """The retrain model's metrics table, checked to be of the same bench as `keys` and, for the
+    `matched` reference, of the same quant; for `full`, of the full-precision cell (quant
+    scheme none)."""
     frame = pd.read_parquet(path)
-    for key in ("bench", "quant"):
-        found = set(frame[key]) if key in frame else set()
-        if found != {keys[key]}:
-            raise ValueError(f"{path}: retrain metrics are for {key} {sorted(found)}, but this "
-                             f"model is {key} {keys[key]!r}; PrivLeak needs the same {key}")
+    quant = ("quant", keys["quant"], "the same quant as this model") if reference == "matched" \
+        else ("quant_scheme", "none", "the full-precision retrain")
+    for column, value, why in (("bench", keys["bench"], "the same bench as this model"), quant):
+        found = set(frame[column]) if column in frame else set()
+        if found != {value}:
+            raise ValueError(f"{path}: retrain metrics are for {column} {sorted(found)}, but "
+                             f"PrivLeak's {reference} reference needs {column} {value!r} ({why})")
     if "method" in frame and set(frame.method) != {"retrain"}:
         raise ValueError(f"{path}: not the retrain model's metrics "
                          f"(method {sorted(set(frame.method))})")
     return frame
 
 
+def self_references(keys: dict[str, Any]) -> frozenset[str]:
+    """The PrivLeak references that this cell is itself: any retrain cell is its own matched
+    reference, and the full-precision one (scheme none) its own full reference."""
+    if keys.get("method") != "retrain":
+        return frozenset()
+    return frozenset({"matched", "full"} if keys.get("quant_scheme") == "none" else {"matched"})
+
+
 def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, Any],
                    eval_cfg: dict, metrics_out: str | Path, samples_out: str | Path,
                    device: str = "cpu", threads: int = 1,
-                   retrain_metrics: str | Path | None = None) -> pd.DataFrame:
-    """Run every metric of `eval_cfg` on one model folder. `retrain_metrics` is the retrain
-    model's metrics.parquet at the same bench and quant, from which PrivLeak takes AUC_retrain;
-    the retrain model itself needs none (its PrivLeak is 0 by definition)."""
+                   retrain_metrics: str | Path | None = None,
+                   full_retrain_metrics: str | Path | None = None) -> pd.DataFrame:
+    """Run every metric of `eval_cfg` on one model folder, loaded in `eval_cfg["dtype"]`
+    (float32 unless set, on every device: DESIGN §7). PrivLeak takes AUC_retrain from
+    `retrain_metrics` (the retrain model's metrics.parquet at the same bench and quant: the
+    `matched` reference) or `full_retrain_metrics` (the full-precision retrain's: `full`); a
+    model that is its own reference needs no table."""
     import time
 
     from relapse.evaluate.registry import get_metric
@@ -76,18 +96,23 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
     from relapse.provenance import provenance
     from relapse.seeding import seed_everything
 
+    dtype = eval_cfg.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"evaluation.dtype: {dtype!r} is not allowed; allowed: "
+                         f"{', '.join(DTYPES)}")
     # A wrong retrain table fails here, before the model is loaded.
-    retrain = read_retrain_metrics(retrain_metrics, keys) if retrain_metrics else None
+    given = {"matched": retrain_metrics, "full": full_retrain_metrics}
+    references = {name: read_retrain_metrics(path, keys, name)
+                  for name, path in given.items() if path}
     seed_everything(0, threads)
     model_dir = Path(model_dir)
-    dtype = "bfloat16" if device == "cuda" else "float32"
     from relapse.quantize.runtime import load_quantized_model
 
     model = load_quantized_model(model_dir, device=device, dtype=dtype)
     tokenizer = load_tokenizer(model_dir)
     quant = read_manifest(model_dir, "quant_manifest.json")
     ctx = EvalContext(model, tokenizer, Path(data_dir), eval_cfg, eval_cfg.get("batch_size", 32),
-                      retrain_metrics=retrain, is_retrain=keys.get("method") == "retrain")
+                      references=references, self_references=self_references(keys), keys=keys)
     boot = eval_cfg.get("bootstrap", {})
     rows, samples = [], []
     for name in eval_cfg.get("metrics", ["knowmem", "verbmem", "privleak", "utility"]):
@@ -97,8 +122,8 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
             s = result.scale
             rows.append({**keys, "metric": result.metric, "split": result.split,
                          "stat": result.stat, "value": mean * s, "ci_low": low * s,
-                         "ci_high": high * s, "n": len(result.scores),
-                         "seconds": time.time() - start})
+                         "ci_high": high * s, "n": len(result.scores), "dtype": dtype,
+                         **result.columns, "seconds": time.time() - start})
             samples += [{**keys, "metric": result.metric, "split": result.split, **item}
                         for item in result.samples]
     meta = provenance(eval_cfg, keys=keys, quantization=quant)

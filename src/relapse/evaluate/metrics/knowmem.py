@@ -1,6 +1,7 @@
 """KnowMem (MUSE): few-shot QA, greedy, ROUGE-L F1 ×100 against the answer; plus exact match.
 
-Prompt: "Question: {q}\nAnswer: {a}\n\n" for each of k examples from the split's *_icl set, then
+Prompt: "Question: {q}\nAnswer: {a}\n\n" for each of k examples from the split's *_icl set
+(`shots`: a number, or `all`, MUSE's protocol: every example of the set, 10 in MUSE), then
 "Question: {q}\nAnswer: ". Generation: greedy, `max_new_tokens` (32), cut at "\n\n",
 "\nQuestion" or "Question:". The holdout split (people never trained on) is a control: its
 scores show what guessing from the templates gives. On a pretrained base the split `world`
@@ -23,6 +24,20 @@ def few_shot_prompt(examples, question: str) -> str:
     return shots + f"Question: {question}\nAnswer: "
 
 
+def icl_examples(icl, shots, split: str) -> list[tuple[str, str]]:
+    """The first `shots` (question, answer) pairs of the split's ICL set, or all with "all"."""
+    pairs = list(zip(icl.question, icl.answer))
+    if shots == "all":
+        return pairs
+    if not isinstance(shots, int) or isinstance(shots, bool) or shots < 0:
+        raise ValueError(f"evaluation.knowmem.shots: {shots!r} is not allowed; allowed: an "
+                         "integer >= 0 or 'all'")
+    if shots > len(pairs):
+        raise ValueError(f"evaluation.knowmem.shots: {shots} but knowmem_{split}_qa_icl has "
+                         f"{len(pairs)} examples; allowed: at most {len(pairs)}, or 'all'")
+    return pairs[:shots]
+
+
 def normalize(text: str) -> str:
     return " ".join(text.strip().lower().split())
 
@@ -36,7 +51,7 @@ def knowmem(ctx) -> list[MetricResult]:
     for split in SPLITS + world:
         qa = ctx.split(f"knowmem_{split}_qa", cfg.get("max_items"))
         icl = ctx.split(f"knowmem_{split}_qa_icl")
-        examples = list(zip(icl.question, icl.answer))[:cfg.get("shots", 3)]
+        examples = icl_examples(icl, cfg.get("shots", 3), split)
         prompts = [few_shot_prompt(examples, q) for q in qa.question]
         raw = greedy_generate(ctx.model, ctx.tokenizer, prompts, cfg.get("max_new_tokens", 32),
                               ctx.batch_size, stop_strings=STOPS)

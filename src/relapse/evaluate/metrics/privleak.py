@@ -11,10 +11,19 @@ Rows: `mia_{score}` / forget_vs_holdout / auc, the ROC AUC of forget vs holdout 
 memorised forget set, MUSE's orientation), with a bootstrap CI that resamples texts within the
 forget and holdout sets. Per-text scores go to samples.parquet (column `score`).
 
-PrivLeak / forget / privleak = (AUC - AUC_retrain) / AUC_retrain × 100 on Min-K% with
-k = `privleak.k` (40), AUC_retrain being the retrain model's `mia_mink{k}` AUC at the same quant
-(EvalContext.retrain_metrics). For the retrain model itself AUC_retrain is its own AUC, so its
-PrivLeak is 0. Its CI resamples this model's texts with AUC_retrain held fixed.
+PrivLeak / forget = (AUC - AUC_retrain) / AUC_retrain × 100 on Min-K% with k = `privleak.k`
+(40), AUC_retrain being a retrain model's `mia_mink{k}` AUC (EvalContext.references). Which
+retrain model is `privleak.reference`:
+  full     the full-precision retrain (quant scheme none), as MUSE and the seed paper define it;
+           a quantized model, the quantized retrain included, is then compared with it, so the
+           retrain model's own PrivLeak at a quant other than none is not 0 in general
+  matched  the retrain model at the same quant; the retrain model's own PrivLeak is then 0
+A list computes each: the first is metric `privleak` (what the tables show), the others
+metric `privleak_<reference>` (a metric of its own, so that no table that picks PrivLeak by
+metric and split averages two references); all with stat `privleak`. Every PrivLeak row names
+its reference in columns `reference`, `reference_quant` and `reference_auc`. When this model
+is the reference itself its own AUC is used (PrivLeak 0). The CI resamples this model's texts
+with AUC_retrain held fixed.
 """
 
 from __future__ import annotations
@@ -28,6 +37,29 @@ from relapse.evaluate import mia
 from relapse.evaluate.registry import MetricResult, register_metric
 
 SPLIT = "forget_vs_holdout"
+REFERENCES = ("full", "matched")
+
+
+def reference_names(cfg: dict) -> list[str]:
+    """The configured PrivLeak references (`privleak.reference`: one name or a list), the
+    primary first."""
+    ref = cfg.get("reference", "full")
+    names = [ref] if isinstance(ref, str) else list(ref)
+    if not names or len(set(names)) != len(names) or not set(names) <= set(REFERENCES):
+        raise ValueError(f"evaluation.privleak.reference: {ref!r} is not allowed; allowed: "
+                         f"{', '.join(REFERENCES)}, or a list of distinct ones")
+    return names
+
+
+def privleak_metric(name: str, names: list[str]) -> str:
+    """`privleak` for the primary reference (the one the tables show), else `privleak_<name>`."""
+    return "privleak" if name == names[0] else f"privleak_{name}"
+
+
+def full_precision_quant(quants: dict[str, dict]) -> str | None:
+    """The id of the full-precision cell (scheme none) among `quants` (quant id -> settings,
+    relapse.grid.quant_settings), or None when the config has none."""
+    return next((q for q, settings in quants.items() if settings["scheme"] == "none"), None)
 
 
 def text_scores(scored, text: str, mink: list[int], minkpp: list[int]) -> dict[str, float]:
@@ -87,15 +119,20 @@ def privleak(ctx) -> list[MetricResult]:
                                     strata=labels.tolist()))
 
     values = np.array([row[f"mink{k}"] for row in per_text])
-    if ctx.is_retrain:
-        reference = mia.roc_auc(values, labels)
-    elif ctx.retrain_metrics is not None:
-        reference = retrain_auc(ctx.retrain_metrics, k)
-    else:
-        print("privleak: no retrain metrics given, so no PrivLeak row (the MIA AUCs are written)",
-              file=sys.stderr)
-        return results
-    results.append(MetricResult("privleak", "forget", "privleak", values.tolist(), 1.0,
-                                statistic=partial(_privleak, values, labels, reference),
-                                strata=labels.tolist()))
+    names = reference_names(cfg)
+    for name in names:
+        if name in ctx.self_references:
+            auc_ref, ref_quant = mia.roc_auc(values, labels), ctx.keys.get("quant")
+        elif name in ctx.references:
+            auc_ref = retrain_auc(ctx.references[name], k)
+            ref_quant = str(ctx.references[name].quant.iloc[0])
+        else:
+            print(f"privleak: no {name} retrain metrics given, so no PrivLeak row against it "
+                  "(the MIA AUCs are written)", file=sys.stderr)
+            continue
+        results.append(MetricResult(
+            privleak_metric(name, names), "forget", "privleak", values.tolist(), 1.0,
+            statistic=partial(_privleak, values, labels, auc_ref), strata=labels.tolist(),
+            columns={"reference": name, "reference_quant": ref_quant,
+                     "reference_auc": auc_ref}))
     return results

@@ -1,7 +1,10 @@
 """VerbMem (MUSE): greedy continuation of a forget-text prefix, ROUGE-L F1 ×100 against the
-ground-truth continuation cut to 128 tokens. Also `facts recalled`: the share of the person's
-attributes in the ground truth that appear in the continuation (DESIGN §5: ROUGE-L is about 0.5
-even for never-seen people, because names and templates are predictable; facts are not)."""
+ground-truth continuation cut to `max_new_tokens` (128) tokens counted as MUSE's code counts them,
+with the tokenizer's special tokens: with a BOS, the ground truth keeps 127 content tokens
+(muse_bench metrics/verbmem.py tokenizes it with add_special_tokens=True, then slices). Also
+`facts recalled`: the share of the person's attributes in the ground truth that appear in the
+continuation (DESIGN §5: ROUGE-L is about 0.5 even for never-seen people, because names and
+templates are predictable; facts are not)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from relapse.evaluate.rouge import rouge_l
 
 
 def truncate_tokens(tokenizer, text: str, max_tokens: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    """The first `max_tokens` tokens of `text`, special tokens (BOS) included in the count and
+    dropped from the decoded text."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_tokens]
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
