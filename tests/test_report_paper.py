@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from relapse.report.measures import quant_label, quant_order
 from relapse.report.selection import select_hps
@@ -83,6 +84,13 @@ def _value(metrics, bench, method, hp, quant, metric, split):
     return rows.value.mean()
 
 
+def _seed_values(metrics, bench, method, hp, quant, metric, split):
+    rows = metrics[(metrics.bench == bench) & (metrics.method == method) & (metrics.hp == hp)
+                   & (metrics.quant == quant) & (metrics.metric == metric)
+                   & (metrics.split == split)]
+    return list(rows.value)
+
+
 def _independent_pick(metrics, bench, method, quant="none-w16", pct=90):
     floor = pct / 100 * _value(metrics, bench, "target", "default", quant, "knowmem", "retain")
     best = None
@@ -107,7 +115,8 @@ def test_every_number_of_the_main_table_equals_an_independent_computation(built)
              "PrivLeak": ("privleak", "forget"), "KnowMem_r": ("knowmem", "retain")}
     expected_cols = [f"{q} {n}" for q in ["none-w16", "rtn-w8", "rtn-w4", "bnb_nf4-w4"]
                      for n in names]
-    assert list(table.columns[3:]) == expected_cols
+    intervals = [f"{c} {end}" for c in expected_cols for end in ("lo", "hi")]
+    assert list(table.columns[3:]) == expected_cols + intervals
     checked = 0
     for row in table.to_dict("records"):
         bench, method, hp = row["bench"], row["method"], row["hp"]
@@ -117,6 +126,15 @@ def test_every_number_of_the_main_table_equals_an_independent_computation(built)
             quant, name = col.split(" ")
             want = _value(metrics, bench, method, hp, quant, *names[name])
             assert row[col] == pytest.approx(want, rel=1e-12), (bench, method, col)
+            # no per-item scores here: two seeds give the t-interval over seeds, one seed (the
+            # baselines) its own item interval (value ± 5 in these rows)
+            seeds = _seed_values(metrics, bench, method, hp, quant, *names[name])
+            if len(seeds) > 1:
+                low, high = sps.t.interval(0.95, len(seeds) - 1, loc=np.mean(seeds),
+                                           scale=sps.sem(seeds))
+            else:
+                low, high = seeds[0] - 5, seeds[0] + 5
+            assert (row[f"{col} lo"], row[f"{col} hi"]) == pytest.approx((low, high))
             checked += 1
     assert checked == 10 * 16
 

@@ -55,3 +55,70 @@ def test_html_report_of_a_finished_run(tmp_path):
     # captions are rendered with the run's config: the selection rule and the quantizers
     assert "keep KnowMem_r at or above 90% of the target" in html
     assert "Knowledge retained" in html and "group size 64" in html
+    assert "system-message" not in html and "Undefined substitution" not in html
+    # the rule hands every cell's samples.parquet to the report: knowledge retained has its
+    # paired-bootstrap interval for every unlearned row
+    import pandas as pd
+
+    retained = pd.read_csv(tmp_path / "results" / "tables" / "retained.csv")
+    unlearned = retained[retained.method == "npo_gdr"]
+    assert len(unlearned) and unlearned.filter(like="KnowMem_f lo").notna().all().all()
+
+
+# --- captions: every one renders as clean reStructuredText ---------------------------------------
+
+CAPTIONS = sorted((ROOT / "workflow" / "report").glob("*.rst"))
+# What Snakemake appends to every caption before rendering it (snakemake/report/__init__.py):
+# link targets for the workflow panels, each category and each result file.
+SNAKEMAKE_LINKS = """
+
+.. _Workflow: javascript:show_panel('workflow')
+.. _Statistics: javascript:show_panel('statistics')
+"""
+
+
+def render_caption(path: Path, config: dict) -> str:
+    """A caption as Snakemake renders it (Jinja with the run's config, then docutils to HTML),
+    except that any docutils warning or error raises instead of landing in the reader's page."""
+    import io
+
+    from docutils.core import publish_parts
+    from docutils.utils import SystemMessage
+    from jinja2 import Environment, StrictUndefined
+
+    class Snakemake:
+        pass
+
+    Snakemake.config = config
+    env = Environment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
+    text = env.from_string(path.read_text() + SNAKEMAKE_LINKS).render(
+        snakemake=Snakemake, categories={}, files=[])
+    stream = io.StringIO()
+    try:
+        html = publish_parts(text, writer="html", settings_overrides={
+            "report_level": 2, "halt_level": 2, "warning_stream": stream})["body"]
+    except SystemMessage as err:
+        raise AssertionError(f"{path.name}: {err}") from None
+    assert not stream.getvalue(), f"{path.name}: {stream.getvalue()}"
+    assert "system-message" not in html and "problematic" not in html, path.name
+    return html
+
+
+def test_every_caption_is_clean_restructuredtext(default_config):
+    """The HTML report once showed its reader 'Undefined substitution referenced: ΔW' (from
+    |ΔW| in a caption): no caption may produce any docutils warning or error."""
+    from relapse.report.plan import outputs
+
+    used = {(ROOT / "workflow" / "rules" / o.caption).resolve()
+            for o in outputs(diagnostics=True, relearn=True).values() if o.caption}
+    assert used <= set(CAPTIONS) and ROOT / "workflow" / "report" / "workflow.rst" in CAPTIONS
+    for path in CAPTIONS:
+        html = render_caption(path, default_config)
+        assert len(html) > 200, path.name
+
+
+def test_the_caption_check_catches_a_substitution(tmp_path, default_config):
+    bad = tmp_path / "bad.rst"
+    bad.write_text("mean |ΔW| over the quantization step\n")
+    with pytest.raises(AssertionError, match="Undefined substitution"):
+        render_caption(bad, default_config)

@@ -17,6 +17,9 @@ REPORT_RELEARN = []
 rule report:
     input:
         metrics=[cell.metrics for cell in grid.cells(config)],
+        # Per-item scores: the intervals resample seeds and items, and pair the items of an
+        # unlearned model with the target's for knowledge retained.
+        samples=[f"{cell.root}/{cell.quant}/samples.parquet" for cell in grid.cells(config)],
         diagnostics=REPORT_DIAGNOSTICS,
         relearn=REPORT_RELEARN,
     output:
@@ -47,4 +50,4 @@ rule report:
     shell:
         "relapse report --settings {params.settings:q} --table {output.table} "
         f"--tables {report_plan.TABLES_DIR} --figures {report_plan.FIGURES_DIR} "
-        "{input.metrics}{params.optional} > {log} 2>&1"
+        "{input.metrics}{params.optional} --samples {input.samples} > {log} 2>&1"

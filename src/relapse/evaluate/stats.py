@@ -1,4 +1,10 @@
-"""Seeded percentile-bootstrap confidence intervals: of a mean, and of any statistic of items."""
+"""Seeded percentile-bootstrap confidence intervals: of a mean, of any statistic of items, and
+of a seed mean (or a ratio of two) over seeds and items; and the t-interval over seeds.
+
+A percentile interval is the bootstrap distribution's quantiles as they are: it is never widened
+to contain the point estimate, since for a skewed statistic (a ratio, an AUC near 1) the honest
+interval can exclude it.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,27 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+_NAN3 = (float("nan"), float("nan"), float("nan"))
+
+
+def _percentiles(stats: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(stats, [tail, 100 - tail])
+    return float(low), float(high)
+
 
 def bootstrap_ci(scores, samples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) of the percentile bootstrap; a constant sample gives a zero-width CI."""
     x = np.asarray(scores, dtype=float)
     if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
+        return _NAN3
     mean = float(x.mean())
     if samples <= 0 or x.size == 1:
         return mean, mean, mean
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, x.size, size=(samples, x.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return mean, float(min(low, mean)), float(max(high, mean))
+    return (mean, *_percentiles(means, level))
 
 
 def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n: int,
@@ -28,11 +40,10 @@ def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n: int,
                         level: float = 0.95) -> tuple[float, float, float]:
     """(value, low, high) for a statistic of n items: value = statistic(arange(n)); the CI is
     the percentile bootstrap of statistic(resampled indices), drawing with replacement within
-    each stratum when `strata` is given (so that, e.g., an AUC always sees both classes). Like
-    `bootstrap_ci`, the interval is widened to contain the value, and a single item or
-    `samples` = 0 gives a zero-width interval."""
+    each stratum when `strata` is given (so that, e.g., an AUC always sees both classes). A
+    single item or `samples` = 0 gives a zero-width interval."""
     if n == 0:
-        return float("nan"), float("nan"), float("nan")
+        return _NAN3
     value = float(statistic(np.arange(n)))
     if samples <= 0 or n == 1 or np.isnan(value):
         return value, value, value
@@ -42,6 +53,73 @@ def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n: int,
     stats = np.array([statistic(np.concatenate([g[rng.integers(0, g.size, g.size)]
                                                 for g in groups]))
                       for _ in range(samples)], dtype=float)
-    tail = (1 - level) / 2 * 100
-    low, high = np.nanpercentile(stats, [tail, 100 - tail])
-    return value, float(min(low, value)), float(max(high, value))
+    return (value, *_percentiles(stats, level))
+
+
+def _counts(draws: np.ndarray, n: int) -> np.ndarray:
+    """Row b: how often each of 0..n-1 was drawn in draws[b] (one bincount for all rows)."""
+    rows = np.arange(len(draws))[:, None] * n
+    return np.bincount((draws + rows).ravel(), minlength=len(draws) * n).reshape(len(draws), n)
+
+
+def _resampled_means(scores: np.ndarray, item_counts: np.ndarray, rng) -> np.ndarray:
+    """Per resample b: the mean of scores over resampled seeds and the items drawn
+    `item_counts[b]` times. Counts instead of gathered copies keep memory at (samples x items)."""
+    n_seeds, n_items = scores.shape
+    if n_seeds == 1:        # nothing to resample, and no draw: one seed is the item bootstrap
+        seed_counts = np.ones((len(item_counts), 1))
+    else:
+        seed_counts = _counts(rng.integers(0, n_seeds, size=(len(item_counts), n_seeds)),
+                              n_seeds)
+    return ((seed_counts @ scores) * item_counts).sum(axis=1) / (n_seeds * n_items)
+
+
+def bootstrap_seeds_items(scores, reference=None, samples: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float, float]:
+    """(value, low, high) of the mean of a seeds x items score matrix, or of its ratio to a
+    `reference` matrix (its own seeds, the same items in the same column order).
+
+    Each resample draws the items once, with replacement, and uses that draw for every seed and
+    for the reference (the items are shared: the same questions were put to every model, so a
+    ratio is paired); then, for the scores and the reference separately, it draws seeds with
+    replacement. The seed draw carries the between-seed variance into the interval, which an
+    average of per-seed intervals leaves out. With one seed and no reference this is
+    `bootstrap_ci` of that seed's scores (the same draws; equal up to rounding). Value:
+    mean(scores), or mean(scores) / mean(reference).
+    A resample whose reference mean is 0 is left out of the percentiles."""
+    x = np.atleast_2d(np.asarray(scores, dtype=float))
+    ref = None if reference is None else np.atleast_2d(np.asarray(reference, dtype=float))
+    if x.size == 0 or (ref is not None and (ref.size == 0 or ref.shape[1] != x.shape[1])):
+        return _NAN3
+    n_seeds, n_items = x.shape
+    value = float(x.mean())
+    if ref is not None:
+        den = float(ref.mean())
+        value = value / den if den != 0 else float("nan")
+    if samples <= 0 or np.isnan(value) or (n_items == 1 and n_seeds == 1
+                                           and (ref is None or len(ref) == 1)):
+        return value, value, value
+    rng = np.random.default_rng(seed)
+    items = _counts(rng.integers(0, n_items, size=(samples, n_items)), n_items)
+    stats = _resampled_means(x, items, rng)
+    if ref is not None:
+        den = _resampled_means(ref, items, rng)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stats = np.where(den != 0, stats / den, np.nan)
+    return (value, *_percentiles(stats, level))
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of Student's t-interval over independent replicates (seeds): mean ±
+    t(level, n-1) · sd / √n. One value gives a zero-width interval: use an item bootstrap then."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return _NAN3
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return mean, mean - half, mean + half

@@ -1,6 +1,7 @@
 """The report stage: one metrics table, the paper tables (Markdown, LaTeX, CSV) and figures.
 
 measures.py      the named quantities and the seed-averaged wide frame
+intervals.py     the 95% intervals of its seed means and of knowledge retained
 selection.py     which hp of each method the tables show (config `report.selection`)
 paper_tables.py  tables (a) main, (b) knowledge retained, (c) full grid, as data
 markdown.py, latex.py   their renderings; captions.py: what every table states

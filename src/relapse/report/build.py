@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from relapse.report import captions
-from relapse.report.measures import has_world, main_measures, quant_order, wide
+from relapse.report.measures import has_world, main_measures, measures, quant_order, wide
 from relapse.report.plan import DIAGNOSTICS_FIGURE, FIGURES, RELEARN_FIGURE
 from relapse.report.paper_tables import PaperTable, grid_table, main_table, retained_table
 from relapse.report.selection import DEFAULT as DEFAULT_SELECTION
@@ -33,6 +33,12 @@ def report_settings(cfg: dict) -> dict:
             "selection": {**DEFAULT_REPORT["selection"], **got.get("selection", {})}}
 
 
+def retained_keys(settings: dict) -> list[str]:
+    """The retained quantities the wide frame computes: KnowMem_f (the grid table's) and the
+    configured ones."""
+    return list(dict.fromkeys(["knowmem_forget", *settings["retained_metrics"]]))
+
+
 def with_keys(metrics: pd.DataFrame) -> pd.DataFrame:
     """The metrics table as published: every key column present (`stage` = evaluate for rows
     of the evaluation stage)."""
@@ -41,13 +47,15 @@ def with_keys(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics
 
 
-def paper_tables(metrics: pd.DataFrame, cfg: dict) -> tuple[dict[str, PaperTable], pd.DataFrame,
-                                                             pd.DataFrame, list[str]]:
-    """(tables by name, the wide frame, the selection, the quant order)."""
+def paper_tables(metrics: pd.DataFrame, cfg: dict, samples: pd.DataFrame | None = None
+                 ) -> tuple[dict[str, PaperTable], pd.DataFrame, pd.DataFrame, list[str]]:
+    """(tables by name, the wide frame, the selection, the quant order). `samples`: the
+    per-item scores the intervals resample (inputs.read_samples), with the evaluation's
+    bootstrap settings."""
     settings = report_settings(cfg)
     cfg = {**cfg, "report": settings}
-    retained = list(dict.fromkeys(["knowmem_forget", *settings["retained_metrics"]]))
-    frame = wide(metrics, retained)
+    frame = wide(metrics, retained_keys(settings), samples,
+                 cfg.get("evaluation", {}).get("bootstrap", {}))
     quants = quant_order(metrics)
     chosen = select_hps(frame, settings["selection"])
     columns, world = main_measures(metrics), has_world(metrics)
@@ -105,10 +113,13 @@ def write_figures(frame: pd.DataFrame, chosen: pd.DataFrame, quants: list[str], 
 
 def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir: str | Path,
                  figures_dir: str | Path, diagnostics: list[str] | None = None,
-                 relearn: str | None = None) -> None:
+                 relearn: str | None = None, samples: list[str] | None = None) -> None:
+    """`inputs`: every cell's metrics.parquet; `samples`: their samples.parquet (per-item
+    scores, for the intervals)."""
     from relapse.io import write_parquet
     from relapse.provenance import provenance
-    from relapse.report.inputs import read_diagnostics, read_relearn
+    from relapse.report.inputs import read_diagnostics, read_relearn, read_samples
+    from relapse.report.intervals import sample_columns
     from relapse.report.tables import concat_metrics, summary_table, to_markdown
 
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
@@ -123,7 +134,9 @@ def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir
     _write_text(tables_dir / "summary.md", to_markdown(summary, caption))
     _write_csv(tables_dir / "summary.csv", summary)
 
-    tables, frame, chosen, quants = paper_tables(metrics, cfg)
+    wanted = measures(retained_keys(report_settings(cfg)), has_world(metrics))
+    items = read_samples(samples or [], *sample_columns(wanted))
+    tables, frame, chosen, quants = paper_tables(metrics, cfg, items)
     write_tables(tables, chosen, tables_dir)
     write_figures(frame, chosen, quants, figures_dir, read_diagnostics(diagnostics or []),
                   read_relearn(relearn))

@@ -65,8 +65,9 @@ def _selected(frame: pd.DataFrame, chosen: pd.DataFrame | None) -> pd.DataFrame:
 def retained_bars(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
                   measure: str = "KnowMem_f"):
     """Grouped bars: x = method (selected hp, and retrain as the floor), one bar per precision,
-    y = knowledge retained (% of the target at the same quant), error bars = the bootstrap 95%
-    CI of the unlearned model divided by the target's mean. One panel per bench."""
+    y = knowledge retained (% of the target at the same quant), error bars = its 95% CI: the
+    paired bootstrap of the ratio over items and seeds (measures.wide; none without per-item
+    scores). One panel per bench."""
     col = f"retained {measure}"
     rows = _selected(wide[wide.method != "target"], chosen)
     benches = list(dict.fromkeys(rows.bench))

@@ -1,4 +1,6 @@
-"""The optional tables the report plots when a run has them, and their schemas.
+"""The tables the report reads beside the metrics, and their schemas.
+
+Per-item scores (each cell's samples.parquet, `--samples`): what the report's intervals resample.
 
 Survival diagnostics (one file per cell, `results/{bench}/{method}/{hp}/s{seed}/{quant}/
 diagnostics.parquet`): a row per decoder Linear layer of an unlearned x quantized model.
@@ -42,6 +44,34 @@ def read_diagnostics(paths: list[str | Path]) -> pd.DataFrame | None:
     if not frames:
         return None
     return _check(pd.concat(frames, ignore_index=True), DIAGNOSTICS_COLUMNS, "diagnostics")
+
+
+SAMPLE_KEYS = ("bench", "method", "hp", "seed", "quant", "metric", "split", "item")
+
+
+def read_samples(paths: list[str | Path], metrics: set[str], splits: set[str],
+                 scores: set[str]) -> pd.DataFrame | None:
+    """The per-item scores of every cell's samples.parquet: only the key columns and the score
+    columns `scores`, only rows of `metrics` x `splits` (the prompts and generations stay on
+    disk: they are most of the file). None when no file has any such row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for path in paths:
+        if not Path(path).exists():
+            continue
+        names = set(pq.read_schema(path).names)
+        if not set(SAMPLE_KEYS) <= names or not scores & names:
+            continue     # a cell without item scores (none of its metrics has any)
+        columns = list(SAMPLE_KEYS) + sorted(scores & names)
+        tables.append(pq.read_table(path, columns=columns,
+                                    filters=[("metric", "in", sorted(metrics)),
+                                             ("split", "in", sorted(splits))]))
+    if not tables:
+        return None
+    frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    return frame if len(frame) else None
 
 
 def read_relearn(path: str | Path | None) -> pd.DataFrame | None:

@@ -1,8 +1,9 @@
 """The named quantities the paper tables show, and the seed-averaged wide frame they come from.
 
 A *measure* is one (metric, split, stat) row family of metrics.parquet. `wide()` turns the tidy
-table into one row per (bench, method, hp, quant) with a column per measure (mean over seeds),
-plus `retained <measure>` = measure(unlearned, q) / measure(target, q) at matched quant q.
+table into one row per (bench, method, hp, quant) with a column per measure (mean over seeds)
+and its 95% interval (intervals.py), plus `retained <measure>` = measure(unlearned, q) /
+measure(target, q) at matched quant q with its paired-bootstrap interval.
 Quant columns are read from the data: scheme names are never hard-coded here.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from relapse.report.intervals import retained_intervals, seed_mean_intervals
 
 
 @dataclass(frozen=True)
@@ -73,20 +75,26 @@ def measures(retained: list[str] | tuple[str, ...] = (), world: bool = False) ->
     return out
 
 
-def wide(metrics: pd.DataFrame, retained: list[str] | tuple[str, ...] = ("knowmem_forget",)
-         ) -> pd.DataFrame:
+def wide(metrics: pd.DataFrame, retained: list[str] | tuple[str, ...] = ("knowmem_forget",),
+         samples: pd.DataFrame | None = None, bootstrap: dict | None = None) -> pd.DataFrame:
     """One row per (bench, method, hp, quant): the seed mean of each measure (NaN when the run
-    did not compute it), its CI bounds (`<name> lo`, `<name> hi`, seed means of the bootstrap
-    bounds), and `retained <name>` for each retained key. KnowMem_world is a column when the run
-    measured it."""
+    did not compute it), its 95% interval (`<name> lo`, `<name> hi`: over seeds and items, see
+    intervals.py), and `retained <name>` with its `lo`/`hi` for each retained key. `samples`:
+    the per-item scores (inputs.read_samples), without which retained has no interval;
+    `bootstrap`: {samples, seed}. KnowMem_world is a column when the run measured it."""
+    boot = {"samples": 1000, "seed": 0, **(bootstrap or {})}
     wanted = measures(retained, world=has_world(metrics))
+
+    def rows_of(m: Measure) -> pd.DataFrame:
+        return metrics[(metrics.metric == m.metric) & (metrics.split == m.split)
+                       & (metrics.stat == m.stat)]
+
     frames = []
     for m in wanted:
-        rows = metrics[(metrics.metric == m.metric) & (metrics.split == m.split)
-                       & (metrics.stat == m.stat)]
-        agg = rows.groupby(KEYS, sort=False)[["value", "ci_low", "ci_high"]].mean()
-        frames.append(agg.rename(columns={"value": m.name, "ci_low": f"{m.name} lo",
-                                          "ci_high": f"{m.name} hi"}))
+        rows = rows_of(m)
+        agg = rows.groupby(KEYS, sort=False)[["value"]].mean().rename(columns={"value": m.name})
+        ci = seed_mean_intervals(rows, samples, m, boot)
+        frames.append(agg.join(ci.rename(columns={"lo": f"{m.name} lo", "hi": f"{m.name} hi"})))
     cells = metrics[KEYS].drop_duplicates().set_index(KEYS)
     out = cells.join(frames, how="left") if frames else cells
     for m in wanted:      # measures absent from the whole run are still columns, all NaN
@@ -95,13 +103,16 @@ def wide(metrics: pd.DataFrame, retained: list[str] | tuple[str, ...] = ("knowme
                 out[col] = float("nan")
     out = out.reset_index()
     target = out[out.method == "target"].set_index(["bench", "quant"])
+    keys = list(zip(*(out[k] for k in KEYS)))
     for key in retained:
-        name = RETAINABLE[key].name
-        ref = out.set_index(["bench", "quant"]).index.map(target[name].to_dict())
+        m = RETAINABLE[key]
+        ref = out.set_index(["bench", "quant"]).index.map(target[m.name].to_dict())
         ref = pd.Series(ref, index=out.index, dtype=float)
-        ref = ref.where(ref != 0)
-        for suffix in ("", " lo", " hi"):
-            out[f"retained {name}{suffix}"] = out[f"{name}{suffix}"] / ref
+        out[f"retained {m.name}"] = out[m.name] / ref.where(ref != 0)
+        ci = retained_intervals(rows_of(m), samples, m, boot)
+        nan = (float("nan"), float("nan"))
+        out[f"retained {m.name} lo"] = [ci.get(k, nan)[0] for k in keys]
+        out[f"retained {m.name} hi"] = [ci.get(k, nan)[1] for k in keys]
     return out
 
 

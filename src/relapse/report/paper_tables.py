@@ -2,7 +2,9 @@
 
 Each is a `PaperTable`: label columns (bench, method, hp) and value columns grouped by precision
 (one group per quant id in the data, full precision first). `latex.py` and `markdown.py` render
-them; `flat()` is the CSV (full precision numbers, no rounding).
+them; `flat()` is the CSV (full precision numbers, no rounding), which also holds each number's
+95% interval (measures.wide, intervals.py) in `<quant> <measure> lo` / `hi` columns after the
+values.
 """
 
 from __future__ import annotations
@@ -28,15 +30,19 @@ class PaperTable:
     values: pd.DataFrame                 # columns "<quant>|<measure name>", same rows as labels
     percent: bool = False                # values are ratios x 100 (%)
     notes: list[str] = field(default_factory=list)
+    intervals: pd.DataFrame | None = None   # "<quant>|<name> lo" / "hi", same rows as values
 
     def column(self, quant: str, measure: str) -> pd.Series:
         return self.values[f"{quant}|{measure}"]
 
     def flat(self) -> pd.DataFrame:
-        """The CSV: label columns, then `<quant> <measure>` columns."""
-        vals = self.values.copy()
-        vals.columns = [c.replace("|", " ") for c in vals.columns]
-        return pd.concat([self.labels.reset_index(drop=True), vals.reset_index(drop=True)], axis=1)
+        """The CSV: label columns, `<quant> <measure>` columns, then `<quant> <measure> lo` and
+        `hi` (the values' 95% intervals)."""
+        parts = [self.labels, self.values] + ([self.intervals] if self.intervals is not None
+                                              else [])
+        out = pd.concat([p.reset_index(drop=True) for p in parts], axis=1)
+        out.columns = [c.replace("|", " ") for c in out.columns]
+        return out
 
 
 def _values(rows: pd.DataFrame, quants: list[str], cols: list[tuple[str, str, float]]
@@ -49,6 +55,13 @@ def _values(rows: pd.DataFrame, quants: list[str], cols: list[tuple[str, str, fl
             out[f"{quant}|{name}"] = [row.get((quant, source), float("nan")) * scale
                                       for row in rows["_cells"]]
     return pd.DataFrame(out, index=rows.index)
+
+
+def _intervals(rows: pd.DataFrame, quants: list[str], cols: list[tuple[str, str, float]]
+               ) -> pd.DataFrame:
+    """`_values` of the interval bounds: `<quant>|<name> lo` and `hi`, from `<source> lo/hi`."""
+    return _values(rows, quants, [(f"{name} {end}", f"{source} {end}", scale)
+                                  for name, source, scale in cols for end in ("lo", "hi")])
 
 
 def _index_cells(wide: pd.DataFrame) -> dict:
@@ -87,11 +100,12 @@ def main_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
     `columns`: main_measures adds KnowMem_world)."""
     columns = list(columns or MAIN)
     rows = _rows(wide, chosen)
-    values = _values(rows, quants, [(m.name, m.name, 1.0) for m in columns])
+    cols = [(m.name, m.name, 1.0) for m in columns]
     notes = [f"† {b}/{m}: no hp met the KnowMem_r floor" for b, m, ok in
              zip(chosen.bench, chosen.method, chosen.meets_floor) if not ok]
     return PaperTable("main", caption, rows[["bench", "method", "hp"]], quants, columns,
-                      values, notes=notes)
+                      _values(rows, quants, cols), notes=notes,
+                      intervals=_intervals(rows, quants, cols))
 
 
 def retained_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
@@ -102,19 +116,24 @@ def retained_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
     measures = [RETAINABLE[k] for k in retained]
     rows = _rows(wide, chosen)
     rows = rows[rows.method != "target"].reset_index(drop=True)   # 100% by definition
-    values = _values(rows, quants, [(m.name, f"retained {m.name}", 100.0) for m in measures])
+    cols = [(m.name, f"retained {m.name}", 100.0) for m in measures]
+    values, intervals = _values(rows, quants, cols), _intervals(rows, quants, cols)
     labels = rows[["bench", "method", "hp"]]
-    out_labels, out_values = [], []
+    out_labels, out_values, out_intervals = [], [], []
     for bench in dict.fromkeys(labels.bench):
         mask = labels.bench == bench
         out_labels.append(labels[mask])
         out_values.append(values[mask])
+        out_intervals.append(intervals[mask])
         constrained = mask & labels.method.map(is_utility_constrained)
         if constrained.any():
             out_labels.append(pd.DataFrame([{"bench": bench, "method": MEAN_ROW, "hp": ""}]))
             out_values.append(values[constrained].mean().to_frame().T)
+            # no interval: a mean of the methods' bounds is not one of their mean
+            out_intervals.append(pd.DataFrame(float("nan"), index=[0], columns=intervals.columns))
     return PaperTable("retained", caption, pd.concat(out_labels, ignore_index=True), quants,
-                      measures, pd.concat(out_values, ignore_index=True), percent=True)
+                      measures, pd.concat(out_values, ignore_index=True), percent=True,
+                      intervals=pd.concat(out_intervals, ignore_index=True))
 
 
 def grid_table(wide: pd.DataFrame, quants: list[str], caption: str,
@@ -125,6 +144,5 @@ def grid_table(wide: pd.DataFrame, quants: list[str], caption: str,
     rows = _rows(wide, None)
     ret = Measure("Ret_f", "knowmem", "forget", "retained", "KnowMem_f ret. %", r"Ret.$_f$ \%")
     cols = [(m.name, m.name, 1.0) for m in columns] + [("Ret_f", "retained KnowMem_f", 100.0)]
-    values = _values(rows, quants, cols)
     return PaperTable("grid", caption, rows[["bench", "method", "hp"]], quants, [*columns, ret],
-                      values)
+                      _values(rows, quants, cols), intervals=_intervals(rows, quants, cols))
