@@ -128,8 +128,8 @@ def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir
 
     summary = summary_table(metrics)
     caption = ("Per quant: KnowMem_f, VerbMem_f, KnowMem_r (ROUGE-L F1 x100, loss variant "
-               f"{cfg['unlearning'].get('loss_variant', 'paper')}), PrivLeak (Min-K% AUC vs the "
-               "retrain model's at the same quant, %), PPL_r (retain_eval perplexity) where "
+               f"{cfg['unlearning'].get('loss_variant', 'paper')}), PrivLeak (Min-K% AUC "
+               f"{captions.privleak_text(cfg)}, %), PPL_r (retain_eval perplexity) where "
                "computed, and retained. " + captions.RETAINED_DEFINITION + ", for KnowMem_f.")
     _write_text(tables_dir / "summary.md", to_markdown(summary, caption))
     _write_csv(tables_dir / "summary.csv", summary)
