@@ -92,12 +92,17 @@ def test_npo_by_hand_and_its_weight():
 
 
 def test_npo_muse_variant_is_logit_level():
+    """MUSE's code: −(2/β)·mean over every logit of every position of log σ(β·(ref − logit)),
+    computed here element by element with math.log/math.exp."""
     beta = 0.1
-    ref_logits = torch.zeros_like(LOGITS)
+    ref_logits = torch.tensor([[[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0]]])
     method = get_method("npo")
     loss = method.forget.fn(_ctx(LOGITS, ref_logits, "muse"), _batch(), {"beta": beta})
-    expected = -(2 / beta) * torch.nn.functional.logsigmoid(beta * (ref_logits - LOGITS)).mean()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    terms = [math.log(1 / (1 + math.exp(-beta * (r - x))))
+             for r, x in zip(ref_logits.flatten().tolist(), LOGITS.flatten().tolist())]
+    assert len(terms) == 6          # the unused last position counts too, as in MUSE
+    expected = -(2 / beta) * sum(terms) / len(terms)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_simnpo_by_hand():
@@ -126,9 +131,16 @@ def test_sure_variants_and_rmu_are_registered():
     assert {"ga_gdr_sure", "ga_klr_sure", "npo_gdr_sure", "npo_klr_sure", "simnpo", "rmu"} <= names
     sure = get_method("npo_gdr_sure")
     assert sure.saliency and sure.defaults()["gamma"] == 90.0
-    assert get_method("rmu").trainable_layers({"layer": 3}, 4) == [1, 2, 3]
+    rmu = get_method("rmu")
+    assert rmu.trainable_layers({"layer": 3}, 4) == [1, 2, 3]
     with pytest.raises(ValueError):
-        get_method("rmu").trainable_layers({"layer": 4}, 4)
+        rmu.trainable_layers({"layer": 4}, 4)
+    # WMDP's defaults: only the MLP down-projection, α = 1200 (its Zephyr setting)
+    assert rmu.trainable_modules(rmu.defaults()) == ("down_proj",)
+    assert rmu.trainable_modules({"modules": "all"}) is None
+    with pytest.raises(ValueError, match="modules 'mlp'"):
+        rmu.trainable_modules({"modules": "mlp"})
+    assert rmu.defaults()["alpha"] == 1200 and rmu.defaults()["steer_mode"] == "norm"
     assert "rmu_steer" not in names and "ga_rmu_retain" not in names
 
 
@@ -149,3 +161,10 @@ def test_method_names_compose_forget_and_regularizer():
     assert {"lr", "epochs", "params", "beta", "alpha"} <= method.hparam_names()
     with pytest.raises(KeyError):
         get_method("npo_xyz")
+
+
+def test_an_unknown_reduction_is_rejected_at_registration():
+    from relapse.unlearn.registry import register_forget
+
+    with pytest.raises(ValueError, match="reduction 'mean' is not one of token, position, sequence"):
+        register_forget("bad_reduction", reduction="mean")

@@ -19,6 +19,50 @@ def data_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def target_lm(tmp_path_factory, tiny_lm, data_dir):
+    """The tiny model after 40 steps on forget + retain texts: a target that has something to
+    unlearn (forget and retain NLL about 0.5, from 6.4 at random init)."""
+    import copy
+
+    from relapse.models.batching import encode
+    from relapse.models.io import save_model
+
+    _, model, tok = tiny_lm
+    texts = [t for split in ("forget", "retain")
+             for t in pd.read_parquet(data_dir / f"{split}.parquet").text]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the loop is tiny: more threads only contend (10x slower here)
+    torch.manual_seed(0)
+    model = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = encode(tok, texts, eos=True)
+    for _ in range(40):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    folder = tmp_path_factory.mktemp("target_lm")
+    tok.save_pretrained(str(folder))
+    save_model(model.eval(), folder)
+    return folder, model.eval(), tok
+
+
+@pytest.fixture(scope="module")
+def four_layer_lm(tmp_path_factory, tiny_lm):
+    """A 4-layer tiny Llama, so that RMU's layers ℓ−2..ℓ leave a layer out."""
+    from relapse.models.io import save_model
+    from relapse.models.tiny import tiny_llama
+
+    _, _, tok = tiny_lm
+    torch.manual_seed(1)
+    model = tiny_llama({"hidden": 32, "layers": 4, "heads": 2, "intermediate": 64}, tok).eval()
+    folder = tmp_path_factory.mktemp("four_layer_lm")
+    tok.save_pretrained(str(folder))
+    save_model(model, folder)
+    return folder, model, tok
+
+
 def _run(tmp_path, tiny_lm, data_dir, method="npo_gdr", name="out", cfg=None, save_epochs=None,
          **hp):
     """Train a run and return its final checkpoint folder."""
@@ -97,15 +141,124 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _nll(model, tok, texts):
+    from relapse.models.batching import encode
+    from relapse.unlearn.losses import token_nll
+
+    batch = encode(tok, texts, eos=True)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return float(token_nll(logits, batch["labels"]))
+
+
+# α for the regularized methods: NPO's forget gradient is a sum over a sequence's tokens, so it
+# needs a larger α than GA's token mean to hold retain NLL (forget and retain biographies share
+# their templates, so every forget step also raises retain NLL).
+UNLEARN_HP = {"ga": {}, "ga_gdr": {"alpha": 5}, "ga_klr": {"alpha": 5}, "npo": {},
+              "npo_gdr": {"alpha": 20}, "npo_klr": {"alpha": 20}, "simnpo": {},
+              "npo_gdr_sure": {"alpha": 20, "gamma": 50}}
+
+
 @pytest.mark.parametrize("params", ["full", "lora"])
-@pytest.mark.parametrize("method", ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr",
-                                    "simnpo", "simnpo_gdr", "rmu", "npo_klr_sure"])
-def test_every_method_trains_with_lora_and_full(tmp_path, tiny_lm, data_dir, method, params):
-    folder, _, _ = tiny_lm
-    out = _run(tmp_path, tiny_lm, data_dir, method=method, params=params, epochs=1, lr=1e-2,
-               **({"layer": 1} if method == "rmu" else {}))
-    assert not _same(_weights(folder), _weights(out)), "nothing changed"
+@pytest.mark.parametrize("method", sorted(UNLEARN_HP))
+def test_every_method_raises_forget_nll_and_regularizers_hold_retain(
+        tmp_path, target_lm, data_dir, method, params):
+    """Measured (5 steps; forget/retain NLL rise): unregularized methods raise retain NLL by
+    about 0.67x the forget rise (shared templates); with these α the regularized ones by at most
+    0.37x. A sign-flipped forget loss lowers forget NLL; a sign-flipped regularizer raises retain."""
+    from relapse.models.io import load_model
+
+    folder, target, tok = target_lm
+    forget = list(pd.read_parquet(data_dir / "forget.parquet").text)
+    retain = list(pd.read_parquet(data_dir / "retain.parquet").text)
+    out = _run(tmp_path, target_lm, data_dir, method=method, params=params, epochs=5,
+               lr=1e-3 if params == "full" else 1e-2, **UNLEARN_HP[method])
     assert (out / "tokenizer.json").exists() and (out / "unlearn_manifest.json").exists()
+    model = load_model(out)
+    forget_rise = _nll(model, tok, forget) - _nll(target, tok, forget)
+    retain_rise = _nll(model, tok, retain) - _nll(target, tok, retain)
+    assert forget_rise > 0.02, f"forget NLL did not rise: {forget_rise:+.3f}"
+    if registry.get_method(method).regularizer is not None:
+        assert retain_rise < 0.5 * forget_rise, (forget_rise, retain_rise)
+
+
+def _layer_mse(hidden, target, mask):
+    per_token = (hidden - target).pow(2).mean(-1)
+    return float((per_token * mask).sum() / mask.sum())
+
+
+@pytest.mark.parametrize("params", ["full", "lora"])
+def test_rmu_moves_forget_activations_toward_the_steering_target(tmp_path, target_lm, data_dir,
+                                                                  params):
+    """α = 1 here: forget and retain biographies share their templates, so at WMDP's α = 1200
+    the retain term pins layer ℓ and the forget activations barely move (measured: 0.6715 →
+    0.6719 in 5 steps)."""
+    import json
+
+    from relapse.models.batching import encode
+    from relapse.models.io import load_model
+    from relapse.unlearn.trainer import StepContext
+
+    folder, target, tok = target_lm
+    out = _run(tmp_path, target_lm, data_dir, method="rmu", params=params, epochs=5,
+               lr=1e-2 if params == "full" else 3e-2, layer=1, alpha=1)
+    c = json.loads((out / "unlearn_manifest.json").read_text())["rmu_steer"]["c"]
+    forget = encode(tok, list(pd.read_parquet(data_dir / "forget.parquet").text), eos=True)
+    mask = forget["attention_mask"].float()
+
+    def distance(model):
+        ctx = StepContext(model, "paper", seed=0)
+        with torch.no_grad():
+            h = ctx.hidden(forget, 1)
+        return _layer_mse(h, c * ctx.steering_vector(h.shape[-1]), mask)
+
+    before, after = distance(target), distance(load_model(out))
+    assert after < 0.85 * before, (before, after)   # measured: 0.67 → 0.48 (full), 0.26 (lora)
+
+
+@pytest.mark.parametrize("params", ["full", "lora"])
+def test_rmu_updates_only_the_down_proj_of_layers_l_minus_2_to_l(tmp_path, four_layer_lm,
+                                                                 data_dir, params):
+    """WMDP's RMU updates `param_ids=[6]` of layers ℓ−2..ℓ: the MLP down-projection. With LoRA
+    only those modules' adapters train, so merging leaves every other weight bit-identical."""
+    folder, _, _ = four_layer_lm
+    out = _run(tmp_path, four_layer_lm, data_dir, method="rmu", params=params, epochs=1, lr=1e-2,
+               layer=3, alpha=1)
+    before, after = _weights(folder), _weights(out)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2, 3)}
+    if params == "lora":
+        adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+        moved = {k for k, v in adapter.items() if "lora_B" in k and v.abs().sum() > 0}
+        assert moved and all(".mlp.down_proj." in k for k in moved), moved
+        assert {int(k.split(".layers.")[1].split(".")[0]) for k in moved} == {1, 2, 3}
+
+
+def test_rmu_steering_coefficient_is_steer_times_the_activation_norm(tmp_path, four_layer_lm,
+                                                                     data_dir):
+    import json
+
+    from relapse.models.batching import encode
+
+    folder, model, tok = four_layer_lm
+    forget = encode(tok, list(pd.read_parquet(data_dir / "forget.parquet").text), eos=True)
+    with torch.no_grad():
+        # hidden_states[0] is the embedding output, so [ℓ + 1] is decoder layer ℓ's output
+        h = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"],
+                  output_hidden_states=True).hidden_states[3]
+    mask = forget["attention_mask"].bool()
+    norm = float(h.norm(dim=-1)[mask].mean())
+    out = _run(tmp_path, four_layer_lm, data_dir, method="rmu", name="norm", epochs=1, layer=2,
+               steer=3.0)
+    rmu = json.loads((out / "unlearn_manifest.json").read_text())["rmu_steer"]
+    assert rmu["activation_norm"] == pytest.approx(norm, rel=1e-5)
+    assert rmu["c"] == pytest.approx(3.0 * norm, rel=1e-5)
+    out = _run(tmp_path, four_layer_lm, data_dir, method="rmu", name="raw", epochs=1, layer=2,
+               steer=6.5, steer_mode="raw")
+    assert json.loads((out / "unlearn_manifest.json").read_text())["rmu_steer"]["c"] == 6.5
+    with pytest.raises(ValueError, match="steer_mode 'unit'"):
+        _run(tmp_path, four_layer_lm, data_dir, method="rmu", name="bad", epochs=1, layer=2,
+             steer_mode="unit")
 
 
 def test_epoch_checkpoints_equal_shorter_runs(tmp_path, tiny_lm, data_dir):
@@ -131,11 +284,13 @@ def test_select_epoch_links_a_checkpoint(tmp_path, tiny_lm, data_dir):
         select_epoch(run, 5, tmp_path / "x")
 
 
-def test_sure_mask_leaves_unselected_modules_bit_identical(tmp_path, tiny_lm, data_dir):
+@pytest.mark.parametrize("params", ["full", "lora"])
+def test_sure_mask_leaves_unselected_modules_bit_identical(tmp_path, tiny_lm, data_dir, params):
     import json
 
     folder, _, _ = tiny_lm
-    out = _run(tmp_path, tiny_lm, data_dir, method="npo_gdr_sure", lr=1e-2, gamma=75)
+    out = _run(tmp_path, tiny_lm, data_dir, method="npo_gdr_sure", lr=1e-2, gamma=75,
+               params=params)
     sure = json.loads((out / "unlearn_manifest.json").read_text())["sure"]
     selected = set(sure["selected"])
     assert 0 < len(selected) < len(sure["saliency"])
@@ -149,31 +304,123 @@ def test_sure_mask_leaves_unselected_modules_bit_identical(tmp_path, tiny_lm, da
             assert torch.equal(before[key], after[key]), f"masked {key} changed"
 
 
-def test_rmu_steers_forget_activations_and_touches_only_its_layers(tmp_path, tiny_lm, data_dir):
+def test_sure_under_lora_selects_by_the_base_weight_gradient(tmp_path, tiny_lm, data_dir):
+    """SURE's saliency is ‖∇_W L_forget‖ on each module's weight W, with LoRA too (the gradient
+    of zero-initialised adapter factors is another quantity)."""
+    import json
+
+    import numpy as np
+
     from relapse.models.batching import encode
     from relapse.models.io import load_model
-    from relapse.unlearn.trainer import StepContext
+    from relapse.unlearn.params import decoder_linear_names
 
     folder, _, tok = tiny_lm
-    out = _run(tmp_path, tiny_lm, data_dir, method="rmu", lr=3e-3, epochs=20, layer=1, steer=6.5)
-    before, after = _weights(folder), _weights(out)
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(".layers.0." in k or ".layers.1." in k for k in changed)
-    forget = pd.read_parquet(data_dir / "forget.parquet").text.tolist()
-    batch = encode(tok, forget, eos=True)
+    out = _run(tmp_path, tiny_lm, data_dir, method="ga_sure", params="lora", epochs=1, gamma=60)
+    sure = json.loads((out / "unlearn_manifest.json").read_text())["sure"]
 
-    def distance(model):
-        ctx = StepContext(model, "paper", seed=0)
-        h = ctx.hidden(batch, 1)
-        target = 6.5 * ctx.steering_vector(h.shape[-1])
-        return (h - target).pow(2).mean().item()
+    model = load_model(folder)
+    batch = encode(tok, list(pd.read_parquet(data_dir / "forget.parquet").text), eos=True)
+    names = decoder_linear_names(model)
+    nll = model(**batch).loss     # Hugging Face's shifted mean token NLL; GA is its negative
+    grads = torch.autograd.grad(nll, [model.get_submodule(n).weight for n in names])
+    saliency = {n: float(g.norm()) for n, g in zip(names, grads)}
+    threshold = np.percentile(list(saliency.values()), 60)
+    expected = {n for n, v in saliency.items() if v >= threshold}
 
-    assert distance(load_model(out)) < 0.5 * distance(load_model(folder))
+    def plain(name):   # the manifest names modules as in the plain model; compare either way
+        return name.removeprefix("base_model.model.")
+
+    recorded = {plain(n): v for n, v in sure["saliency"].items()}
+    assert set(recorded) == set(names)
+    assert all(recorded[n] == pytest.approx(v, rel=1e-4) for n, v in saliency.items())
+    assert {plain(n) for n in sure["selected"]} == expected
 
 
-def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_lm, data_dir):
-    full = _run(tmp_path, tiny_lm, data_dir, method="npo", name="full", epochs=1)
-    accum = _run(tmp_path, tiny_lm, data_dir, method="npo", name="acc", epochs=1,
+@pytest.mark.parametrize("method", ["npo", "ga_gdr"])
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_lm, data_dir, method):
+    full = _run(tmp_path, tiny_lm, data_dir, method=method, name="full", epochs=1)
+    accum = _run(tmp_path, tiny_lm, data_dir, method=method, name="acc", epochs=1,
                  cfg={**CFG, "micro_batch_size": 2})
     a, b = _weights(full), _weights(accum)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+# Texts of very different lengths, so that token-mean and sequence-mean weights differ.
+SHORT_LONG = ["Ada.", "Bo Lin was born in Ashgrove.",
+              "Cy Moor " * 12 + "is a native of Harrowgate, born in 1932, and plays the sitar.",
+              "Di Vale " * 30 + "works as a marine biologist."]
+RETAIN_SHORT_LONG = ["Emrys Varga " * 20 + "is a puppeteer.", "Fen Orr plays the trombone " * 6,
+                     "Gil Rae.", "Hal Ng was born in 1990."]
+
+
+@pytest.mark.parametrize("method", ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "simnpo", "rmu"])
+def test_accumulated_gradient_equals_the_full_batch_gradient(target_lm, method):
+    """Every loss family (token means: GA, GDR, KLR, RMU; sequence means: NPO, SimNPO), split
+    into micro-batches of 2 short and 2 long texts, gives the gradient of the whole batch."""
+    import copy
+
+    from relapse.models.batching import encode
+    from relapse.unlearn.params import make_trainable
+    from relapse.unlearn.trainer import StepContext, _ref_seq_logprobs, accumulate_step
+
+    _, base, tok = target_lm
+    spec = registry.get_method(method)
+    # SimNPO's weight σ(β·log π/|y| + δ) vanishes on these unseen texts at β = 2.5 (3e-7)
+    hp = {**spec.defaults(), "layer": 1, "params": "full", "beta": 0.1}
+    model = make_trainable(copy.deepcopy(base), "full", {})
+    reference = copy.deepcopy(base).eval() if spec.needs_reference else None
+    ctx = StepContext(model, "paper", reference, seed=0)
+
+    def batches(texts, sizes):
+        out, start = [], 0
+        for size in sizes:
+            batch = encode(tok, texts[start:start + size], eos=True)
+            if spec.forget.needs_ref_seq_logp:
+                batch["ref_seq_logp"] = _ref_seq_logprobs(base, [batch]) - 0.5  # ratio ≠ 1
+            out.append(batch)
+            start += size
+        return out
+
+    if spec.forget.setup is not None:
+        spec.forget.setup(ctx, batches(SHORT_LONG, [4]), hp)
+    if method == "rmu":
+        with torch.no_grad():   # move off θ₀, where the retain term's gradient is 0
+            ctx.model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    gradients = []
+    for sizes in ([4], [2, 2]):
+        model.zero_grad(set_to_none=True)
+        accumulate_step(spec, ctx, hp, batches(SHORT_LONG, sizes),
+                        batches(RETAIN_SHORT_LONG, sizes) if spec.regularizer else None)
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.grad is not None})
+    whole, split = gradients
+    assert whole.keys() == split.keys()
+    assert max(float(g.abs().max()) for g in whole.values()) > 1e-3
+    for name in whole:
+        assert torch.allclose(whole[name], split[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_npo_reference_logprobs_use_the_policy_autocast(tiny_lm):
+    """At θ₀ the NPO log-ratio is exactly 0 when the reference log-probs run under the same
+    autocast as the policy's forward (CPU bf16 autocast stands in for CUDA's)."""
+    import copy
+
+    from relapse.models.batching import encode
+    from relapse.unlearn.losses import sequence_logprob
+    from relapse.unlearn.trainer import StepContext, _ref_seq_logprobs
+
+    _, base, tok = tiny_lm
+    model = copy.deepcopy(base)
+    batch = encode(tok, SHORT_LONG, eos=True)
+
+    def bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    ref = _ref_seq_logprobs(model, [batch], bf16)
+    ctx = StepContext(model, "paper", autocast=bf16)
+    with torch.no_grad():
+        policy = sequence_logprob(ctx.forward(batch).logits, batch["labels"])
+    assert torch.equal(policy - ref, torch.zeros_like(ref))
+    # the stand-in matters: without autocast the reference differs from the bf16 policy
+    assert not torch.equal(policy, _ref_seq_logprobs(model, [batch]))

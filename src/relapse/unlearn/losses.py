@@ -46,3 +46,15 @@ def kl_ref_to_model(ref_logits: torch.Tensor, logits: torch.Tensor,
     logp = torch.log_softmax(logits.float(), dim=-1)
     per_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def reduction_count(batch: dict, reduction: str) -> int:
+    """How many units a loss with this `reduction` averages over in `batch` (registry.py):
+    scored next-token positions, attended positions, or sequences."""
+    if reduction == "token":
+        return int((batch["labels"][:, 1:] != -100).sum())
+    if reduction == "position":
+        return int(batch["attention_mask"].sum())
+    if reduction == "sequence":
+        return int(batch["input_ids"].shape[0])
+    raise ValueError(f"reduction {reduction!r} is not token, position or sequence")

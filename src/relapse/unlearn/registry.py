@@ -9,6 +9,15 @@ with every regularizer. Each such method also has a `_sure` variant (saliency-ma
 Objectives receive a `StepContext` (trainer.py) and return a scalar tensor:
   forget(ctx, batch, hp)       -- batch from the forget split, with `ref_seq_logp` when asked
   regularizer(ctx, batch, hp)  -- batch from the retain split
+
+Each objective declares its `reduction`, the units its value is a mean over, so that gradient
+accumulation can weight a micro-batch by its share of them and stay exact:
+  token     -- scored (next-token) positions: labels[:, 1:] != -100 (NLL, per-token KL)
+  position  -- attended positions: attention_mask == 1 (per-token hidden-state losses, RMU)
+  sequence  -- sequences (NPO, SimNPO: a mean of per-sequence terms)
+A dict {loss_variant: reduction} gives a different one under a loss variant (MUSE's code).
+A forget objective may also have a `setup(ctx, forget_batches, hp) -> dict`, run once at θ₀
+before training (RMU's activation norm); what it returns goes into the run's manifest.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Any, Callable
 COMMON_HPARAMS = {"lr": 1e-4, "epochs": 5, "params": "lora"}
 # SURE: only modules whose forget-gradient norm is at or above this percentile are updated.
 SALIENCY_HPARAMS = {"gamma": 90.0}
+REDUCTIONS = ("token", "position", "sequence")
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,23 @@ class Objective:
     needs_reference: bool = False      # a frozen reference forward during training
     composable: bool = True            # combined automatically with the other kind
     doc: str = ""
+    reduction: str | dict = "token"    # what the value is a mean over (module docstring)
+    setup: Callable | None = None      # run once at θ₀ before training
+
+    def reduction_for(self, loss_variant: str) -> str:
+        if isinstance(self.reduction, dict):
+            return self.reduction.get(loss_variant, self.reduction["paper"])
+        return self.reduction
+
+
+def _check_reduction(name: str, reduction) -> None:
+    values = reduction.values() if isinstance(reduction, dict) else [reduction]
+    if isinstance(reduction, dict) and "paper" not in reduction:
+        raise ValueError(f"objective {name}: a reduction dict needs a 'paper' entry: {reduction}")
+    for value in values:
+        if value not in REDUCTIONS:
+            raise ValueError(f"objective {name}: reduction {value!r} is not one of "
+                             f"{', '.join(REDUCTIONS)}")
 
 
 _FORGET: dict[str, Objective] = {}
@@ -41,29 +68,38 @@ _EXPLICIT: dict[str, dict[str, Any]] = {}
 
 
 def register_forget(name: str, hparams: dict | None = None, needs_ref_seq_logp: bool = False,
-                    needs_reference: bool = False, composable: bool = True):
+                    needs_reference: bool = False, composable: bool = True,
+                    reduction: str | dict = "token", setup: Callable | None = None):
+    _check_reduction(name, reduction)
+
     def wrap(fn):
         _FORGET[name] = Objective(name, fn, hparams or {}, needs_ref_seq_logp, needs_reference,
-                                  composable, (fn.__doc__ or "").strip())
+                                  composable, (fn.__doc__ or "").strip(), reduction, setup)
         return fn
     return wrap
 
 
 def register_regularizer(name: str, hparams: dict | None = None, needs_reference: bool = False,
-                         composable: bool = True):
+                         composable: bool = True, reduction: str | dict = "token"):
+    _check_reduction(name, reduction)
+
     def wrap(fn):
         _REGULARIZERS[name] = Objective(name, fn, {"alpha": 1.0, **(hparams or {})}, False,
-                                        needs_reference, composable, (fn.__doc__ or "").strip())
+                                        needs_reference, composable, (fn.__doc__ or "").strip(),
+                                        reduction)
         return fn
     return wrap
 
 
 def register_method(name: str, forget: str, regularizer: str | None = None,
-                    trainable_layers: Callable | None = None) -> None:
+                    trainable_layers: Callable | None = None,
+                    trainable_modules: Callable | None = None) -> None:
     """A method that is not an automatic combination; `trainable_layers(hp, n_layers)` returns
-    the decoder layer indices it may change (None: all)."""
+    the decoder layer indices it may change (None: all), `trainable_modules(hp)` the Linear
+    module names (last name component, e.g. `down_proj`) it may change there (None: all)."""
     _EXPLICIT[name] = {"forget": forget, "regularizer": regularizer,
-                       "trainable_layers": trainable_layers}
+                       "trainable_layers": trainable_layers,
+                       "trainable_modules": trainable_modules}
 
 
 @dataclass(frozen=True)
@@ -73,6 +109,7 @@ class Method:
     regularizer: Objective | None = None
     saliency: bool = False
     trainable_layers: Callable | None = None
+    trainable_modules: Callable | None = None
 
     def defaults(self) -> dict[str, Any]:
         out = dict(COMMON_HPARAMS)
@@ -112,7 +149,12 @@ def _methods() -> dict[str, Method]:
     for name, spec in _EXPLICIT.items():
         reg = _REGULARIZERS[spec["regularizer"]] if spec["regularizer"] else None
         out[name] = Method(name, _FORGET[spec["forget"]], reg,
-                           trainable_layers=spec["trainable_layers"])
+                           trainable_layers=spec["trainable_layers"],
+                           trainable_modules=spec["trainable_modules"])
+    # One-shot methods (no training loop, e.g. llmeraser) live in unlearn/oneshot/.
+    from relapse.unlearn.oneshot import one_shot_methods
+
+    out.update(one_shot_methods())
     return out
 
 

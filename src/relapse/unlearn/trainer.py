@@ -28,6 +28,7 @@ class StepContext:
     is_lora: bool = False
     autocast: Any = contextlib.nullcontext
     seed: int = 0
+    cache: dict = field(default_factory=dict)   # what an objective's setup computed at θ₀
     _steer: Any = field(default=None, repr=False)
 
     def _run(self, model, batch):
@@ -36,7 +37,7 @@ class StepContext:
 
     def _reference_model(self):
         if self.is_lora:
-            return self.model, self.model.disable_adapter()
+            return self.model, _adapter_disabled(self.model)
         if self.reference is None:
             raise RuntimeError("this objective needs the reference model, but none was kept")
         return self.reference, contextlib.nullcontext()
@@ -78,6 +79,19 @@ class StepContext:
         return self._steer
 
 
+@contextlib.contextmanager
+def _adapter_disabled(model):
+    """peft's `disable_adapter`, keeping every requires_grad flag: on exit peft marks all adapter
+    weights trainable again, which would undo an RMU or SURE restriction."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def decoder_layers(model):
     """The decoder block list of a (possibly peft-wrapped) causal LM."""
     for name, module in model.named_modules():
@@ -94,7 +108,9 @@ def module_of(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0]
 
 
-def _ref_seq_logprobs(model, batches) -> "torch.Tensor":
+def _ref_seq_logprobs(model, batches, autocast=contextlib.nullcontext) -> "torch.Tensor":
+    """log π_ref(y|x) per forget sequence, under the same autocast as the policy's forward, so
+    that the NPO log-ratio is exactly 0 at θ₀ (in bf16 autocast the two would otherwise differ)."""
     import torch
 
     from relapse.unlearn.losses import sequence_logprob
@@ -102,51 +118,130 @@ def _ref_seq_logprobs(model, batches) -> "torch.Tensor":
     out = []
     with torch.no_grad():
         for batch in batches:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            with autocast():
+                logits = model(input_ids=batch["input_ids"],
+                               attention_mask=batch["attention_mask"]).logits
             out.append(sequence_logprob(logits, batch["labels"]))
     return torch.cat(out)
 
 
-def restrict_to_layers(model, layers: list[int]) -> list[str]:
-    """Freeze every trainable parameter outside decoder layers `layers`; return the modules kept."""
+def restrict_to_layers(model, layers: list[int], modules: tuple[str, ...] | None = None) -> list[str]:
+    """Freeze every trainable parameter outside decoder layers `layers` (and, given `modules`,
+    outside the Linear modules of those names, e.g. `down_proj`); return the modules kept."""
     kept = set()
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         match = _LAYER.search(name)
-        if match and int(match.group(1)) in layers:
-            kept.add(module_of(name))
+        module = module_of(name)
+        if match and int(match.group(1)) in layers and (
+                modules is None or module.rsplit(".", 1)[-1] in modules):
+            kept.add(module)
         else:
             p.requires_grad_(False)
+    if not kept:
+        raise ValueError(f"no trainable module left in layers {layers}"
+                         + (f" named {', '.join(modules)}" if modules else ""))
     return sorted(kept)
 
 
-def saliency_mask(model, method, ctx, forget_batches, hp) -> dict[str, Any]:
-    """SURE: module saliency ‖∇_θ L_forget‖ at θ_0 over the whole forget set; keep trainable only
-    the modules at or above the γ-th percentile (the released code computed the mask but never
-    applied it; here the other modules' parameters stop requiring gradients)."""
-    import numpy as np
+def _base_weight(model, module_name: str):
+    """The weight W of a Linear module, under its LoRA wrapper if it has one."""
+    module = model.get_submodule(module_name)
+    if hasattr(module, "get_base_layer"):
+        module = module.get_base_layer()
+    return module.weight
 
-    model.zero_grad(set_to_none=True)
-    for batch in forget_batches:
-        method.forget.fn(ctx, batch, hp).backward()
-    norms: dict[str, float] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad and p.grad is not None:
-            key = module_of(name)
-            norms[key] = norms.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
-    model.zero_grad(set_to_none=True)
-    if not norms:
-        raise RuntimeError("SURE: no trainable parameter received a forget gradient")
-    names = sorted(norms)
-    values = np.sqrt([norms[n] for n in names])
+
+def _plain_name(module_name: str) -> str:
+    """A module's name in the unwrapped model (peft prefixes `base_model.model.`)."""
+    prefix = "base_model.model."
+    return module_name[len(prefix):] if module_name.startswith(prefix) else module_name
+
+
+def saliency_mask(model, method, ctx, forget_batches, hp) -> dict[str, Any]:
+    """SURE (arXiv 2410.16454): the saliency of a module is ‖∇_W L_forget‖ at θ₀ over the whole
+    forget set, W the module's weight. γ is a percentile of these module saliencies: only the
+    modules at or above it stay trainable (the released code computed the mask but never applied
+    it; here the other modules' parameters stop requiring gradients).
+
+    With LoRA the gradient is still taken on each target module's base weight W, not on its
+    adapter factors: B starts at 0, so the gradient of A is 0 and that of B is s·∇_W L·Aᵀ (s the
+    LoRA scaling), another quantity. As B = 0 the adapter adds nothing to the output, so the forward is θ₀'s. Only the
+    selected modules' adapters then train."""
+    import numpy as np
+    import torch
+
+    candidates = sorted({module_of(n) for n, p in model.named_parameters() if p.requires_grad})
+    if not candidates:
+        raise RuntimeError("SURE: the model has no trainable module")
+    weights = [_base_weight(model, n) for n in candidates]
+    flags = [w.requires_grad for w in weights]
+    sums = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+    shares = _shares(forget_batches, method.forget.reduction_for(ctx.loss_variant))
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        for share, batch in zip(shares, forget_batches):
+            # autograd.grad leaves every .grad untouched: nothing leaks into the first step.
+            grads = torch.autograd.grad(method.forget.fn(ctx, batch, hp) * share, weights,
+                                        allow_unused=True)
+            for total, g in zip(sums, grads):
+                if g is not None:
+                    total += g.float()
+    finally:
+        for w, flag in zip(weights, flags):
+            w.requires_grad_(flag)
+    values = np.array([float(g.double().norm()) for g in sums])
+    if not values.any():
+        raise RuntimeError("SURE: no trainable module received a forget gradient")
     threshold = float(np.percentile(values, float(hp["gamma"])))
-    selected = {n for n, v in zip(names, values) if v >= threshold}
+    selected = {n for n, v in zip(candidates, values) if v >= threshold}
     for name, p in model.named_parameters():
         if p.requires_grad and module_of(name) not in selected:
             p.requires_grad_(False)
-    return {"threshold": threshold, "selected": sorted(selected),
-            "saliency": {n: float(v) for n, v in zip(names, values)}}
+    return {"threshold": threshold, "selected": sorted(_plain_name(n) for n in selected),
+            "saliency": {_plain_name(n): float(v) for n, v in zip(candidates, values)}}
+
+
+def _shares(batches, reduction: str) -> list[float]:
+    """Each micro-batch's share of the units (tokens or sequences) its loss is a mean over."""
+    from relapse.unlearn.losses import reduction_count
+
+    counts = [reduction_count(b, reduction) for b in batches]
+    total = sum(counts)
+    return [c / total if total else 1.0 / len(counts) for c in counts]
+
+
+def accumulate_step(method, ctx, hp, forget_parts, retain_parts=None, guard=None,
+                    step: int = 0) -> dict[str, float]:
+    """Backpropagate one optimizer step's loss over its micro-batches; return its terms.
+
+    Every term is a mean over its own units (`Objective.reduction`), so a micro-batch's term is
+    weighted by its share of those units in the whole batch (forget and retain each by their
+    own): the accumulated gradient is then the full batch's, however it is split. Weighting by
+    sequence count would be exact only for per-sequence losses."""
+    alpha = float(hp.get("alpha", 1.0))
+    forget_w = _shares(forget_parts, method.forget.reduction_for(ctx.loss_variant))
+    if method.regularizer is not None:
+        retain_w = _shares(retain_parts, method.regularizer.reduction_for(ctx.loss_variant))
+    totals: dict[str, float] = {}
+    for i, forget in enumerate(forget_parts):
+        terms = {"forget": method.forget.fn(ctx, forget, hp)}
+        weighted = forget_w[i] * terms["forget"]
+        if method.regularizer is not None:
+            terms["regularizer"] = method.regularizer.fn(ctx, retain_parts[i], hp)
+            weighted = weighted + alpha * retain_w[i] * terms["regularizer"]
+        if guard is not None:
+            loss = terms["forget"] + alpha * terms.get("regularizer", 0.0)
+            guard.check(step, {**terms, "loss": loss})
+        weighted.backward()
+        totals["forget"] = totals.get("forget", 0.0) + forget_w[i] * float(terms["forget"].detach())
+        if "regularizer" in terms:
+            totals["regularizer"] = (totals.get("regularizer", 0.0)
+                                     + retain_w[i] * float(terms["regularizer"].detach()))
+    totals["loss"] = totals["forget"] + alpha * totals.get("regularizer", 0.0)
+    return totals
 
 
 def _checkpoint(model, is_lora: bool, folder: Path, target_dir, final: bool) -> None:
@@ -218,7 +313,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     ref_seq_logp = None
     if method.forget.needs_ref_seq_logp:
         chunks = [tensors(forget_texts[i:i + micro]) for i in range(0, len(forget_texts), micro)]
-        ref_seq_logp = _ref_seq_logprobs(model, chunks)
+        ref_seq_logp = _ref_seq_logprobs(model, chunks, autocast)
 
     def forget_batch(indices):
         batch = tensors([forget_texts[i] for i in indices])
@@ -231,11 +326,17 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     ctx = StepContext(model, loss_variant, reference, is_lora=is_lora, autocast=autocast, seed=seed)
     extra: dict[str, Any] = {}
     if method.trainable_layers is not None:
-        extra["trainable_modules"] = restrict_to_layers(model, method.trainable_layers(hp, n_layers))
-    if method.saliency:
+        modules = method.trainable_modules(hp) if method.trainable_modules else None
+        extra["trainable_modules"] = restrict_to_layers(
+            model, method.trainable_layers(hp, n_layers), modules)
+    if method.forget.setup is not None or method.saliency:
+        # both at θ₀, over the whole forget set
         everything = list(range(len(forget_texts)))
         batches = [forget_batch(everything[i:i + micro]) for i in range(0, len(everything), micro)]
-        extra["sure"] = saliency_mask(model, method, ctx, batches, hp)
+        if method.forget.setup is not None:
+            extra[method.forget.name] = method.forget.setup(ctx, batches, hp)
+        if method.saliency:
+            extra["sure"] = saliency_mask(model, method, ctx, batches, hp)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=float(hp["lr"]), weight_decay=0.0)
@@ -245,7 +346,6 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     generator = torch.Generator().manual_seed(seed)
     guard = LossGuard()
     grad_clip = float(unlearning_cfg.get("grad_clip", 1.0))
-    alpha = float(hp.get("alpha", 1.0))
     log, step, start = [], 0, time.time()
     meta = provenance({"method": method_name, "hp": hp, "seed": seed, "unlearning": unlearning_cfg})
     with atomic_dir(out_dir) as run_dir:
@@ -254,27 +354,17 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             for b in range(steps_per_epoch):
                 idx = order[b * batch_size:(b + 1) * batch_size]
                 opt.zero_grad(set_to_none=True)
-                totals: dict[str, float] = {}
-                tokens = 0
                 # Gradient accumulation: the effective batch is `batch_size` whatever fits in memory.
-                for m in range(0, len(idx), micro):
-                    part = idx[m:m + micro]
-                    weight = len(part) / len(idx)
-                    forget = forget_batch(part)
-                    terms = {"forget": method.forget.fn(ctx, forget, hp)}
-                    loss = terms["forget"]
-                    tokens += int(forget["attention_mask"].sum())
-                    if method.regularizer is not None:
-                        ridx = torch.randint(len(retain_texts), (len(part),), generator=generator).tolist()
-                        retain = tensors([retain_texts[i] for i in ridx])
-                        terms["regularizer"] = method.regularizer.fn(ctx, retain, hp)
-                        loss = loss + alpha * terms["regularizer"]
-                        tokens += int(retain["attention_mask"].sum())
-                    terms["loss"] = loss
-                    guard.check(step, terms)
-                    (loss * weight).backward()
-                    for k, v in terms.items():
-                        totals[k] = totals.get(k, 0.0) + float(v.detach()) * weight
+                forget_parts = [forget_batch(idx[m:m + micro]) for m in range(0, len(idx), micro)]
+                retain_parts = None
+                if method.regularizer is not None:
+                    # drawn for the whole batch, so that the split into micro-batches changes nothing
+                    ridx = torch.randint(len(retain_texts), (len(idx),), generator=generator).tolist()
+                    retain_parts = [tensors([retain_texts[i] for i in ridx[m:m + micro]])
+                                    for m in range(0, len(idx), micro)]
+                totals = accumulate_step(method, ctx, hp, forget_parts, retain_parts, guard, step)
+                tokens = sum(int(part["attention_mask"].sum())
+                             for part in forget_parts + (retain_parts or []))
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
                 opt.step()
                 scheduler.step()

@@ -4,12 +4,14 @@ from relapse.unlearn.losses import sequence_logprob
 from relapse.unlearn.registry import register_forget
 
 
-@register_forget("npo", hparams={"beta": 0.1}, needs_ref_seq_logp=True)
+@register_forget("npo", hparams={"beta": 0.1}, needs_ref_seq_logp=True, reduction="sequence")
 def negative_preference(ctx, batch, hp):
     """NPO (Zhang et al. 2024): (2/β)·E log(1 + (π_θ(y|x)/π_ref(y|x))^β) on sequence
     log-likelihoods against the frozen reference, i.e. (2/β)·softplus(β·log-ratio).
     loss_variant muse: MUSE's code, −(2/β)·mean logsigmoid(β·(ref_logits − logits)) over every
-    logit of every position, padding included (as MUSE computes it)."""
+    logit of every position, padding included (as MUSE computes it). Both are means over
+    sequences; MUSE's also depends on the padded length, so only the paper's definition
+    accumulates exactly over micro-batches of unequal width."""
     beta = float(hp["beta"])
     logits = ctx.forward(batch).logits
     if ctx.loss_variant == "muse":
