@@ -1,0 +1,170 @@
+"""Relearning: fine-tune the attacked cell for k steps on some data, for each k in a list.
+
+One training run per data source serves every k: a checkpoint is written at each k (k = 0 is the
+cell itself, exactly). Data: `forget` (a seeded subset of the forget texts: in-domain), and as
+controls `retain` and `holdout` (biographies of people no model was trained on: unrelated).
+
+Parameters: `params: full` trains the decoder Linear weights, `lora` an adapter. From a
+quantized cell (any scheme but `none`) the attacker always trains a LoRA adapter over the frozen
+quantized weights (QLoRA): the checkpoint is the cell's folder as is (hard links) plus the
+full-precision `adapter/`, with `lora_merge: adapter` in its quant manifest, so the evaluation
+runs the quantized base and the adapter on top, at the cell's precision.
+
+The step is the unlearning loop's (relapse.unlearn.trainer.accumulate_step: gradient
+accumulation with exact per-token weighting), driven by an NLL-descent objective; the outer
+loop here differs only in counting steps instead of epochs and checkpointing at each k.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from relapse.attacks.registry import AttackJob, columns, register_attack, write_variant_manifest
+
+RELEARN_DEFAULTS = {"steps": [10], "data": ["forget", "holdout"], "lr": 1.0e-3, "batch_size": 4,
+                    "micro_batch_size": None, "params": "full", "samples": 16, "seed": 0,
+                    "grad_clip": 1.0}
+DATA = {"forget": "forget", "retain": "retain", "holdout": "holdout"}
+
+
+def variant_id(data: str, steps: int) -> str:
+    return f"{data}-k{steps}"
+
+
+def relearn_variants(settings: dict) -> dict[str, dict[str, Any]]:
+    cfg = {**RELEARN_DEFAULTS, **settings}
+    return {variant_id(d, k): columns("relearn", attack_data=d, attack_steps=int(k))
+            for d in cfg["data"] for k in sorted(set(cfg["steps"]))}
+
+
+def _nll(ctx, batch, hp):
+    from relapse.unlearn.losses import token_nll
+
+    return token_nll(ctx.forward(batch).logits, batch["labels"])
+
+
+def relearn_method():
+    """The relearning objective as an unlearning Method: NLL descent, per-token mean."""
+    from relapse.unlearn.registry import Method, Objective
+
+    return Method("relearn", Objective("relearn_nll", _nll, reduction="token"))
+
+
+def attack_texts(data_dir: Path, data: str, samples: int, seed: int) -> list[str]:
+    """`samples` texts of a data source, a seeded subset (all of them when fewer)."""
+    import numpy as np
+
+    from relapse.data.prepare import load_split
+
+    if data not in DATA:
+        raise ValueError(f"relearn data {data!r} is not one of {', '.join(DATA)}")
+    texts = list(load_split(data_dir, DATA[data]).text)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [texts[i] for i in order[:samples]]
+
+
+def _link_tree(source: Path, target: Path, skip: tuple[str, ...]) -> None:
+    """Hard-link the cell's files (no copy of the weights); never link a file we rewrite."""
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.name in skip or path.is_dir():
+            continue
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
+
+
+def _checkpoint(model, lora: bool, source: Path, folder: Path) -> None:
+    from relapse.io import write_json
+    from relapse.models.io import copy_tokenizer, read_manifest, save_model
+
+    manifest = read_manifest(source, "quant_manifest.json")
+    if lora:
+        _link_tree(source, folder, skip=("quant_manifest.json", "attack_manifest.json"))
+        model.save_pretrained(str(folder / "adapter"), safe_serialization=True)
+        manifest = {**manifest, "lora_merge": "adapter"}
+    else:
+        folder.mkdir(parents=True)
+        save_model(model, folder)
+        copy_tokenizer(source, folder)
+    write_json(folder / "quant_manifest.json", manifest)
+
+
+def _is_quantized(source: Path) -> bool:
+    from relapse.models.io import read_manifest
+
+    return read_manifest(source, "quant_manifest.json").get("scheme", "none") != "none"
+
+
+@register_attack("relearn", relearn_variants)
+def relearn(job: AttackJob) -> None:
+    """Fine-tune for k steps on forget / retain / holdout data (QLoRA on a quantized cell)."""
+    import pandas as pd
+    import torch
+
+    from relapse.io import write_parquet
+    from relapse.models.batching import encode
+    from relapse.models.tokenizer import load_tokenizer
+    from relapse.attacks.cells import load_cell
+    from relapse.seeding import seed_everything
+    from relapse.unlearn.params import make_trainable
+    from relapse.unlearn.trainer import StepContext, accumulate_step
+
+    cfg = {**RELEARN_DEFAULTS, **job.settings}
+    source = Path(job.source_dir)
+    params = "lora" if _is_quantized(source) else cfg["params"]
+    steps = sorted(set(int(k) for k in cfg["steps"]))
+    batch_size = int(cfg["batch_size"])
+    micro = int(cfg["micro_batch_size"] or batch_size)
+    tokenizer = load_tokenizer(source)
+    method = relearn_method()
+    log = []
+    for data in cfg["data"]:
+        seed_everything(int(cfg["seed"]) + job.seed, job.threads)
+        texts = attack_texts(Path(job.data_dir), data, int(cfg["samples"]), int(cfg["seed"]))
+        # Plain Linear modules holding exactly the quantized values, frozen under a LoRA below.
+        model = load_cell(source, device=job.device, adapter=False)
+        model = make_trainable(model, params, job.lora)
+        ctx = StepContext(model, "paper", is_lora=params == "lora", seed=job.seed)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=float(cfg["lr"]), weight_decay=0.0)
+        generator = torch.Generator().manual_seed(int(cfg["seed"]) + job.seed)
+        order: list[int] = []
+        start = time.time()
+
+        def save(step):
+            folder = Path(job.out_dir) / variant_id(data, step)
+            model.eval()
+            _checkpoint(model, params == "lora", source, folder)
+            model.train()
+            write_variant_manifest(folder, columns("relearn", attack_data=data, attack_steps=step),
+                                   source, params=params, lr=float(cfg["lr"]),
+                                   batch_size=batch_size, samples=len(texts),
+                                   seconds=time.time() - start)
+
+        if steps[0] == 0:
+            save(0)
+        model.train()
+        for step in range(1, steps[-1] + 1):
+            # Epochs over the subset, reshuffled each time: every text is seen equally often.
+            while len(order) < batch_size:
+                order += torch.randperm(len(texts), generator=generator).tolist()
+            idx, order = order[:batch_size], order[batch_size:]
+            parts = [{k: v.to(job.device) for k, v in
+                      encode(tokenizer, [texts[i] for i in idx[m:m + micro]], eos=True).items()}
+                     for m in range(0, len(idx), micro)]
+            opt.zero_grad(set_to_none=True)
+            totals = accumulate_step(method, ctx, {}, parts)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, float(cfg["grad_clip"]))
+            opt.step()
+            log.append({"attack_data": data, "step": step, "loss": totals["loss"],
+                        "grad_norm": float(grad_norm), "seconds": time.time() - start})
+            if step in steps:
+                save(step)
+    write_parquet(Path(job.out_dir) / "relearn_log.parquet", pd.DataFrame(log),
+                  {"settings": cfg, "params": params})

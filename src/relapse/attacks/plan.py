@@ -1,0 +1,122 @@
+"""Which cells the attacks and the representation diagnostics run on: pure Python (no torch),
+as the Snakefile imports it to build its target lists.
+
+The slice is set by `attacks:` in the config: the quant ids attacked (`quants`; none: no attack
+runs), on the `benchmarks` listed (none: all), the `baselines` listed (target, retrain), and the
+unlearned models whose hp matches `hps` (key -> value or list of values; {} matches every hp).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from relapse import grid
+
+ATTACKS_TABLE = "results/tables/attacks.parquet"
+RELEARN_TABLE = "results/tables/relearn.parquet"
+DURABILITY_STEM = "results/tables/durability"
+LABELS_TABLE = "results/tables/labels.csv"
+
+
+@dataclass(frozen=True)
+class AttackCell:
+    bench: str
+    method: str
+    hp: str
+    seed: int
+    quant: str
+    attack: str
+    variant: str
+
+    @property
+    def root(self) -> str:
+        return f"results/{self.bench}/{self.method}/{self.hp}/s{self.seed}/{self.quant}"
+
+    @property
+    def models(self) -> str:
+        return f"{self.root}/{self.attack}/models"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.root}/{self.attack}/{self.variant}/metrics.parquet"
+
+    @property
+    def samples(self) -> str:
+        return f"{self.root}/{self.attack}/{self.variant}/samples.parquet"
+
+
+def _matches(hp: str, wanted: dict[str, Any]) -> bool:
+    """Whether an hp id has every `wanted` value (compared as hp ids write them: 3e-4 = 0.0003)."""
+    point = grid.parse_hp_id(hp)
+    for key, value in wanted.items():
+        allowed = {grid.format_value(v) for v in (value if isinstance(value, list) else [value])}
+        if key not in point or grid.format_value(point[key]) not in allowed:
+            return False
+    return True
+
+
+def attacked_models(cfg: dict) -> list[tuple[str, str, str, int]]:
+    """(bench, method, hp, seed) of every model the attacks cover."""
+    acfg = cfg.get("attacks", {})
+    benches = acfg.get("benchmarks") or list(cfg["benchmarks"])
+    out = []
+    for bench in benches:
+        seed = grid.reference_seed(cfg, bench)
+        out += [(bench, b, "default", seed) for b in grid.BASELINES
+                if b in acfg.get("baselines", grid.BASELINES)]
+    out += [m for m in grid.unlearned_models(cfg)
+            if m[0] in benches and _matches(m[2], acfg.get("hps", {}))]
+    return out
+
+
+def enabled_attacks(cfg: dict) -> list[str]:
+    acfg = cfg.get("attacks", {})
+    return [a for a in ("relearn", "prune") if acfg.get(a, {}).get("enabled", False)]
+
+
+def check(cfg: dict) -> None:
+    """Every attacked / represented quant id and benchmark is one of the config's."""
+    quants = grid.quant_settings(cfg)
+    acfg = cfg.get("attacks", {})
+    unknown = [b for b in acfg.get("benchmarks", []) if b not in cfg["benchmarks"]]
+    if unknown:
+        raise ValueError(f"attacks.benchmarks: {', '.join(unknown)} is not a benchmark of this "
+                         f"config; configured: {', '.join(cfg['benchmarks'])}")
+    for where, ids in (("attacks.quants", acfg.get("quants", [])),
+                       ("attacks.represent.quants", acfg.get("represent", {}).get("quants", []))):
+        unknown = [q for q in ids if q not in quants]
+        if unknown:
+            raise ValueError(f"{where}: {', '.join(unknown)} is not a quant of this config; "
+                             f"configured: {', '.join(quants)}")
+
+
+def attack_cells(cfg: dict) -> list[AttackCell]:
+    from relapse.attacks.registry import get_attack
+
+    acfg = cfg.get("attacks", {})
+    out = []
+    for name in enabled_attacks(cfg):
+        variants = list(get_attack(name).variants(acfg[name]))
+        for bench, method, hp, seed in attacked_models(cfg):
+            for quant in acfg.get("quants", []):
+                out += [AttackCell(bench, method, hp, seed, quant, name, v) for v in variants]
+    return out
+
+
+def represent_files(cfg: dict) -> list[str]:
+    """repr.parquet of every unlearned model of the slice at each `represent.quants`."""
+    rcfg = cfg.get("attacks", {}).get("represent", {})
+    if not rcfg.get("enabled", False):
+        return []
+    models = [m for m in attacked_models(cfg) if m[1] not in grid.BASELINES]
+    return [f"results/{b}/{m}/{hp}/s{seed}/{q}/repr.parquet"
+            for b, m, hp, seed in models for q in rcfg.get("quants", [])]
+
+
+def baseline_cells(cfg: dict) -> Iterable[grid.Cell]:
+    """The un-attacked cells of the attacked models: step 0 of every curve."""
+    quants = cfg.get("attacks", {}).get("quants", [])
+    for bench, method, hp, seed in attacked_models(cfg):
+        for quant in quants:
+            yield grid.Cell(bench, method, hp, seed, quant)

@@ -1,0 +1,342 @@
+"""Attacks: the registry, magnitude pruning (against a numpy reference), relearning (k = 0 is
+the cell exactly; forget data teaches the forget set more than unrelated data) and QLoRA over
+frozen quantized weights (bit-identical)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from relapse.attacks.registry import ATTACK_COLUMNS, attack_names, get_attack
+from relapse.attacks.stage import run_attack
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "targets": "all-linear"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from relapse.data.prepare import build_splits
+
+    splits, _ = build_splits({"people": 20, "seed": 0})
+    folder = tmp_path_factory.mktemp("data")
+    for name in ("forget", "retain", "holdout"):
+        splits[name].to_parquet(folder / f"{name}.parquet", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rtn_cell(tiny_lm, tmp_path_factory):
+    """The tiny model quantized by RTN 4-bit: a quantized cell's model folder."""
+    from relapse.quantize.stage import quantize_model
+
+    folder = tmp_path_factory.mktemp("cell") / "rtn-w4"
+    quantize_model(tiny_lm[0], folder, "rtn", 4, {"group_size": 16, "symmetric": False})
+    return folder
+
+
+def test_registry_lists_every_attack(capsys):
+    from relapse.cli import main
+
+    assert attack_names() == ["prune", "relearn"]
+    assert main(["list", "attacks"]) == 0
+    assert capsys.readouterr().out.split() == ["prune", "relearn"]
+    variants = get_attack("relearn").variants({"steps": [5, 0], "data": ["forget", "holdout"]})
+    assert list(variants) == ["forget-k0", "forget-k5", "holdout-k0", "holdout-k5"]
+    assert variants["holdout-k5"] == {"attack": "relearn", "attack_data": "holdout",
+                                      "attack_steps": 5, "sparsity": None}
+    prune = get_attack("prune").variants({"sparsity": [0.25]})
+    assert set(prune["s0.25"]) == set(ATTACK_COLUMNS) and prune["s0.25"]["sparsity"] == 0.25
+
+
+def _numpy_prune_rows(w, s):
+    out = w.copy()
+    k = int(np.floor(s * w.shape[1]))
+    for r in range(w.shape[0]):
+        out[r, np.argsort(np.abs(w[r]), kind="stable")[:k]] = 0.0
+    return out
+
+
+def test_prune_weight_matches_numpy():
+    from relapse.attacks.kinds.prune import prune_weight
+
+    w = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    for s in (0.0, 0.3, 0.5, 1.0):
+        np.testing.assert_array_equal(prune_weight(w, s).numpy(), _numpy_prune_rows(w.numpy(), s))
+    m = prune_weight(w, 0.5, scope="matrix")
+    assert int((m == 0).sum()) == 30
+    assert float(m.abs().masked_select(m != 0).min()) >= float(w.abs().flatten().sort().values[29])
+    with pytest.raises(ValueError):
+        prune_weight(w, 1.5)
+
+
+def test_prune_attack_at_zero_changes_nothing(tiny_lm, data_dir, tmp_path):
+    folder = tiny_lm[0]
+    run_attack("prune", folder, tmp_path / "prune", data_dir, {"sparsity": [0.0, 0.5]})
+    source = load_file(folder / "model.safetensors")
+    zero = load_file(tmp_path / "prune" / "s0" / "model.safetensors")
+    half = load_file(tmp_path / "prune" / "s0.5" / "model.safetensors")
+    assert source.keys() == zero.keys()
+    for name in source:
+        assert torch.equal(source[name], zero[name]), name
+        if name.endswith("proj.weight") and ".layers." in name:
+            np.testing.assert_array_equal(half[name].numpy(),
+                                          _numpy_prune_rows(source[name].numpy(), 0.5))
+        else:
+            assert torch.equal(source[name], half[name]), name   # embeddings, norms, lm_head
+    keys = json.loads((tmp_path / "prune" / "s0.5" / "attack_manifest.json").read_text())["keys"]
+    assert keys["attack"] == "prune" and keys["sparsity"] == 0.5
+
+
+def _logits(folder, text, tok):
+    from relapse.quantize.runtime import load_quantized_model
+
+    model = load_quantized_model(folder)
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([tok(text)["input_ids"]])).logits
+
+
+@pytest.mark.parametrize("params", ["full", "lora"])
+def test_relearn_zero_steps_is_the_cell_exactly(tiny_lm, data_dir, tmp_path, params):
+    folder, _, tok = tiny_lm
+    out = tmp_path / "relearn"
+    run_attack("relearn", folder, out, data_dir,
+               {"steps": [0, 2], "data": ["forget"], "params": params, "samples": 4,
+                "batch_size": 2, "lr": 1e-2}, lora=LORA)
+    text = "Greer Galloway is a native of Ashgrove."
+    before = _logits(folder, text, tok)
+    assert torch.equal(_logits(out / "forget-k0", text, tok), before)
+    assert not torch.allclose(_logits(out / "forget-k2", text, tok), before)
+    log = pd.read_parquet(out / "relearn_log.parquet")
+    assert list(log.step) == [1, 2]
+
+
+def _forget_nll(folder, texts, tok):
+    from relapse.models.batching import encode
+    from relapse.quantize.runtime import load_quantized_model
+
+    model = load_quantized_model(folder)
+    batch = encode(tok, texts, eos=True)
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def test_relearning_on_forget_teaches_more_than_unrelated_data(tiny_lm, data_dir, tmp_path):
+    from relapse.attacks.kinds.relearn import attack_texts
+
+    folder, _, tok = tiny_lm
+    out = tmp_path / "relearn"
+    settings = {"steps": [0, 15], "data": ["forget", "holdout"], "params": "full", "samples": 4,
+                "batch_size": 4, "lr": 3e-3}
+    run_attack("relearn", folder, out, data_dir, settings)
+    texts = attack_texts(data_dir, "forget", 4, 0)
+    base = _forget_nll(out / "forget-k0", texts, tok)
+    on_forget = base - _forget_nll(out / "forget-k15", texts, tok)
+    on_holdout = base - _forget_nll(out / "holdout-k15", texts, tok)
+    assert on_forget > 0 and on_forget > 2 * on_holdout
+
+
+def test_qlora_leaves_the_quantized_weights_bit_identical(rtn_cell, data_dir, tmp_path, tiny_lm):
+    from relapse.quantize.runtime import load_quantized_model
+
+    out = tmp_path / "relearn"
+    source_manifest = (rtn_cell / "quant_manifest.json").read_bytes()
+    # params: full is asked for, but a quantized cell is attacked with a LoRA (QLoRA).
+    run_attack("relearn", rtn_cell, out, data_dir,
+               {"steps": [3], "data": ["forget"], "params": "full", "samples": 4,
+                "batch_size": 2, "lr": 1e-2}, lora=LORA)
+    cell = out / "forget-k3"
+    assert (cell / "adapter").is_dir()
+    source = load_file(rtn_cell / "model.safetensors")
+    saved = load_file(cell / "model.safetensors")
+    assert all(torch.equal(source[k], saved[k]) for k in source)
+    manifest = json.loads((cell / "quant_manifest.json").read_text())
+    assert manifest["scheme"] == "rtn" and manifest["lora_merge"] == "adapter"
+    # The source cell's own manifest is untouched (the base files are hard links).
+    assert (rtn_cell / "quant_manifest.json").read_bytes() == source_manifest
+    model = load_quantized_model(cell)
+    bases = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+             for n, p in model.named_parameters() if "lora_" not in n}
+    shared = [k for k in source if k in bases]
+    assert len(shared) == len(source)
+    assert all(torch.equal(bases[k], source[k]) for k in shared)
+    trained = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(float(p.abs().max()) > 0 for p in trained)
+    # Scored at the cell's precision: the adapter changes the quantized model's outputs.
+    tok = tiny_lm[2]
+    text = "Greer Galloway"
+    assert not torch.allclose(_logits(cell, text, tok), _logits(rtn_cell, text, tok))
+
+
+# --- the slice, the tables, the label -----------------------------------------------------------
+
+def test_attack_slice_follows_the_config(default_config):
+    from relapse.attacks import plan
+
+    cfg = json.loads(json.dumps(default_config))
+    cfg["attacks"].update(benchmarks=["synthbio"], baselines=["retrain"],
+                          quants=["none-w16", "rtn-w4"], hps={"params": "full", "lr": 3e-4})
+    models = plan.attacked_models(cfg)
+    assert ("synthbio", "retrain", "default", 0) in models
+    assert all(m[0] == "synthbio" and m[1] != "target" for m in models)
+    unlearned = [m for m in models if m[1] != "retrain"]
+    assert unlearned and all("lr=0.0003" in m[2] and "params=full" in m[2] for m in unlearned)
+    cells = plan.attack_cells(cfg)
+    per_model = len(cfg["attacks"]["relearn"]["data"]) * len(cfg["attacks"]["relearn"]["steps"]) \
+        + len(cfg["attacks"]["prune"]["sparsity"])
+    assert len(cells) == len(models) * 2 * per_model
+    cfg["attacks"]["quants"] = ["gptq-w4"]
+    with pytest.raises(ValueError, match="attacks.quants: gptq-w4"):
+        plan.check(cfg)
+
+
+def _row(method, quant, value, attack="none", data=None, steps=None, sparsity=None, hp="h"):
+    return {"bench": "b", "method": method, "hp": "default" if method in ("target", "retrain")
+            else hp, "seed": 0, "quant": quant, "metric": "knowmem", "split": "forget",
+            "stat": "rougeL_f1", "value": value, "ci_low": value - 2, "ci_high": value + 2,
+            "attack": attack, "attack_data": data, "attack_steps": steps, "sparsity": sparsity}
+
+
+def test_label_rule():
+    from relapse.report.durability import label
+
+    assert label(80, 10, 60, 15) == "reversible"
+    assert label(80, 10, 30, 12) == "irreversible"        # recovers < 50% of the target
+    assert label(80, 10, 60, 40) == "irreversible"        # the control recovers 30 >= 0.5 x 50
+    assert label(80, 10, 60, float("nan")) == "undetermined"
+    assert label(0, 0, 0, 0) == "undetermined"
+    assert label(80, 10, 60, 15, {"min_recovery": 0.8}) == "irreversible"
+
+
+def test_durability_table_side_by_side():
+    from relapse.report.durability import durability_table, to_markdown
+
+    metrics = pd.DataFrame([_row("target", "none-w16", 80), _row("target", "rtn-w4", 70),
+                            _row("target", "bnb-w4", 50), _row("npo", "none-w16", 10),
+                            _row("npo", "rtn-w4", 35), _row("npo", "bnb-w4", 20)])
+    attacks = pd.DataFrame([_row("npo", "none-w16", 10),
+                            _row("npo", "none-w16", 60, "relearn", "forget", 20),
+                            _row("npo", "none-w16", 15, "relearn", "holdout", 20),
+                            _row("npo", "none-w16", 30, "relearn", "forget", 5),
+                            _row("npo", "none-w16", 12, "relearn", "holdout", 5),
+                            _row("npo", "none-w16", 8, "prune", "none", None, 0.5),
+                            _row("retrain", "none-w16", 40, "relearn", "forget", 20)])
+    selection = pd.DataFrame({"bench": ["b"], "method": ["npo"], "hp": ["h"]})
+    table = durability_table(attacks, metrics, selection)
+    assert len(table) == 1
+    r = table.iloc[0]
+    assert r.selected and r.label == "reversible"
+    assert r.full == pytest.approx(10 / 80)
+    assert r.worst_4bit_quant == "rtn-w4" and r.worst_4bit == pytest.approx(35 / 70)
+    assert r.relearn_k20 == pytest.approx(60 / 80) and r.control_k20 == pytest.approx(15 / 80)
+    assert r["prune_s0.5"] == pytest.approx(8 / 80)
+    assert r.relearn_k20_ci_low == pytest.approx(58 / 80)
+    assert r.retrain_relearn == pytest.approx(40 / 80)
+    text = to_markdown(table)
+    assert "reversible" in text and "75.0 [72.5, 77.5]" in text
+    # At k = 5 the forget run brings back 30 < 40: irreversible within 5 steps; with no
+    # control run at a k, no label.
+    assert durability_table(attacks, metrics, selection, {"steps": 7}).iloc[0].label == \
+        "undetermined"
+    assert durability_table(attacks, metrics, selection, {"steps": 5}).iloc[0].label == \
+        "irreversible"
+
+
+def test_collect_and_curves(tmp_path):
+    from relapse.attacks.tables import collect, relearn_curves
+
+    base = pd.DataFrame([_row("npo", "none-w16", 10)]).drop(
+        columns=["attack", "attack_data", "attack_steps", "sparsity"])
+    base.to_parquet(tmp_path / "base.parquet")
+    pd.DataFrame([_row("npo", "none-w16", 60, "relearn", "forget", 20),
+                  _row("npo", "none-w16", 15, "relearn", "holdout", 20)]).to_parquet(
+        tmp_path / "att.parquet")
+    table = collect([tmp_path / "att.parquet"], [tmp_path / "base.parquet"])
+    assert sorted(table.attack) == ["none", "relearn", "relearn"]
+    curves = relearn_curves(table)
+    assert list(curves.step) == [0, 20] and list(curves.value) == [10, 60]
+
+
+@pytest.mark.slow
+def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
+    """The CLI path the rules take, on the tiny model: quantize, attack (relearn with QLoRA on
+    the 4-bit cell, prune), evaluate an attacked cell, collect, label, represent."""
+    from relapse.cli import main
+    from relapse.data.prepare import prepare
+    from relapse.quantize.stage import quantize_model
+
+    folder = tiny_lm[0]
+    data = tmp_path / "data"
+    prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, data)
+    evaluation = {**default_config["evaluation"], "metrics": ["knowmem", "utility"],
+                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 4}}
+    root = tmp_path / "results"
+    quants = {"none-w16": {"scheme": "none", "bits": 16}, "rtn-w4": {"scheme": "rtn", "bits": 4,
+                                                                      "group_size": 16}}
+    attack = {"steps": [0, 3], "data": ["forget", "holdout"], "samples": 4, "batch_size": 2,
+              "lr": 1e-2, "params": "full"}
+    metrics = {}
+
+    def evaluate(method, quant, model, out):
+        s = json.dumps({"evaluation": evaluation, "quant": quants[quant], "device": "cpu"})
+        assert main(["evaluate", "--settings", s, "--bench", "b", "--method", method, "--hp",
+                     "default" if method == "target" else "params=full", "--seed", "0",
+                     "--quant", quant, "--model", str(model), "--data", str(data),
+                     "--metrics", str(out / "metrics.parquet"),
+                     "--samples", str(out / "samples.parquet")]) == 0
+        return out / "metrics.parquet"
+
+    for quant, q in quants.items():
+        cell = root / quant
+        quantize_model(folder, cell / "model", q["scheme"], q["bits"],
+                       {k: v for k, v in q.items() if k not in ("scheme", "bits")})
+        for method in ("target", "npo"):
+            metrics[method, quant] = evaluate(method, quant, cell / "model", cell / method)
+        for name, settings in (("relearn", attack), ("prune", {"sparsity": [0.5]})):
+            s = json.dumps({"attack": settings, "lora": LORA, "device": "cpu"})
+            assert main(["attack", "--settings", s, "--attack", name, "--seed", "0", "--source",
+                         str(cell / "model"), "--data", str(data), "--out",
+                         str(cell / name / "models")]) == 0
+    attacked = []
+    for quant in quants:
+        for variant in ("relearn/forget-k3", "relearn/holdout-k3", "prune/s0.5"):
+            name, vid = variant.split("/")
+            model = root / quant / name / "models" / vid
+            attacked.append(evaluate("npo", quant, model, root / quant / variant))
+    rows = pd.read_parquet(attacked[0])
+    assert set(rows.attack) == {"relearn"} and set(rows.attack_data) == {"forget"}
+    assert set(rows.attack_steps) == {3}
+    assert pd.read_parquet(attacked[2]).sparsity.iloc[0] == 0.5
+    # QLoRA cell: the quantized base under an adapter, and its manifest says so.
+    qlora = json.loads((root / "rtn-w4/relearn/models/forget-k3/quant_manifest.json").read_text())
+    assert qlora["lora_merge"] == "adapter" and qlora["bits"] == 4
+
+    tables = tmp_path / "tables"
+    assert main(["attack-tables", "--settings", "{}", "--attacks-out",
+                 str(tables / "attacks.parquet"), "--relearn-out", str(tables / "relearn.parquet"),
+                 "--attack-metrics", *map(str, attacked),
+                 "--base-metrics", str(metrics["npo", "none-w16"]),
+                 str(metrics["npo", "rtn-w4"])]) == 0
+    pd.concat([pd.read_parquet(p) for p in metrics.values()]).to_parquet(tables / "metrics.parquet")
+    assert main(["durability", "--settings", "{}", "--attacks", str(tables / "attacks.parquet"),
+                 "--metrics", str(tables / "metrics.parquet"), "--out",
+                 str(tables / "durability"), "--labels", str(tables / "labels.csv")]) == 0
+    labels = pd.read_csv(tables / "labels.csv")
+    assert len(labels) == 1 and labels.label.iloc[0] in ("reversible", "irreversible",
+                                                          "undetermined")
+    assert "relearn_k3" in pd.read_csv(tables / "durability.csv").columns
+    curves = pd.read_parquet(tables / "relearn.parquet")
+    assert sorted(set(curves.step)) == [0, 3]
+
+    s = json.dumps({"represent": {"samples": 8, "fisher_samples": 2}, "device": "cpu"})
+    assert main(["represent", "--settings", s, "--bench", "b", "--method", "npo", "--hp",
+                 "params=full", "--seed", "0", "--quant", "none-w16", "--model",
+                 str(root / "none-w16/relearn/models/forget-k3"), "--target", str(folder),
+                 "--retrain", str(folder), "--data", str(data), "--out",
+                 str(tmp_path / "repr.parquet"), "--figure", str(tmp_path / "repr")]) == 0
+    rep = pd.read_parquet(tmp_path / "repr.parquet")
+    assert {"cka", "pca_similarity", "pca_shift", "pca_distance", "fisher",
+            "fisher_log_ratio"} <= set(rep.measure)
+    assert (tmp_path / "repr.png").exists()

@@ -1,0 +1,205 @@
+# Attacks beyond quantization (relapse.attacks): each attack turns a model cell
+# {bench}/{method}/{hp}/s{seed}/{quant} into one model folder per variant
+# ({quant}/{attack}/models/{variant}), scored by `evaluate_attack` exactly as `evaluate` scores a
+# cell; the rows carry attack, attack_data, attack_steps, sparsity. `represent` compares an
+# unlearned cell's hidden states and Fisher with the target's and the retrain's, per layer.
+# Which cells: config `attacks:` (relapse.attacks.plan); no quant listed, no rule here runs.
+
+from relapse.attacks import plan as attack_plan
+from relapse.attacks.registry import attack_names
+
+try:
+    attack_plan.check(config)
+except ValueError as err:
+    raise WorkflowError(str(err)) from None
+
+ATTACK_CELLS = attack_plan.attack_cells(config)
+REPRESENT_FILES = attack_plan.represent_files(config)
+# The report plots the relearning curves (report.smk) when relearning runs.
+RELEARN_CURVES = (
+    [attack_plan.RELEARN_TABLE] if any(c.attack == "relearn" for c in ATTACK_CELLS) else []
+)
+# The durability table needs an attacked unlearned model (and the report's hp selection).
+DURABILITY = (
+    [f"{attack_plan.DURABILITY_STEM}.md", f"{attack_plan.DURABILITY_STEM}.csv",
+     attack_plan.LABELS_TABLE]
+    if any(c.method not in grid.BASELINES for c in ATTACK_CELLS)
+    else []
+)
+ATTACK_TARGETS = (
+    [attack_plan.ATTACKS_TABLE, attack_plan.RELEARN_TABLE] if ATTACK_CELLS else []
+) + REPRESENT_FILES + DURABILITY
+
+
+wildcard_constraints:
+    attack=alternatives(attack_names()),
+    variant=r"[A-Za-z0-9.+\-]+",
+
+
+def _cell(w):
+    return f"results/{w.bench}/{w.method}/{w.hp}/s{w.seed}/{w.quant}"
+
+
+def _reference_cell(w, which):
+    """The target's or retrain's cell at this quant: a quantized cell is compared with the
+    references quantized the same way."""
+    seed = grid.reference_seed(config, w.bench)
+    return f"results/{w.bench}/{which}/default/s{seed}/{w.quant}/model"
+
+
+def attack_retrain_metrics(reference):
+    """PrivLeak's retrain reference of an attacked cell: the un-attacked retrain cell (an
+    attacked retrain model is not its own reference)."""
+
+    def inputs(w):
+        if reference not in PRIVLEAK_REFERENCES:
+            return []
+        quant = w.quant if reference == "matched" else FULL_QUANT
+        seed = grid.reference_seed(config, w.bench)
+        return f"results/{w.bench}/retrain/default/s{seed}/{quant}/metrics.parquet"
+
+    return inputs
+
+
+rule attack:
+    input:
+        model="results/{bench}/{method}/{hp}/s{seed}/{quant}/model",
+        data="results/{bench}/data",
+    output:
+        directory("results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/models"),
+    params:
+        settings=lambda w: model_settings(
+            attack=config["attacks"][w.attack], lora=config["unlearning"]["lora"]
+        ),
+    log:
+        "logs/attack/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}.log",
+    benchmark:
+        "results/benchmarks/attack/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}.tsv"
+    threads: stage_threads("unlearn")
+    resources:
+        **stage_resources("unlearn"),
+    conda:
+        ENV
+    shell:
+        "relapse attack --settings {params.settings:q} --attack {wildcards.attack} "
+        "--seed {wildcards.seed} --source {input.model} --data {input.data} --out {output} "
+        "--threads {threads} > {log} 2>&1"
+
+
+rule evaluate_attack:
+    input:
+        models="results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/models",
+        data="results/{bench}/data",
+        full_retrain=attack_retrain_metrics("full"),
+        matched_retrain=attack_retrain_metrics("matched"),
+    output:
+        metrics="results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/{variant}/metrics.parquet",
+        samples="results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/{variant}/samples.parquet",
+    params:
+        settings=lambda w: model_settings(evaluation=config["evaluation"], quant=QUANTS[w.quant]),
+        retrain=lambda w, input: " ".join(
+            f"{flag} {input[key]}"
+            for flag, key in (
+                ("--full-retrain-metrics", "full_retrain"),
+                ("--retrain-metrics", "matched_retrain"),
+            )
+            if input[key]
+        ),
+    log:
+        "logs/evaluate_attack/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/{variant}.log",
+    benchmark:
+        "results/benchmarks/evaluate_attack/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/{variant}.tsv"
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
+    conda:
+        ENV
+    shell:
+        "relapse evaluate --settings {params.settings:q} --bench {wildcards.bench} "
+        "--method {wildcards.method} --hp {wildcards.hp} --seed {wildcards.seed} "
+        "--quant {wildcards.quant} --model {input.models}/{wildcards.variant} "
+        "--data {input.data} {params.retrain} --metrics {output.metrics} "
+        "--samples {output.samples} --threads {threads} > {log} 2>&1"
+
+
+rule attack_tables:
+    input:
+        attacked=[c.metrics for c in ATTACK_CELLS],
+        base=[c.metrics for c in attack_plan.baseline_cells(config)],
+    output:
+        attacks=attack_plan.ATTACKS_TABLE,
+        relearn=attack_plan.RELEARN_TABLE,
+    params:
+        settings=as_json({"config": {"attacks": config["attacks"]}}),
+    log:
+        "logs/attack_tables/attack_tables.log",
+    benchmark:
+        "results/benchmarks/attack_tables/attack_tables.tsv"
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    shell:
+        "relapse attack-tables --settings {params.settings:q} --attacks-out {output.attacks} "
+        "--relearn-out {output.relearn} --attack-metrics {input.attacked} "
+        "--base-metrics {input.base} > {log} 2>&1"
+
+
+rule represent:
+    input:
+        model="results/{bench}/{method}/{hp}/s{seed}/{quant}/model",
+        target=lambda w: _reference_cell(w, "target"),
+        retrain=lambda w: _reference_cell(w, "retrain"),
+        data="results/{bench}/data",
+    output:
+        table="results/{bench}/{method}/{hp}/s{seed}/{quant}/repr.parquet",
+        figure=multiext("results/{bench}/{method}/{hp}/s{seed}/{quant}/repr_layers", ".png", ".svg"),
+    params:
+        settings=lambda w: model_settings(
+            represent={k: v for k, v in config["attacks"]["represent"].items()
+                       if k not in ("enabled", "quants")},
+            dtype=config["evaluation"]["dtype"],
+        ),
+        figure=lambda w: f"{_cell(w)}/repr_layers",
+    log:
+        "logs/represent/{bench}/{method}/{hp}/s{seed}/{quant}.log",
+    benchmark:
+        "results/benchmarks/represent/{bench}/{method}/{hp}/s{seed}/{quant}.tsv"
+    threads: stage_threads("diagnose")
+    resources:
+        **stage_resources("diagnose"),
+    conda:
+        ENV
+    shell:
+        "relapse represent --settings {params.settings:q} --bench {wildcards.bench} "
+        "--method {wildcards.method} --hp {wildcards.hp} --seed {wildcards.seed} "
+        "--quant {wildcards.quant} --model {input.model} --target {input.target} "
+        "--retrain {input.retrain} --data {input.data} --out {output.table} "
+        "--figure {params.figure} --threads {threads} > {log} 2>&1"
+
+
+rule durability:
+    input:
+        attacks=attack_plan.ATTACKS_TABLE,
+        metrics="results/tables/metrics.parquet",
+        selection="results/tables/selection.csv",
+    output:
+        md=f"{attack_plan.DURABILITY_STEM}.md",
+        csv=f"{attack_plan.DURABILITY_STEM}.csv",
+        labels=attack_plan.LABELS_TABLE,
+    params:
+        settings=as_json({"label": config["attacks"]["label"]}),
+    log:
+        "logs/durability/durability.log",
+    benchmark:
+        "results/benchmarks/durability/durability.tsv"
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    shell:
+        "relapse durability --settings {params.settings:q} --attacks {input.attacks} "
+        "--metrics {input.metrics} --selection {input.selection} "
+        f"--out {attack_plan.DURABILITY_STEM} --labels {{output.labels}} > {{log}} 2>&1"
