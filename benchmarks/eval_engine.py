@@ -30,6 +30,8 @@ import time
 import zlib
 from pathlib import Path
 
+from relapse.io import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "results/synthbio/target/default/s0/none-w16/model"
 DATA = ROOT / "results/synthbio/data"
@@ -266,7 +268,7 @@ def main() -> None:
                  "Min-K% AUC it is computed from is compared. Timings share 2 cores with "
                  "whatever else runs."),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)      # temp + rename: an interrupted run keeps the old file
     print(json.dumps(result, indent=2))
 
 

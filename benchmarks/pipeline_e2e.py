@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from relapse.io import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,7 +70,7 @@ def main() -> None:
             "noop_did_nothing": "Nothing to be done" in noop_log,
             "rules": rule_seconds(workdir),
         }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)      # temp + rename: an interrupted run keeps the old file
     print(json.dumps(result, indent=2))
 
 

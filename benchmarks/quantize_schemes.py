@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from relapse.io import write_json, write_parquet
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = {"hidden": 2048, "layers": 4, "heads": 16, "intermediate": 5504}
 CALIBRATION = {"samples": 32, "seq_len": 128}
@@ -47,7 +49,7 @@ def build_model(folder: Path, data: Path) -> int:
 
     splits, _ = build_splits({"people": 100, "seed": 0})
     data.mkdir(parents=True)
-    splits["retain"].to_parquet(data / "retain.parquet")
+    write_parquet(data / "retain.parquet", splits["retain"])
     tok = train_tokenizer(list(splits["people"].biography) + list(splits["retain"].text), 2048)
     torch.manual_seed(0)
     model = tiny_llama(ARCH, tok)
@@ -99,7 +101,7 @@ def write(path: Path, params: int, threads: int, results: dict) -> None:
               "note": "process_s: the `relapse quantize` process (imports included); stage_s: "
                       "load, quantize and save, from quant_manifest.json",
               "schemes": results}
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)      # temp + rename: a killed run keeps the last complete file
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from relapse.io import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,7 +88,7 @@ def main() -> None:
               "steps": len(ours), "threads": 1,
               "relapse_step_s": round(ours_med, 4), "bare_torch_step_s": round(bare_med, 4),
               "overhead": round(ours_med / bare_med - 1, 3), "goal_overhead": 0.15}
-    (ROOT / "benchmarks" / "unlearn_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(ROOT / "benchmarks" / "unlearn_step.json", result)   # temp + rename
     print(json.dumps(result, indent=2))
 
 

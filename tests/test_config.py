@@ -49,7 +49,7 @@ BAD = [
     (("seeds",), [], ["seeds"]),
     (("seeds",), [-1], ["seeds[0]", "-1"]),
     (("benchmarks", "synthbio", "corpus", "forget"), 1.5, ["benchmarks.synthbio.corpus.forget", "1.5"]),
-    (("benchmarks", "synthbio", "corpus", "kind"), "tofu", ["benchmarks.synthbio.corpus.kind", "tofu", "synthetic"]),
+    (("benchmarks", "synthbio", "corpus", "kind"), "wikipedia", ["benchmarks.synthbio.corpus.kind", "wikipedia", "synthetic"]),
     (("benchmarks", "synthbio-qat", "base"), "nope", ["benchmarks.synthbio-qat.base", "nope", "synthbio"]),
     (("benchmarks", "synthbio", "reference", "arch", "layers"), 0, ["benchmarks.synthbio.reference.arch.layers", "0"]),
     (("evaluation", "knowmem", "shots"), 11, ["evaluation.knowmem.shots", "11"]),
@@ -91,3 +91,19 @@ def test_two_grid_points_with_one_hp_id_are_rejected(raw):
     message = str(err.value)
     for words in ("methods.npo_gdr", "'beta': 0.1", "'beta': '0.1'", "beta=0.1"):
         assert words in message, f"{words!r} missing from: {message}"
+
+
+def test_the_strict_loader_reads_valid_files_as_pyyaml_does(root):
+    from relapse.config import load_yaml
+
+    for name in ("config.yaml", "smollm2.yaml"):
+        path = root / "config" / name
+        assert load_yaml(path) == yaml.safe_load(path.read_text()), name
+
+
+def test_a_key_repeated_in_different_mappings_is_fine(tmp_path):
+    from relapse.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("a: {lr: 1}\nb: {lr: 2}\nc: [{x: 1}, {x: 2}]\n")
+    assert load_yaml(path) == {"a": {"lr": 1}, "b": {"lr": 2}, "c": [{"x": 1}, {"x": 2}]}

@@ -20,12 +20,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from progress_watch import run_watched, snakemake_progress, stop
 from test_workflow import planned_jobs, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +38,10 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 GPU_RULES = {"train_reference", "snap_reference", "unlearn", "quantize", "evaluate", "diagnose"}
 CPU_RULES = {"prepare_data", "train_tokenizer", "select_epoch", "report"}
 KEYS = ["bench", "method", "hp", "seed", "quant", "metric", "split", "stat"]
+# The real-cluster run is bounded by progress, not by a wall clock: it is stopped only after
+# this long without a SLURM job state change, a Snakemake job starting or finishing, or a job
+# log growing (a loaded CI machine makes a run slow, not stuck).
+STALL_S = 300
 
 
 # --- dry runs -----------------------------------------------------------------------------------
@@ -174,6 +180,25 @@ def scontrol_jobs(env) -> dict[str, dict[str, str]]:
     return jobs
 
 
+def slurm_progress(env, workdir: Path, slurm_logs: Path):
+    """Progress of a SLURM run: the state of every SLURM job, Snakemake's job events and the
+    size of every job log (Snakemake's and SLURM's). Status-check chatter is not progress."""
+    events = snakemake_progress(workdir)
+    last_states = [None]
+
+    def progress(text: str):
+        try:
+            jobs = scontrol_jobs(env)
+            last_states[0] = tuple(sorted((i, j.get("JobState")) for i, j in jobs.items()))
+        except (AssertionError, OSError, subprocess.SubprocessError):
+            pass                        # scontrol failed this once: no news, not progress
+        logs = tuple(sorted((str(p), p.stat().st_size) for p in slurm_logs.rglob("*")
+                            if p.is_file())) if slurm_logs.is_dir() else ()
+        return events(text), last_states[0], logs
+
+    return progress
+
+
 def read_metrics(workdir: Path) -> pd.Series:
     table = pd.read_parquet(workdir / "results" / "tables" / "metrics.parquet")
     table = table.assign(seed=table.seed.astype(int))
@@ -196,15 +221,20 @@ def test_workflow_runs_on_a_real_slurm_cluster(tmp_path):
     # The reference: the same config run locally, while the cluster is installed and the SLURM
     # run waits on status checks. No GPU visible here: device auto resolves to cpu.
     local_dir = tmp_path / "local"
-    local = subprocess.Popen(
+    local_proc = []
+    local = ThreadPoolExecutor(1).submit(
+        run_watched,
         [*SNAKEMAKE, "-d", local_dir, "--workflow-profile", ROOT / "workflow/profiles/default",
          "--cores", "2", "--configfile", config],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stall_s=STALL_S, progress=snakemake_progress(local_dir), started=local_proc.append,
         env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
     state = tmp_path / "cluster"
     env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf")}
     try:
-        run(["bash", CLUSTER, "install"], timeout=900)
+        # apt-get: bounded by its output (a slow mirror is not a stuck one)
+        install = run_watched(["bash", CLUSTER, "install"], stall_s=STALL_S)
+        assert install.returncode == 0, f"install failed:\n{install.stdout[-3000:]}\n" \
+                                        f"{install.stderr[-3000:]}"
         run(["bash", CLUSTER, "start", state], timeout=180)
         t_ready = time.monotonic()
         plan = planned_jobs(snakemake(tmp_path / "plan", "-n", "--configfile", str(config)))
@@ -216,24 +246,23 @@ def test_workflow_runs_on_a_real_slurm_cluster(tmp_path):
         # the CPU inside the jobs.
         slurm_dir = tmp_path / "slurm"
         t_submit = time.monotonic()
-        proc = subprocess.run(
-            [str(c) for c in (
-                "timeout", "-s", "INT", "-k", "60", "420", *SNAKEMAKE, "-d", slurm_dir,
-                "--workflow-profile", PROFILE, "--configfile", config,
-                # test overrides: no slurmdbd here, a fast private cluster, fail fast, keep logs
-                "--slurm-status-command", "squeue",
-                "--slurm-init-seconds-before-status-checks", "1",
-                "--seconds-between-status-checks", "1",
-                "--slurm-keep-successful-logs", "--slurm-logdir", tmp_path / "slurm-logs",
-                "--retries", "0", "--verbose")],
-            capture_output=True, text=True, timeout=540,
+        proc = run_watched(
+            [*SNAKEMAKE, "-d", slurm_dir, "--workflow-profile", PROFILE, "--configfile", config,
+             # test overrides: no slurmdbd here, a fast private cluster, fail fast, keep logs
+             "--slurm-status-command", "squeue",
+             "--slurm-init-seconds-before-status-checks", "1",
+             "--seconds-between-status-checks", "1",
+             "--slurm-keep-successful-logs", "--slurm-logdir", tmp_path / "slurm-logs",
+             "--retries", "0", "--verbose"],
+            stall_s=STALL_S, poll_s=5,
+            progress=slurm_progress(env, slurm_dir, tmp_path / "slurm-logs"),
             env={**env, "CUDA_VISIBLE_DEVICES": "from-submit-host"})
         t_slurm = time.monotonic() - t_submit
         log = proc.stdout + proc.stderr
         (tmp_path / "slurm-run.log").write_text(log)
         assert proc.returncode == 0, f"SLURM run failed ({proc.returncode}):\n{log[-6000:]}"
-        local_out, _ = local.communicate(timeout=600)
-        assert local.returncode == 0, f"local run failed:\n{local_out[-4000:]}"
+        local_run = local.result()      # bounded by its own progress
+        assert local_run.returncode == 0, f"local run failed:\n{local_run.stderr[-4000:]}"
 
         # Every job went through sbatch, and SLURM ran each to completion.
         submitted = re.findall(
@@ -301,7 +330,7 @@ def test_workflow_runs_on_a_real_slurm_cluster(tmp_path):
               f"{t_slurm:.0f} s ({len(ids)} sbatch jobs, {len(groups)} of them groups), "
               f"whole test {time.monotonic() - t0:.0f} s")
     finally:
-        if local.poll() is None:
-            local.kill()
-            local.wait()
+        for started in local_proc:
+            if started.poll() is None:
+                stop(started, grace_s=10)
         subprocess.run(["bash", CLUSTER, "stop", state], capture_output=True, timeout=120)

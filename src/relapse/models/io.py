@@ -30,13 +30,34 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32",
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    if not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"{path} holds no .safetensors weights; relapse loads safetensors "
-                                "only (pickled .bin files can run code on load)")
+    require_safetensors(path)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=getattr(torch, dtype), use_safetensors=True,
         trust_remote_code=trust_remote_code)
     return model.to(device).eval()
+
+
+# Weight files that only pickle can read: loading one can run arbitrary code.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def require_safetensors(path: str | Path) -> None:
+    """Refuse a model folder without safetensors weights, naming the pickle files it has, before
+    any library could fall back to unpickling them."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such model folder")
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+    found = f"it has only pickle weights ({', '.join(pickled)})" if pickled else \
+        "it has no weight files"
+    # FileNotFoundError: the safetensors file relapse needs is not there.
+    raise FileNotFoundError(
+        f"{path}: refusing to load this model: {found}. relapse loads weights from safetensors "
+        "only, because unpickling a file can run arbitrary code. Convert it once in a trusted "
+        "environment (model.save_pretrained(dir, safe_serialization=True)) and point relapse at "
+        "that folder.")
 
 
 def save_model(model, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> None:
