@@ -37,6 +37,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
 GPU_RULES = {"train_reference", "snap_reference", "unlearn", "quantize", "evaluate", "diagnose"}
 CPU_RULES = {"prepare_data", "train_tokenizer", "select_epoch", "report"}
+# The default config's attack slice (config `attacks:`); tests/data/small.yaml has none.
+ATTACK_GPU_RULES = {"attack", "evaluate_attack", "represent"}
+ATTACK_CPU_RULES = {"attack_tables", "durability"}
 KEYS = ["bench", "method", "hp", "seed", "quant", "metric", "split", "stat"]
 # The real-cluster run is bounded by progress, not by a wall clock: it is stopped only after
 # this long without a SLURM job state change, a Snakemake job starting or finishing, or a job
@@ -107,12 +110,13 @@ def test_cuda_config_gives_model_rules_one_gpu_and_the_others_none(tmp_path):
     jobs, _ = parse_plan(text)
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]
     rules = Counter(j["rule"] for j in jobs)
-    assert set(rules) == GPU_RULES | CPU_RULES | {"all"}
+    gpu_rules, cpu_rules = GPU_RULES | ATTACK_GPU_RULES, CPU_RULES | ATTACK_CPU_RULES
+    assert set(rules) == gpu_rules | cpu_rules | {"all"}
     for job in jobs:
         if job["rule"] == "all":
             continue
         res = job["resources"]
-        assert res["gpu"] == ("1" if job["rule"] in GPU_RULES else "0"), job
+        assert res["gpu"] == ("1" if job["rule"] in gpu_rules else "0"), job
         assert res["slurm_partition"] == profile[job["rule"]]["slurm_partition"], job
         assert int(res["mem_mb"]) == eval(profile[job["rule"]]["mem_mb"], {"attempt": 1}), job
         assert int(res["runtime"]) == profile[job["rule"]]["runtime"], job
