@@ -44,3 +44,30 @@ rule prepare_data_pretrained:
     shell:
         "relapse prepare-data --settings {params.settings:q} --bench {wildcards.bench} "
         "--base {input.base} --out {output} --threads {threads} > {log} 2>&1"
+
+
+# A registered hub corpus (corpus.kind muse or tofu): read from its source (hub id or local
+# snapshot) and cut into training chunks by the reference target's tokenizer.
+
+
+rule prepare_corpus:
+    input:
+        tokenizer="results/{bench}/reference/target",
+    output:
+        directory("results/{bench}/data"),
+    wildcard_constraints:
+        bench=alternatives(HUB_CORPUS),
+    params:
+        settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+    log:
+        "logs/prepare_data/{bench}.log",
+    benchmark:
+        "results/benchmarks/prepare_data/{bench}.tsv"
+    threads: stage_threads("data")
+    resources:
+        **stage_resources("data"),
+    conda:
+        ENV
+    shell:
+        "relapse prepare-data --settings {params.settings:q} --bench {wildcards.bench} "
+        "--tokenizer {input.tokenizer} --out {output} > {log} 2>&1"

@@ -86,14 +86,28 @@ def build_splits(corpus: dict) -> tuple[dict[str, pd.DataFrame], dict[str, list[
     return splits, roles
 
 
+def require_training_splits(splits: dict, out_dir, source: str) -> None:
+    """Unlearning needs forget texts, and its regularizers retain texts: an empty one stops the
+    data stage, naming the file it would have written and where the texts came from."""
+    for name in ("forget", "retain"):
+        if name in splits and len(splits[name]) == 0:
+            raise ValueError(f"{Path(out_dir) / (name + '.parquet')}: the {name} split would be "
+                             f"empty (0 texts) from the {source}; give it more people or a "
+                             "larger fraction, or check the source data")
+
+
 def prepare(bench: str, corpus: dict, out_dir: str | Path, base_dir: str | Path | None = None,
-            threads: int = 1) -> None:
+            threads: int = 1, tokenizer_dir: str | Path | None = None) -> None:
     """Write the splits. With `base_dir` (a pretrained base model: `reference.kind: gguf`), also
     the real-knowledge utility split `knowmem_world_qa` (+ `_icl`): the facts of
-    relapse.data.world that the base answers, and `world_check` with every fact's answer."""
+    relapse.data.world that the base answers, and `world_check` with every fact's answer.
+    Other corpus kinds (muse, tofu: relapse.data.corpora) read their source; `tokenizer_dir`
+    is the tokenizer that cuts long texts into training chunks."""
     if corpus.get("kind", "synthetic") != "synthetic":
-        raise ValueError(f"corpus kind {corpus.get('kind')!r} is not supported yet")
+        prepare_corpus(bench, corpus, out_dir, tokenizer_dir)
+        return
     splits, roles = build_splits(corpus)
+    require_training_splits(splits, out_dir, f"synthetic corpus {corpus}")
     if base_dir is not None:
         from relapse.data.world import world_splits
         from relapse.models.io import load_model
@@ -116,8 +130,34 @@ def prepare(bench: str, corpus: dict, out_dir: str | Path, base_dir: str | Path 
         })
 
 
+def prepare_corpus(bench: str, corpus: dict, out_dir: str | Path,
+                   tokenizer_dir: str | Path | None = None) -> None:
+    """A registered corpus kind (relapse.data.corpora), with its source, revision and resolved
+    files in the manifest and in every split's provenance."""
+    from relapse.data.corpora import get_corpus
+    from relapse.io import write_parquet
+
+    kind = get_corpus(corpus["kind"])
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
+    splits, record = kind.build(corpus, tokenizer)
+    require_training_splits(splits, out_dir, f"{corpus['kind']} corpus from {record}")
+    meta = provenance(corpus, source=record)
+    with atomic_dir(out_dir) as tmp:
+        for name, frame in splits.items():
+            write_parquet(tmp / f"{name}.parquet", frame, meta)
+        write_json(tmp / "manifest.json", {
+            "bench": bench, "corpus": corpus, "source": record,
+            "splits": {name: len(frame) for name, frame in splits.items()}, **meta})
+
+
 def load_split(data_dir: str | Path, name: str) -> pd.DataFrame:
     path = Path(data_dir) / f"{name}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"split {name!r} not found in {data_dir}; run the data stage")
-    return pd.read_parquet(path)
+    from relapse.io import read_parquet
+
+    return read_parquet(path)

@@ -29,8 +29,12 @@ class EvalContext:
     def split(self, name: str, max_items: int | None = None) -> pd.DataFrame:
         from relapse.data.prepare import load_split
 
+        if max_items is not None and max_items < 1:
+            # 0 would mean "all items" to a truthiness test: a silently full evaluation
+            raise ValueError(f"max_items for split {name!r} is {max_items}; it must be at least "
+                             "1, or null for every item")
         frame = load_split(self.data_dir, name)
-        return frame.head(max_items) if max_items else frame
+        return frame.head(max_items) if max_items is not None else frame
 
     def scores(self, texts) -> list:
         """Teacher-forced TextScores of `texts` (evaluate/scoring.py). Each distinct text is
@@ -66,13 +70,16 @@ def read_retrain_metrics(path: str | Path, keys: dict[str, Any],
     if "method" in frame and set(frame.method) != {"retrain"}:
         raise ValueError(f"{path}: not the retrain model's metrics "
                          f"(method {sorted(set(frame.method))})")
+    # Metrics that need the retrain cell's per-item scores (TOFU's forget quality) read its
+    # samples.parquet beside this file.
+    frame.attrs["path"] = str(path)
     return frame
 
 
 def self_references(keys: dict[str, Any]) -> frozenset[str]:
     """The PrivLeak references that this cell is itself: any retrain cell is its own matched
     reference, and the full-precision one (scheme none) its own full reference."""
-    if keys.get("method") != "retrain":
+    if keys.get("method") != "retrain" or keys.get("attack"):   # an attacked retrain is not it
         return frozenset()
     return frozenset({"matched", "full"} if keys.get("quant_scheme") == "none" else {"matched"})
 

@@ -58,6 +58,7 @@ class Quantizer:
     library: str = "torch"         # the distribution whose code does the quantizing
     is_identity: bool = False      # True: the weights are copied as they are
     needs_data: bool = False       # True: the stage passes the prepared data (calibration)
+    devices: tuple[str, ...] = ("cpu", "cuda")   # where its kernels run (a CUDA-only one: cuda)
     settings_defaults: dict[str, Any] = {}
 
     def check_settings(self, settings: dict[str, Any], bits: int | None = None) -> None:
@@ -98,11 +99,19 @@ def register_quantizer(cls):
     return cls
 
 
+_LOADED: list[bool] = []
+
+
 def _load() -> None:
+    # Once per process: the Snakefile asks for a quantizer per planned job, and scanning the
+    # schemes folder each time was 5% of planning the paper's grid (benchmarks/planning.py).
+    if _LOADED:
+        return
     from relapse.quantize import schemes
 
     for info in pkgutil.iter_modules(schemes.__path__):
         importlib.import_module(f"{schemes.__name__}.{info.name}")
+    _LOADED.append(True)
 
 
 def quantizer_names() -> list[str]:

@@ -48,7 +48,9 @@ def knowmem(ctx) -> list[MetricResult]:
     results = []
     # `world` (benchmarks on a pretrained base): real facts the base answers, a utility split.
     world = ("world",) if (ctx.data_dir / "knowmem_world_qa.parquet").exists() else ()
-    for split in SPLITS + world:
+    # MUSE has no holdout QA (its holdout is raw text): a split the corpus lacks is skipped.
+    present = tuple(s for s in SPLITS if (ctx.data_dir / f"knowmem_{s}_qa.parquet").exists())
+    for split in present + world:
         qa = ctx.split(f"knowmem_{split}_qa", cfg.get("max_items"))
         icl = ctx.split(f"knowmem_{split}_qa_icl")
         examples = icl_examples(icl, cfg.get("shots", 3), split)

@@ -1,0 +1,199 @@
+"""Corpus loaders (relapse.data.corpora) on local snapshots in the hub's exact layouts."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from hub_snapshots import muse_snapshot, tofu_snapshot
+from relapse.data.corpora import corpus_kinds, get_corpus
+from relapse.data.corpora.chunking import chunk_text
+from relapse.data.corpora.hub import CorpusError
+
+CONTRACT = ("forget", "retain", "retain_eval", "holdout", "verbmem_forget", "knowmem_forget_qa",
+            "knowmem_forget_qa_icl", "knowmem_retain_qa", "knowmem_retain_qa_icl",
+            "privleak_forget", "privleak_retain", "privleak_holdout")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from relapse.models.tokenizer import train_tokenizer
+
+    texts = [" ".join(f"f{i}w{j}" for j in range(40)) for i in range(10)]
+    return train_tokenizer(texts + ["Question: What is it?\nAnswer: this"], 400)
+
+
+def test_registry_lists_one_kind_per_file():
+    assert corpus_kinds() == ["muse", "synthetic", "tofu"]
+    with pytest.raises(KeyError, match="allowed: muse, synthetic, tofu"):
+        get_corpus("wmdp")
+
+
+def test_chunks_cover_the_text_and_fit_max_length(tokenizer):
+    text = " ".join(f"f1w{j}" for j in range(40))
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    chunks = chunk_text(text, tokenizer, 16)
+    assert "".join(chunks) == text  # exact substrings, nothing lost between them
+    assert len(chunks) == -(-n // 15)  # 15 text tokens + BOS per chunk
+    assert all(len(tokenizer(c)["input_ids"]) <= 16 for c in chunks)
+    assert chunk_text("short", tokenizer, 16) == ["short"]
+
+
+@pytest.mark.parametrize("old_names", [False, True])
+def test_muse_maps_onto_the_contract(tmp_path, tokenizer, old_names):
+    source = muse_snapshot(tmp_path / "MUSE-News", old_names=old_names)
+    cfg = {"kind": "muse", "subset": "news", "source": str(source), "max_length": 16}
+    splits, record = get_corpus("muse").build(cfg, tokenizer)
+    assert set(CONTRACT) <= set(splits)
+    sizes = {k: len(splits[k]) for k in ("retain_eval", "holdout", "verbmem_forget",
+                                         "knowmem_forget_qa", "knowmem_retain_qa_icl",
+                                         "privleak_retain")}
+    assert sizes == {"retain_eval": 5, "holdout": 3, "verbmem_forget": 7, "knowmem_forget_qa": 8,
+                     "knowmem_retain_qa_icl": 3, "privleak_retain": 5}
+    assert list(splits["verbmem_forget"].columns) == ["pid", "prompt", "gt"]
+    assert list(splits["knowmem_retain_qa"].columns) == ["pid", "question", "answer"]
+    assert splits["knowmem_retain_qa"].question[0] == "What is retain 0?"
+    # 4 forget texts of 40 words are cut into chunks; each document is rebuilt from its chunks.
+    forget = splits["forget"]
+    assert len(forget) > 4 and set(forget.doc) == {0, 1, 2, 3}
+    assert "".join(forget[forget.doc == 2].text) == " ".join(f"f2w{j}" for j in range(40))
+    assert record["chunks"]["forget"] == {"documents": 4, "chunks": len(forget), "max_length": 16}
+    used = record["splits_used"]
+    assert used["knowmem_retain_qa"] == ("knowmem/retain2_qa" if old_names else "knowmem/retain_qa")
+    assert used["privleak_retain"] == ("privleak/retain2" if old_names else "privleak/retain")
+    assert any(f.endswith("retain1-00000-of-00001.parquet") for f in record["files"]["raw/retain1"])
+
+
+def test_muse_missing_split_names_source_config_split_and_what_exists(tmp_path):
+    source = muse_snapshot(tmp_path / "m", drop=("knowmem", "forget_qa"))
+    cfg = {"kind": "muse", "source": str(source)}
+    with pytest.raises(CorpusError) as err:
+        get_corpus("muse").check(cfg)
+    msg = str(err.value)
+    for part in (str(source), "'knowmem'", "'forget_qa'", "forget_qa_icl", "retain_qa"):
+        assert part in msg
+
+
+def test_missing_config_is_named(tmp_path):
+    source = tofu_snapshot(tmp_path / "t", drop="holdout10")
+    with pytest.raises(CorpusError, match=r"no config 'holdout10'; configs there: .*forget10"):
+        get_corpus("tofu").check({"kind": "tofu", "forget": "forget10", "source": str(source)})
+
+
+@pytest.mark.parametrize("layout", ["configs", "default"])
+def test_tofu_both_layouts(tmp_path, layout):
+    source = tofu_snapshot(tmp_path / "TOFU", layout)
+    cfg = {"kind": "tofu", "forget": "forget10", "source": str(source)}
+    splits, record = get_corpus("tofu").build(cfg)
+    assert set(CONTRACT) <= set(splits)
+    sizes = {k: len(v) for k, v in splits.items()}
+    assert sizes["forget"] == 40 and sizes["retain"] == 360 and sizes["holdout"] == 40
+    assert sizes["knowmem_retain_qa"] == 350 and sizes["knowmem_forget_qa_icl"] == 10
+    # ICL examples are never asked
+    assert not set(splits["knowmem_retain_qa"].question) & set(splits["knowmem_retain_qa_icl"].question)
+    assert sizes["tofu_real_authors_perturbed"] == 10 and sizes["tofu_world_facts_perturbed"] == 12
+    assert splits["forget"].text[0] == "Question: What is forget 0?\nAnswer: forget answer 0"
+    verb = splits["verbmem_forget"]
+    assert verb.prompt[0] == "Question: What is forget 0?\nAnswer: " and verb["gt"][0] == "forget answer 0"
+    tf = splits["tofu_forget_perturbed"]
+    assert tf.base_answer[0] == "forget paraphrase 0" and list(tf.perturbed[0])[2] == "forget wrong 0.2"
+    # real_authors compares with the answer itself (TOFU has no paraphrase there)
+    assert splits["tofu_real_authors_perturbed"].base_answer[0] == "real answer 0"
+    where = "default/forget10" if layout == "default" else "forget10/train"
+    assert record["splits_used"]["forget"] == where
+
+
+def test_tofu_default_layout_missing_split(tmp_path):
+    source = tofu_snapshot(tmp_path / "t", "default", drop="world_facts_perturbed")
+    with pytest.raises(CorpusError) as err:
+        get_corpus("tofu").check({"kind": "tofu", "source": str(source)})
+    assert "config 'default': no split 'world_facts_perturbed'" in str(err.value)
+    assert "retain90" in str(err.value)  # what exists
+
+
+def test_tofu_forget_must_be_a_subset():
+    with pytest.raises(ValueError, match="allowed: forget01, forget05, forget10"):
+        get_corpus("tofu").wanted({"forget": "forget20"}, None)
+
+
+def test_prepare_writes_splits_and_records_the_source(tmp_path, tokenizer):
+    from relapse.data.prepare import prepare
+    from relapse.io import read_parquet_metadata
+
+    source = muse_snapshot(tmp_path / "m")
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(str(tok_dir))
+    out = tmp_path / "data"
+    prepare("news", {"kind": "muse", "source": str(source), "max_length": 16}, out,
+            tokenizer_dir=tok_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["source"] == str(source) and manifest["splits"]["holdout"] == 3
+    assert pd.read_parquet(out / "knowmem_forget_qa.parquet").shape == (8, 3)
+    meta = read_parquet_metadata(out / "forget.parquet")
+    assert meta["source"]["splits_used"]["forget"] == "raw/forget"
+
+
+@pytest.mark.slow
+def test_muse_end_to_end_on_a_snapshot_with_a_tiny_llama(tmp_path, tiny_lm):
+    """kind: muse on a generated snapshot, with a tiny Llama saved in hub format as the target
+    and the retrain: fetch, prepare, unlearn, quantize and evaluate run through Snakemake."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    model_dir, _, _ = tiny_lm
+    source = muse_snapshot(tmp_path / "MUSE-News")
+    cfg = {
+        "device": "cpu",
+        "benchmarks": {"news": {
+            "corpus": {"kind": "muse", "subset": "news", "source": str(source), "max_length": 32},
+            "reference": {"kind": "pretrained", "target": str(model_dir),
+                          "retrain": str(model_dir)}}},
+        "unlearning": {"batch_size": 4},
+        "methods": {"ga": {"params": "full", "lr": 1.0e-4, "epochs": 1}},
+        "quantization": {"schemes": [{"scheme": "none", "bits": [16]},
+                                     {"scheme": "rtn", "bits": [4], "group_size": 32}],
+                         "diagnostics": {"enabled": False}},
+        "evaluation": {"knowmem": {"shots": "all", "max_new_tokens": 8},
+                       "verbmem": {"max_new_tokens": 8}, "bootstrap": {"samples": 10}},
+    }
+    config = tmp_path / "muse_tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cell = "results/news/ga/epochs=1_lr=0.0001_params=full/s0/rtn-w4/metrics.parquet"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("snakemake")), cell, "-s", str(root / "Snakefile"),
+         "-d", str(tmp_path / "run"), "--cores", "2", "--configfile", str(config)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    logs = "".join(p.read_text()[-1500:] for p in (tmp_path / "run" / "logs").rglob("*.log")) \
+        if (tmp_path / "run" / "logs").exists() else ""
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:] + logs
+    metrics = pd.read_parquet(tmp_path / "run" / cell)
+    assert {("knowmem", "forget"), ("knowmem", "retain"), ("verbmem", "forget"),
+            ("privleak", "forget")} <= set(zip(metrics.metric, metrics.split))
+    assert ("knowmem", "holdout") not in set(zip(metrics.metric, metrics.split))  # MUSE has none
+    manifest = json.loads((tmp_path / "run" / "results/news/data/manifest.json").read_text())
+    assert manifest["source"]["source"] == str(source)
+    assert manifest["source"]["chunks"]["forget"]["chunks"] > 4
+
+
+def test_muse_splits_run_through_knowmem_and_verbmem(tmp_path, tiny_lm):
+    """MUSE has no holdout QA and no per-text facts: those rows are left out, not faked."""
+    from relapse.data.prepare import prepare
+    from relapse.evaluate.registry import get_metric
+    from relapse.evaluate.stage import EvalContext
+
+    folder, model, tok = tiny_lm
+    prepare("news", {"kind": "muse", "source": str(muse_snapshot(tmp_path / "m")),
+                     "max_length": 32}, tmp_path / "d", tokenizer_dir=folder)
+    cfg = {"knowmem": {"shots": "all", "max_new_tokens": 4}, "verbmem": {"max_new_tokens": 4}}
+    ctx = EvalContext(model, tok, tmp_path / "d", cfg, 8)
+    knowmem = {(r.metric, r.split): len(r.scores) for r in get_metric("knowmem")(ctx)}
+    assert knowmem == {("knowmem", "forget"): 8, ("qa_em", "forget"): 8,
+                       ("knowmem", "retain"): 8, ("qa_em", "retain"): 8}
+    verbmem = get_metric("verbmem")(ctx)
+    assert [(r.metric, len(r.scores)) for r in verbmem] == [("verbmem", 7)]

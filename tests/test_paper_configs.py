@@ -1,0 +1,52 @@
+"""config/muse.yaml and config/tofu.yaml plan with no data and no model on disk (hub ids only,
+no GPU here), with the job count per rule that their grids imply, counted by hand."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def planned(tmp_path, config: str) -> dict[str, int]:
+    proc = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+                           "-n", "--cores", "2", "--quiet", "rules",
+                           "--configfile", str(ROOT / "config" / config)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    stats = proc.stdout.split("Job stats:")[1].split("Reasons:")[0]
+    counts = dict((m[0], int(m[1])) for m in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
+    assert not (tmp_path / "results").exists()  # a plan, nothing run or fetched
+    return counts
+
+
+# 9 quant cells: none-w16, bnb fp4/nf4 w4, bnb int8 w8, rtn w8/w4, gptq w8/w4, awq w4.
+QUANTS = 9
+
+
+def test_muse_plan(tmp_path):
+    counts = planned(tmp_path, "muse.yaml")
+    # 12 methods (6 + SURE) x 4 lr x 2 params = 96 training runs per corpus, 2 corpora
+    runs = 12 * 4 * 2 * 2
+    # 8 methods carry two epoch values (News' and Books'), 4 carry one: 20 x 4 lr x 2 params
+    models = (8 * 2 + 4) * 4 * 2 * 2
+    cells = (models + 2 * 2) * QUANTS  # + target and retrain of each corpus
+    want = {"fetch_pretrained": 4, "prepare_corpus": 2, "unlearn": runs, "select_epoch": models,
+            "diagnose": models, "quantize": cells, "evaluate": cells, "report": 1, "all": 1}
+    assert {k: counts.get(k, 0) for k in want} == want
+    assert counts["total"] == sum(want.values()) + sum(
+        v for k, v in counts.items() if k not in want and k != "total")
+
+
+def test_tofu_plan(tmp_path):
+    counts = planned(tmp_path, "tofu.yaml")
+    models = 12 * 4 * 2  # one epoch value: one model per training run
+    cells = (models + 2) * QUANTS
+    want = {"fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": models,
+            "select_epoch": models, "diagnose": models, "quantize": cells, "evaluate": cells,
+            "report": 1, "all": 1}
+    assert {k: counts.get(k, 0) for k in want} == want
