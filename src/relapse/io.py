@@ -7,6 +7,7 @@ that looks complete to Snakemake or to a later aggregation.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -15,11 +16,23 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _remove_stale_temps(final: Path) -> None:
+    """Delete what an earlier writer of `final` that was killed (SIGKILL, OOM killer: no
+    cleanup ran) left beside it. Only one job writes a given output at a time (Snakemake), so a
+    temporary of `final` that exists now is a dead writer's."""
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `final`; rename it to `final` on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
@@ -36,6 +49,7 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(final)
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     os.close(fd)
     tmp = Path(name)
@@ -70,6 +84,33 @@ def write_parquet(path: str | os.PathLike, frame, metadata: dict[str, Any] | Non
         table = table.replace_schema_metadata(merged)
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
+    """A Parquet file as a pandas frame; a truncated or corrupt file (a copy cut short, a disk
+    that filled up) fails with a message naming the file and what to do, not a bare Arrow
+    error."""
+    import pandas as pd
+    import pyarrow as pa
+
+    path = Path(path)
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (pa.ArrowException, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        size = path.stat().st_size if path.exists() else 0
+        raise ValueError(f"{path}: not a readable Parquet file ({size} bytes: {err}); it is "
+                         "truncated or corrupt: delete it and rerun the rule that writes "
+                         "it") from None
+
+
+def require_rows(frame, path: str | os.PathLike, what: str):
+    """`frame` (read from `path`), or a clear error when it has no rows."""
+    if len(frame) == 0:
+        raise ValueError(f"{path}: the {what} is empty (0 rows); check the corpus settings "
+                         "(people, forget, holdout fractions) or the source data")
+    return frame
 
 
 def read_parquet_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -66,7 +66,8 @@ rule attack:
         model="results/{bench}/{method}/{hp}/s{seed}/{quant}/model",
         data="results/{bench}/data",
     output:
-        directory("results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/models"),
+        # deleted with the quantized models once evaluated (quantization.temp_models)
+        quantize_output(directory("results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/models")),
     params:
         settings=lambda w: model_settings(
             attack=config["attacks"][w.attack], lora=config["unlearning"]["lora"]

@@ -31,6 +31,7 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32",
 
     path = Path(path)
     require_safetensors(path)
+    check_model_files(path)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=getattr(torch, dtype), use_safetensors=True,
         trust_remote_code=trust_remote_code)
@@ -58,6 +59,40 @@ def require_safetensors(path: str | Path) -> None:
         "only, because unpickling a file can run arbitrary code. Convert it once in a trusted "
         "environment (model.save_pretrained(dir, safe_serialization=True)) and point relapse at "
         "that folder.")
+
+
+class CorruptModelError(ValueError):
+    """A model folder whose files are truncated or unreadable (e.g. a copy cut short)."""
+
+
+def check_model_files(path: str | Path) -> None:
+    """Read the config and every safetensors header of a model folder, so that a truncated or
+    corrupt file fails here, naming the file, instead of deep inside transformers. Opening a
+    safetensors file checks that its header covers the whole file (a cut copy does not)."""
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    config = path / "config.json"
+    try:
+        json.loads(config.read_text())
+    except FileNotFoundError:
+        raise CorruptModelError(f"{config}: missing; {path} is not a complete model folder "
+                                "(delete it and rerun the rule that writes it)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptModelError(f"{config}: not valid JSON ({err}); the model folder is corrupt "
+                                "or was cut short: delete it and rerun the rule that writes "
+                                "it") from None
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:        # safetensors raises its own SafetensorError
+            size = file.stat().st_size
+            raise CorruptModelError(
+                f"{file}: not a readable safetensors file ({size} bytes: {err}); it is truncated "
+                "or corrupt: delete the model folder and rerun the rule that writes it") from None
 
 
 def save_model(model, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> None:

@@ -43,6 +43,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 
 def load_tokenizer(path: str | Path):
+    """The tokenizer of a model folder. One without a pad token (Llama's, MUSE's targets) pads
+    with its EOS (or UNK), as MUSE does: a new token would need an embedding row the weights do
+    not have, and padding never reaches a loss or a score (the attention mask hides it)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        pad = tokenizer.eos_token or tokenizer.unk_token
+        if pad is None:
+            raise ValueError(f"{path}: the tokenizer has no pad token, and no eos or unk token "
+                             "to pad with; add a pad_token to its tokenizer_config.json")
+        tokenizer.pad_token = pad
+    return tokenizer

@@ -37,6 +37,12 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
                          f"supported: {', '.join(map(str, quantizer.supported_bits))}")
     if lora_merge not in LORA_MERGE_MODES:
         raise ValueError(f"lora_merge must be one of {LORA_MERGE_MODES}, got {lora_merge!r}")
+    if device not in quantizer.devices:
+        raise RuntimeError(
+            f"quantization scheme {scheme!r} ({quantizer.library}) has kernels only for "
+            f"{', '.join(quantizer.devices)}, and this job runs on {device} (quantizing "
+            f"{source_dir} into {out_dir}); run it with device: {quantizer.devices[0]} on a "
+            f"machine that has one, or choose another scheme")
     import time
 
     start = time.time()
