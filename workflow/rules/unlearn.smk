@@ -9,7 +9,8 @@ rule unlearn:
     output:
         directory("results/{bench}/{method}/{run}/s{seed}/run"),
     wildcard_constraints:
-        method=alternatives(UNLEARN_METHODS),
+        # one-shot methods write the same run folder by rule unlearn_one_shot (lora_setting.smk)
+        method=alternatives([m for m in UNLEARN_METHODS if m not in ONE_SHOT]),
         run="[^/]+",
     params:
         settings=lambda w: model_settings(
