@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_PARTITION = "gpu"
 # Rules whose `relapse` subcommand never places a model on a device (cli.py passes it no
 # device); every other rule runs a model and asks for a GPU when the config's device is cuda.
-CPU_ONLY = {"prepare_data", "prepare_data_pretrained", "train_tokenizer", "load_gguf",
-            "select_epoch", "report"}
+CPU_ONLY = {"prepare_data", "prepare_data_pretrained", "prepare_corpus", "fetch_pretrained",
+            "prepare_lora_setting", "train_tokenizer", "load_gguf", "select_epoch", "report",
+            "attack_tables", "durability"}
 
 
 def workflow_rules() -> set[str]:
@@ -49,26 +50,47 @@ def test_every_rule_has_a_profile_entry_with_a_partition():
             assert not {"gpu", "gpus", "gres", "gpu_model", "cpus_per_gpu"} & set(entry), rule
 
 
-def every_rule_config(tmp_path: Path) -> Path:
-    """The default config (a trained and a snapped bench) plus the SmolLM2 GGUF bench of
-    config/smollm2.yaml, on cuda, with one hp point and one quant: every rule, fewest jobs."""
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["device"] = "cuda"
-    cfg["methods"] = {"npo_gdr": {"params": "full", "lr": 1e-4, "epochs": 10, "alpha": 5,
-                                  "beta": 0.1}}
-    cfg["quantization"]["schemes"] = [{"scheme": "none", "bits": [16]},
-                                      {"scheme": "rtn", "bits": [4], "group_size": 64}]
-    smollm2 = yaml.safe_load((ROOT / "config" / "smollm2.yaml").read_text())["benchmarks"]
-    cfg["benchmarks"]["smollm2"] = smollm2["smollm2"]
-    path = tmp_path / "every_rule.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def every_rule_configs(tmp_path: Path) -> list[Path]:
+    """Configs on cuda that together plan every rule with few jobs: the default (a trained and
+    a snapped bench, and its attack slice) plus the SmolLM2 GGUF bench of config/smollm2.yaml;
+    the LoRA setting with llmeraser (config/llmeraser.yaml, which takes no other method); and
+    MUSE News on its pretrained references (config/muse.yaml, nothing on disk)."""
+    def load(name):
+        return yaml.safe_load((ROOT / "config" / name).read_text())
+
+    default = load("config.yaml")
+    # the attack slice's hp point (config `attacks.hps`), so that attacks are planned too
+    default["methods"] = {"npo_gdr": {"params": "full", "lr": 3e-4, "epochs": 20, "alpha": 5,
+                                      "beta": 0.1}}
+    default["quantization"]["schemes"] = [{"scheme": "none", "bits": [16]},
+                                          {"scheme": "rtn", "bits": [4], "group_size": 64}]
+    default["benchmarks"]["smollm2"] = load("smollm2.yaml")["benchmarks"]["smollm2"]
+
+    lora = load("llmeraser.yaml")
+    lora["benchmarks"] = dict(list(lora["benchmarks"].items())[:1])
+    lora["methods"] = {"llmeraser": {"params": "lora", "solver": "cg", "damping": 1.0,
+                                     "iterations": 20, "tol": 1e-4}}
+    lora["quantization"]["schemes"] = [{"scheme": "none", "bits": [16]}]
+
+    muse = load("muse.yaml")
+    muse["benchmarks"] = {"news": muse["benchmarks"]["news"]}
+    muse["methods"] = {"ga": {"lr": 1e-5, "epochs": [1]}}
+    muse["quantization"]["schemes"] = [{"scheme": "none", "bits": [16]}]
+
+    paths = []
+    for name, cfg in (("default", default), ("lora", lora), ("muse", muse)):
+        cfg["device"] = "cuda"
+        paths.append(tmp_path / f"every_rule_{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(cfg))
+    return paths
 
 
 def test_gpu_jobs_run_on_the_gpu_partition_and_cpu_jobs_get_no_gpu(tmp_path):
-    jobs, _ = parse_plan(slurm_dry_run(tmp_path, "--configfile", str(every_rule_config(tmp_path))))
-    jobs = [j for j in jobs if j["rule"] != "all"]
-    assert {j["rule"] for j in jobs} == workflow_rules(), "the config must plan every rule"
+    jobs = []
+    for i, config in enumerate(every_rule_configs(tmp_path)):
+        planned, _ = parse_plan(slurm_dry_run(tmp_path / str(i), "--configfile", str(config)))
+        jobs += [j for j in planned if j["rule"] != "all"]
+    assert {j["rule"] for j in jobs} == workflow_rules(), "the configs must plan every rule"
     cpu_partition = profile()["default-resources"]["slurm_partition"]
     assert cpu_partition != GPU_PARTITION
     for job in jobs:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from progress_watch import run_watched, snakemake_progress
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "device": "cpu", "seeds": [0],
@@ -31,9 +33,10 @@ TINY = {
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-                           "-d", str(workdir), "--cores", "2", *args],
-                          capture_output=True, text=True, timeout=1800)
+    # Bounded by progress (no job event or log growth for 10 min), not by a wall clock.
+    proc = run_watched([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+                        "-d", str(workdir), "--cores", "2", *args],
+                       stall_s=600, progress=snakemake_progress(workdir))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 

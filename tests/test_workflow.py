@@ -15,13 +15,17 @@ import pandas as pd
 import pytest
 import yaml
 
+from progress_watch import run_watched, snakemake_progress
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*SNAKEMAKE, "-d", str(workdir), "--cores", "2", *args],
-                          capture_output=True, text=True, timeout=1800)
+    # Bounded by progress (no job event or log growth for 10 min), not by a wall clock: a
+    # loaded CI machine makes a run slow, not stuck.
+    proc = run_watched([*SNAKEMAKE, "-d", str(workdir), "--cores", "2", *args],
+                       stall_s=600, progress=snakemake_progress(workdir))
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-4000:]}")
@@ -53,7 +57,10 @@ def test_dry_run_of_the_default_plans_the_grid(tmp_path):
         "select_epoch": 10,               # 2 arms x 5 unlearned models
         "quantize": 42, "evaluate": 42,   # 2 arms x (5 + target + retrain) x 3 quants
         "diagnose": 10,                   # one per unlearned model, over rtn-w8 and rtn-w4
-        "report": 1, "all": 1, "total": 119}
+        # attacks: synthbio's retrain + 1 unlearned model x (none-w16, rtn-w4) x (relearn,
+        # prune); relearn forget-k20 and holdout-k20, prune s0.5 evaluated; represent: 1
+        "attack": 8, "evaluate_attack": 12, "represent": 1, "attack_tables": 1, "durability": 1,
+        "report": 1, "all": 1, "total": 142}
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -203,7 +210,10 @@ def test_every_planned_shell_command_parses_with_the_cli(tmp_path):
     for command in commands:
         tokens = shlex.split(command.split(" > ", 1)[0])
         args = build_parser().parse_args(tokens)
-        assert isinstance(json.loads(args.settings), dict)
+        settings = args.settings
+        if settings.startswith("@"):        # a settings file (the report's: the whole config)
+            settings = (tmp_path / settings[1:]).read_text()
+        assert isinstance(json.loads(settings), dict)
         seen.add(args.command)
     assert seen == {"prepare-data", "train-tokenizer", "train-reference", "snap-reference",
                     "unlearn", "select-epoch", "quantize", "diagnose", "evaluate", "report"}

@@ -42,6 +42,10 @@ def cmd_list(args) -> None:
         from relapse.unlearn.registry import method_names as names
     elif args.what == "quantizers":
         from relapse.quantize.registry import quantizer_names as names
+    elif args.what == "attacks":
+        from relapse.attacks.registry import attack_names as names
+    elif args.what == "corpora":
+        from relapse.data.corpora import corpus_kinds as names
     else:
         from relapse.evaluate.registry import metric_names as names
     print("\n".join(names()))
@@ -51,7 +55,7 @@ def cmd_prepare_data(args) -> None:
     from relapse.data.prepare import prepare
 
     prepare(args.bench, _settings(args)["corpus"], args.out, base_dir=args.base,
-            threads=args.threads)
+            threads=args.threads, tokenizer_dir=args.tokenizer)
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -72,6 +76,12 @@ def cmd_load_gguf(args) -> None:
     from relapse.models.gguf import load_gguf_reference
 
     load_gguf_reference(_settings(args)["reference"], args.out, threads=args.threads)
+
+
+def cmd_fetch_pretrained(args) -> None:
+    from relapse.models.pretrained import fetch_reference
+
+    fetch_reference(_settings(args)["reference"], args.which, args.out)
 
 
 def cmd_finetune_reference(args) -> None:
@@ -101,6 +111,34 @@ def cmd_unlearn(args) -> None:
     s = _settings(args)
     unlearn(args.method, s["hp"], args.seed, args.target, args.data, s["unlearning"], args.out,
             save_epochs=s.get("save_epochs"), device=_device(s), threads=args.threads)
+
+
+def cmd_prepare_lora_setting(args) -> None:
+    from relapse.data.edits import prepare_lora_setting
+
+    prepare_lora_setting(args.data, _settings(args)["lora_setting"], args.out)
+
+
+def cmd_train_lora_reference(args) -> None:
+    from relapse.models.lora_setting import train_lora_reference
+
+    s = _settings(args)
+    train_lora_reference(args.which, args.base, args.items, s["lora_setting"], args.out,
+                         device=_device(s), threads=args.threads)
+
+
+def cmd_unlearn_one_shot(args) -> None:
+    """A one-shot method (relapse.unlearn.oneshot) on a LoRA-setting benchmark."""
+    from relapse.unlearn.registry import get_method
+
+    s = _settings(args)
+    method = get_method(args.method)
+    if not getattr(method, "one_shot", False):
+        raise SystemExit(f"relapse unlearn-one-shot: {args.method!r} is not a one-shot method")
+    method.run(s["hp"], args.seed, args.base, args.target, args.items, args.out,
+               gold_dir=args.gold, keys={"bench": args.bench, "method": args.method,
+                                         "hp": args.hp},
+               device=_device(s), threads=args.threads)
 
 
 def cmd_select_epoch(args) -> None:
@@ -135,7 +173,7 @@ def cmd_diagnose(args) -> None:
     cells = list(zip(args.quant, args.target_quant, args.unlearned_quant))
     survival_diagnostics(args.target, args.unlearned, cells, args.data, keys,
                          s.get("diagnostics", {}), args.out, device=_device(s),
-                         threads=args.threads)
+                         threads=args.threads, dtype=s.get("dtype", "float32"))
 
 
 def cmd_evaluate(args) -> None:
@@ -147,8 +185,48 @@ def cmd_evaluate(args) -> None:
     keys = {"bench": args.bench, "method": args.method, "hp": args.hp,
             "params": parse_hp_id(args.hp).get("params", "none"), "seed": args.seed,
             "quant": args.quant, "quant_scheme": scheme, "bits": bits}
+    from relapse.models.io import read_manifest
+
+    # An attacked cell (relapse.attacks) carries its attack's key columns in its folder.
+    keys.update(read_manifest(args.model, "attack_manifest.json").get("keys", {}))
     evaluate_model(args.model, args.data, keys, s["evaluation"], args.metrics, args.samples,
-                   device=_device(s), threads=args.threads, retrain_metrics=args.retrain_metrics)
+                   device=_device(s), threads=args.threads, retrain_metrics=args.retrain_metrics,
+                   full_retrain_metrics=args.full_retrain_metrics)
+
+
+def cmd_attack(args) -> None:
+    from relapse.attacks.stage import run_attack
+
+    s = _settings(args)
+    run_attack(args.attack, args.source, args.out, args.data, s["attack"], lora=s.get("lora"),
+               seed=args.seed, device=_device(s), threads=args.threads)
+
+
+def cmd_attack_tables(args) -> None:
+    from relapse.attacks.tables import write_tables
+
+    write_tables(args.attack_metrics, args.base_metrics, args.attacks_out, args.relearn_out,
+                 _settings(args).get("config", {}))
+
+
+def cmd_durability(args) -> None:
+    from relapse.report.durability import write_durability
+
+    write_durability(args.attacks, args.metrics, args.selection, args.out, args.labels,
+                     _settings(args).get("label", {}))
+
+
+def cmd_represent(args) -> None:
+    from relapse.attacks.represent import layer_figure, represent
+
+    s = _settings(args)
+    keys = {"bench": args.bench, "method": args.method, "hp": args.hp, "seed": args.seed,
+            "quant": args.quant}
+    frame = represent(args.model, {"target": args.target, "retrain": args.retrain}, args.data,
+                      keys, s.get("represent", {}), args.out, device=_device(s),
+                      threads=args.threads, dtype=s.get("dtype", "float32"))
+    if args.figure:
+        layer_figure(frame, args.figure)
 
 
 def cmd_report(args) -> None:
@@ -156,7 +234,8 @@ def cmd_report(args) -> None:
 
     try:
         build_report(args.inputs, _settings(args)["config"], args.table, args.tables,
-                     args.figures, diagnostics=args.diagnostics, relearn=args.relearn)
+                     args.figures, diagnostics=args.diagnostics, relearn=args.relearn,
+                     samples=args.samples)
     except ValueError as err:     # e.g. the selection quant is not in the results
         raise SystemExit(f"relapse report: {err}") from None
 
@@ -176,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="print registered names, one per line")
-    p.add_argument("what", choices=["methods", "quantizers", "metrics"])
+    p.add_argument("what", choices=["methods", "quantizers", "metrics", "attacks",
+                                           "corpora"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("validate", help="validate a config (and print it with defaults)")
@@ -198,15 +278,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("prepare-data", cmd_prepare_data, "bench", "out")
     p.add_argument("--base", default=None,
                    help="a pretrained base model folder: also keep the world-knowledge QA it answers")
+    p.add_argument("--tokenizer", default=None,
+                   help="the tokenizer folder that cuts long corpus texts into training chunks")
     stage("train-tokenizer", cmd_train_tokenizer, "bench", "data", "out")
     p = stage("train-reference", cmd_train_reference, "bench", "data", "tokenizer", "out")
     p.add_argument("--which", required=True, choices=["target", "retrain"])
     stage("snap-reference", cmd_snap_reference, "bench", "source", "out")
     stage("load-gguf", cmd_load_gguf, "bench", "out")
+    p = stage("fetch-pretrained", cmd_fetch_pretrained, "bench", "out")
+    p.add_argument("--which", required=True, choices=["target", "retrain"])
     p = stage("finetune-reference", cmd_finetune_reference, "bench", "data", "base", "out")
     p.add_argument("--which", required=True, choices=["target", "retrain"])
     stage("unlearn", cmd_unlearn, "bench", "method", "seed", "target", "data", "out")
     stage("select-epoch", cmd_select_epoch, "run", "out")
+    stage("prepare-lora-setting", cmd_prepare_lora_setting, "bench", "data", "out")
+    p = stage("train-lora-reference", cmd_train_lora_reference, "bench", "base", "items", "out")
+    p.add_argument("--which", required=True, choices=["target", "retrain"])
+    stage("unlearn-one-shot", cmd_unlearn_one_shot, "bench", "method", "hp", "seed", "base",
+          "target", "gold", "items", "out")
     p = stage("quantize", cmd_quantize, "source", "out")
     p.add_argument("--data", default=None,
                    help="the prepared data folder (calibration for gptq/awq)")
@@ -220,12 +309,29 @@ def build_parser() -> argparse.ArgumentParser:
               "metrics", "samples")
     p.add_argument("--retrain-metrics", default=None,
                    help="the retrain model's metrics.parquet at the same bench and quant, for "
-                        "PrivLeak (the retrain model's own evaluation needs none)")
+                        "PrivLeak's matched reference (the retrain model's own needs none)")
+    p.add_argument("--full-retrain-metrics", default=None,
+                   help="the full-precision retrain model's metrics.parquet (same bench), for "
+                        "PrivLeak's full reference (that model's own evaluation needs none)")
+    p = stage("attack", cmd_attack, "attack", "seed", "source", "data", "out")
+    p = stage("represent", cmd_represent, "bench", "method", "hp", "seed", "quant", "model",
+              "target", "retrain", "data", "out")
+    p.add_argument("--figure", default=None, help="stem of the per-layer figure (.png, .svg)")
+    p = stage("attack-tables", cmd_attack_tables, "attacks-out", "relearn-out")
+    p.add_argument("--attack-metrics", nargs="+", required=True,
+                   help="the attacked cells' metrics.parquet files")
+    p.add_argument("--base-metrics", nargs="*", default=[],
+                   help="the same models' un-attacked cells' metrics.parquet (step 0)")
+    p = stage("durability", cmd_durability, "attacks", "metrics", "out", "labels")
+    p.add_argument("--selection", default=None, help="the report's selection.csv")
     p = stage("report", cmd_report, "table", "tables", "figures")
     p.add_argument("--diagnostics", nargs="*", default=[],
                    help="per-cell survival diagnostics.parquet files (plotted when given)")
     p.add_argument("--relearn", default=None,
                    help="a relearning-curves table (.parquet or .csv; plotted when given)")
+    p.add_argument("--samples", nargs="*", default=[],
+                   help="the cells' samples.parquet files: per-item scores for the intervals "
+                        "over seeds and items and for knowledge retained's")
     p.add_argument("inputs", nargs="+", help="metrics.parquet files")
 
     p = sub.add_parser("export-gguf", help="write a model folder of the grid as a GGUF file "
@@ -242,6 +348,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The config `resources:` section that sizes each subcommand's rule (workflow/rules/common.smk).
+RESOURCE_STAGE = {
+    "prepare-data": "data", "train-tokenizer": "tokenizer", "train-reference": "reference",
+    "snap-reference": "reference", "load-gguf": "reference", "fetch-pretrained": "reference",
+    "finetune-reference": "reference", "train-lora-reference": "reference",
+    "unlearn": "unlearn", "unlearn-one-shot": "unlearn", "select-epoch": "unlearn",
+    "attack": "unlearn", "quantize": "quantize", "evaluate": "evaluate",
+    "diagnose": "diagnose", "represent": "diagnose", "report": "report",
+    "attack-tables": "report", "durability": "report"}
+OUT_OF_MEMORY = 3
+NO_KERNEL = 4
+# What torch and the kernel libraries say when an operation has no kernel for this device.
+_NO_KERNEL = ("with arguments from the 'cpu' backend", "no kernel image is available",
+              "not compiled with cuda", "requires cuda", "requires a gpu", "cuda is required",
+              "only supported on cuda", "only available on cuda")
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError):
+        return True
+    torch = sys.modules.get("torch")     # never imported here only to check
+    oom = getattr(torch, "OutOfMemoryError", None) if torch else None
+    return oom is not None and isinstance(err, oom)
+
+
+def _is_missing_kernel(err: BaseException) -> bool:
+    return isinstance(err, (NotImplementedError, RuntimeError)) and \
+        any(text in str(err).lower() for text in _NO_KERNEL)
+
+
+def _cgroup_memory_mb(path: str = "/sys/fs/cgroup/memory.max") -> int | None:
+    """The memory limit the job really ran under (SLURM and containers set it), if any."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) // 2**20 if text.isdigit() else None
+
+
+def _job(args) -> str:
+    """The job in words: subcommand, Snakemake rule, its wildcards and resources."""
+    parts = [f"{name} {getattr(args, name)}" for name in
+             ("bench", "method", "hp", "seed", "quant", "attack", "which")
+             if getattr(args, name, None) is not None]
+    try:
+        settings = _settings(args) if getattr(args, "settings", None) else {}
+    except (SystemExit, OSError):
+        settings = {}
+    resources = settings.get("resources", {}) if isinstance(settings.get("resources"), dict) \
+        else {}
+    mem_mb = settings.get("mem_mb", resources.get("mem_mb"))
+    limit = _cgroup_memory_mb()
+    had = [f"threads {getattr(args, 'threads', '?')}",
+           f"mem_mb {mem_mb}" if mem_mb is not None else "mem_mb not given to the job",
+           *([f"a memory limit of {limit} MB (cgroup)"] if limit else []),
+           f"device {settings.get('device', 'auto')}"]
+    try:
+        import resource
+
+        had.append(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+    except (ImportError, OSError):
+        pass
+    rule = args.command.replace("-", "_")
+    where = f" ({', '.join(parts)})" if parts else ""
+    return f"relapse {args.command} (rule {rule}){where} had {', '.join(had)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from relapse.config import ConfigError
@@ -251,6 +424,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"relapse: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError, NotImplementedError) as err:
+        stage = RESOURCE_STAGE.get(args.command, args.command)
+        if _is_out_of_memory(err):
+            print(f"relapse: out of memory: {_job(args)}. Give the stage more memory "
+                  f"(config resources.{stage}.mem_mb, or a larger GPU), or a smaller batch "
+                  f"size. The error was: {type(err).__name__}: {err}", file=sys.stderr)
+            return OUT_OF_MEMORY
+        if _is_missing_kernel(err):
+            print(f"relapse: no kernel for this device: {_job(args)}. The scheme or model "
+                  "needs a GPU kernel this machine lacks: run it with device: cuda on a GPU "
+                  f"node, or choose a scheme that runs here. The error was: "
+                  f"{type(err).__name__}: {err}", file=sys.stderr)
+            return NO_KERNEL
+        raise
     return 0
 
 

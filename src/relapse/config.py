@@ -131,6 +131,7 @@ def validate(cfg: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     _check_benchmarks(cfg)
     _check_registries(cfg)
+    _check_tofu_metric(cfg)
     _check_report(cfg)
     unl = cfg["unlearning"]
     if unl.get("micro_batch_size") and unl["batch_size"] % unl["micro_batch_size"]:
@@ -221,6 +222,21 @@ def _check_corpus(name: str, corpus: dict, ref: dict) -> None:
         kind.check(corpus)
     except ValueError as err:
         raise ConfigError(f"benchmarks.{name}.corpus: {err}") from None
+
+
+def _check_tofu_metric(cfg: dict) -> None:
+    """Metric tofu reads the perturbed sets only a TOFU corpus has: elsewhere it would fail in
+    every evaluation job."""
+    if "tofu" not in cfg["evaluation"]["metrics"]:
+        return
+    from relapse.grid import resolved_bench
+
+    for bench in cfg["benchmarks"]:
+        kind = resolved_bench(cfg, bench)["corpus"].get("kind", "synthetic")
+        if kind != "tofu":
+            raise ConfigError(f"evaluation.metrics: 'tofu' needs corpus kind tofu, but "
+                              f"benchmarks.{bench}.corpus.kind is {kind!r}; allowed: remove "
+                              "tofu from the metrics, or run it in a config of TOFU benchmarks")
 
 
 def _check_registries(cfg: dict) -> None:

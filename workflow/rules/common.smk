@@ -10,13 +10,26 @@ import json
 from snakemake.exceptions import WorkflowError
 
 from relapse import grid
-from relapse.config import ConfigError, gpu_count, validate
+from relapse.config import ConfigError, check_device, gpu_count, load_yaml, validate
 from relapse.quantize.registry import get_quantizer
 
 
 # Validate before any job runs: a bad value stops here with the key, the value and what is allowed.
+# Snakemake's YAML reader keeps the last of two equal keys (a second bench of one name would
+# silently replace the first), so every config file is read again by the strict loader.
+def _dry_run_argv():
+    """`-n` / `--dry-run` (alone or among short flags, `-np`): while the Snakefile is parsed the
+    executor is not chosen yet, so `workflow.dryrun` is still False in a dry run."""
+    return any(a in ("--dry-run", "--dryrun") or re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a)
+               for a in sys.argv[1:])
+
+
 try:
+    for _configfile in dict.fromkeys(map(str, workflow.configfiles)):
+        load_yaml(_configfile)
     _validated = validate(config)
+    check_device(_validated, local=workflow.local_exec and not (workflow.dryrun or _dry_run_argv()
+                                                                or workflow.remote_exec))
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 config.clear()
@@ -33,11 +46,28 @@ SNAPPED = [b for b in BENCHES if "base" in config["benchmarks"][b]]
 # tokenizer training); kind: train: a tokenizer and a tiny model trained here.
 GGUF = [b for b in BENCHES if b not in SNAPPED
         and config["benchmarks"][b]["reference"].get("kind", "train") == "gguf"]
-TRAINED = [b for b in BENCHES if b not in SNAPPED and b not in GGUF]
+# kind: pretrained: published target and retrain models, fetched (hub id or local folder).
+PRETRAINED = [b for b in BENCHES if b not in SNAPPED
+              and config["benchmarks"][b]["reference"].get("kind", "train") == "pretrained"]
+TRAINED = [b for b in BENCHES if b not in SNAPPED and b not in GGUF and b not in PRETRAINED]
 # Benches whose data stage runs a pretrained base (world facts): GGUF ones and their snaps.
 ON_PRETRAINED = [b for b in BENCHES if config["benchmarks"][b].get("base", b) in GGUF]
-SYNTHETIC_ONLY = [b for b in BENCHES if b not in ON_PRETRAINED]
+# Benches on a registered hub corpus (muse, tofu): the data stage reads the source and cuts it
+# with the reference target's tokenizer.
+HUB_CORPUS = [b for b in BENCHES
+              if grid.resolved_bench(config, b)["corpus"].get("kind", "synthetic") != "synthetic"]
+SYNTHETIC_ONLY = [b for b in BENCHES if b not in ON_PRETRAINED and b not in HUB_CORPUS]
 UNLEARN_METHODS = list(config["methods"])
+# LLMEraser's LoRA setting (workflow/rules/lora_setting.smk): target and retrain are a base plus
+# a LoRA adapter; one-shot methods (llmeraser) run there by their own rule, not `unlearn`.
+from relapse.unlearn.oneshot import one_shot_methods
+
+LORA_SETTING = [b for b in TRAINED if "lora_setting" in config["benchmarks"][b]]
+for _b in BENCHES:
+    if "lora_setting" in config["benchmarks"][_b] and _b not in LORA_SETTING:
+        raise WorkflowError(f"benchmarks.{_b}.lora_setting: only supported with reference.kind: "
+                            "train and no base: (its base is the bench's own retrain model)")
+ONE_SHOT = [m for m in UNLEARN_METHODS if m in one_shot_methods()]
 QUANTS = grid.quant_settings(config)
 GPU = gpu_count(config)
 
@@ -149,13 +179,34 @@ def quantize_output(path):
     return temp(path) if config["quantization"]["temp_models"] else path
 
 
-# PrivLeak compares each model's Min-K% AUC with the retrain model's at the same quant, so every
-# evaluation job of a bench and quant, except the retrain's own, waits for the retrain's.
+# PrivLeak compares each model's Min-K% AUC with a retrain model's (evaluation.privleak.reference):
+# the full-precision retrain's (`full`, MUSE's definition) and/or the retrain's at the same quant
+# (`matched`). So every evaluation job waits for the retrain evaluation it is compared with,
+# unless it is that evaluation itself (relapse.evaluate.stage.self_references).
+from relapse.evaluate.metrics.privleak import full_precision_quant, reference_names
+
+# TOFU's forget quality compares with the same retrain cell (its per-item truth ratios).
+PRIVLEAK_REFERENCES = (reference_names(config["evaluation"]["privleak"])
+                       if {"privleak", "tofu"} & set(config["evaluation"]["metrics"]) else [])
+FULL_QUANT = full_precision_quant(QUANTS)
+if "full" in PRIVLEAK_REFERENCES and FULL_QUANT is None:
+    raise WorkflowError(
+        "evaluation.privleak.reference: 'full' compares with the full-precision retrain model, "
+        "but quantization.schemes has no {scheme: none} entry; add {scheme: none, bits: [16]} "
+        "or set evaluation.privleak.reference: matched")
 
 
-def retrain_metrics_input(w):
-    """The retrain model's metrics at this bench and quant, when PrivLeak needs them."""
-    if w.method == "retrain" or "privleak" not in config["evaluation"]["metrics"]:
-        return []
-    seed = grid.reference_seed(config, w.bench)
-    return f"results/{w.bench}/retrain/default/s{seed}/{w.quant}/metrics.parquet"
+def privleak_reference_input(reference):
+    """An input function: the retrain metrics that PrivLeak's `reference` compares this cell
+    with, or nothing when it is not configured or the cell is that retrain cell itself."""
+
+    def inputs(w):
+        if reference not in PRIVLEAK_REFERENCES:
+            return []
+        quant = w.quant if reference == "matched" else FULL_QUANT
+        if w.method == "retrain" and w.quant == quant:
+            return []
+        seed = grid.reference_seed(config, w.bench)
+        return f"results/{w.bench}/retrain/default/s{seed}/{quant}/metrics.parquet"
+
+    return inputs

@@ -125,3 +125,30 @@ rule finetune_reference:
         "relapse finetune-reference --settings {params.settings:q} --bench {wildcards.bench} "
         "--which {wildcards.ref} --data {input.data} --base {input.base} "
         "--out {output} --threads {threads} > {log} 2>&1"
+
+
+# kind: pretrained: the published target and retrain models (hub id or local folder, at a
+# revision), kept as a model folder of safetensors with the target's tokenizer. No GPU: it only
+# downloads and links files.
+
+
+rule fetch_pretrained:
+    output:
+        directory("results/{bench}/reference/{ref}"),
+    wildcard_constraints:
+        bench=alternatives(PRETRAINED),
+        ref="target|retrain",
+    params:
+        settings=lambda w: as_json({"reference": config["benchmarks"][w.bench]["reference"]}),
+    log:
+        "logs/fetch_pretrained/{bench}/{ref}.log",
+    benchmark:
+        "results/benchmarks/fetch_pretrained/{bench}/{ref}.tsv"
+    threads: 1
+    resources:
+        **{**stage_resources("data"), "runtime": stage_resources("reference")["runtime"]},
+    conda:
+        ENV
+    shell:
+        "relapse fetch-pretrained --settings {params.settings:q} --bench {wildcards.bench} "
+        "--which {wildcards.ref} --out {output} > {log} 2>&1"

@@ -11,7 +11,22 @@ report: "../report/workflow.rst"
 # Optional inputs: survival diagnostics files and a relearning-curves table, once stages write
 # them. The matching figure becomes an output exactly when its input list is non-empty.
 REPORT_DIAGNOSTICS = grid.diagnostics_files(config)
-REPORT_RELEARN = []
+REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, when relearning runs
+
+
+def settings_file(stage, settings):
+    """`settings` as a JSON file named by its content (so a job never reads another config's
+    settings), written atomically under .snakemake/relapse/; its path for `--settings @PATH`."""
+    import hashlib
+
+    from relapse.io import atomic_file
+
+    text = as_json(settings)
+    path = f".snakemake/relapse/{stage}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not os.path.exists(path):
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    return path
 
 
 rule report:
@@ -37,6 +52,9 @@ rule report:
     params:
         # The whole config goes into the tables' provenance, so the report reruns on any change.
         settings=as_json({"config": config}),
+        # ... but the command reads it from a file: Linux caps one argument (the whole `bash -c`
+        # script) at 128 KiB, and a large grid's config is bigger.
+        settings_file=lambda w: settings_file("report", {"config": config}),
         optional=lambda w, input: report_plan.optional_flags(input.diagnostics, input.relearn),
     log:
         "logs/report/report.log",
@@ -48,6 +66,6 @@ rule report:
     conda:
         ENV
     shell:
-        "relapse report --settings {params.settings:q} --table {output.table} "
+        "relapse report --settings @{params.settings_file:q} --table {output.table} "
         f"--tables {report_plan.TABLES_DIR} --figures {report_plan.FIGURES_DIR} "
         "{input.metrics}{params.optional} --samples {input.samples} > {log} 2>&1"

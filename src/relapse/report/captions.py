@@ -3,8 +3,12 @@ selected, which loss variant and which quantizer settings produced it."""
 
 from __future__ import annotations
 
+from relapse.report.intervals import METHOD_TEXT
 from relapse.report.measures import RETAINABLE
 from relapse.report.selection import rule_text
+
+# The tables print means; their CSVs carry each one's interval.
+INTERVALS_TEXT = f"The CSV holds each number's 95% CI (columns ending lo, hi): {METHOD_TEXT}."
 
 RETAINED_DEFINITION = ("Knowledge retained = metric(unlearned, q) / metric(target, q) x 100 at "
                        "matched quantization q (same bench, same quant)")
@@ -24,10 +28,49 @@ def quantizers_text(cfg: dict) -> str:
     return "; ".join(parts)
 
 
+# MUSE's generation lengths (muse_bench eval.py): a caption says when a run differs.
+MUSE_NEW_TOKENS = {"verbmem": 128, "knowmem": 32}
+PRIVLEAK_REFERENCE_TEXT = {
+    "full": "relative to the full-precision retrain model, as in MUSE",
+    "matched": "relative to the retrain model at the same quant",
+}
+
+
+def privleak_references(cfg: dict) -> list[str]:
+    """evaluation.privleak.reference as a list, the primary (the tables' PrivLeak) first."""
+    ref = cfg.get("evaluation", {}).get("privleak", {}).get("reference", "full")
+    return [ref] if isinstance(ref, str) else list(ref)
+
+
+def privleak_text(cfg: dict) -> str:
+    """Which retrain model the tables' PrivLeak compares with, and where the others are."""
+    primary, *others = privleak_references(cfg)
+    text = PRIVLEAK_REFERENCE_TEXT[primary]
+    return text + "".join(f"; vs the {o} reference in metrics.parquet, metric privleak_{o}"
+                          for o in others)
+
+
+def evaluation_text(cfg: dict) -> str:
+    """The evaluation protocol in a sentence: dtype, KnowMem shots, generation lengths, and
+    whether these are MUSE's."""
+    ev = cfg.get("evaluation", {})
+    shots = ev.get("knowmem", {}).get("shots", 3)
+    new = {m: ev.get(m, {}).get("max_new_tokens", n) for m, n in MUSE_NEW_TOKENS.items()}
+    shots_text = ("every ICL example as shots (MUSE's protocol)" if shots == "all" else
+                  f"{shots} shots (MUSE uses every ICL example, 10)")
+    text = (f"Evaluated in {ev.get('dtype', 'float32')}. KnowMem: {shots_text}, greedy, "
+            f"{new['knowmem']} new tokens; VerbMem: {new['verbmem']} new tokens, ground truth "
+            f"cut to {new['verbmem']} tokens counted with BOS.")
+    if new != MUSE_NEW_TOKENS:
+        text += (f" Generation lengths are not MUSE's (VerbMem {MUSE_NEW_TOKENS['verbmem']}, "
+                 f"KnowMem {MUSE_NEW_TOKENS['knowmem']} new tokens).")
+    return text
+
+
 def _context(cfg: dict) -> str:
     variant = cfg.get("unlearning", {}).get("loss_variant", "paper")
     return (f"Loss variant: {variant}. Quantizers: {quantizers_text(cfg)}. "
-            "Means over seeds; ROUGE-L F1 x100.")
+            "Means over seeds; ROUGE-L F1 x100. " + evaluation_text(cfg) + " " + INTERVALS_TEXT)
 
 
 WORLD_TEXT = ("KnowMem_world: the same few-shot QA on real-world facts that the pretrained base "
@@ -38,7 +81,7 @@ WORLD_TEXT = ("KnowMem_world: the same few-shot QA on real-world facts that the 
 def main_caption(cfg: dict, world: bool = False) -> str:
     return ("Unlearning under quantization, each method at its selected hp, with the target "
             "and retrain models. M1 VerbMem_f and M2 KnowMem_f (lower is better), M3 PrivLeak "
-            "(Min-K% AUC relative to the retrain model at the same quant, %, 0 is best), M4 "
+            f"(Min-K% AUC {privleak_text(cfg)}, %, 0 is best), M4 "
             "KnowMem_r (higher is better). " + (WORLD_TEXT if world else "")
             + rule_text(cfg.get("report", {}).get("selection", {})) + " " + _context(cfg))
 

@@ -291,8 +291,13 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" \
         else contextlib.nullcontext
 
-    forget_texts = list(pd.read_parquet(Path(data_dir) / "forget.parquet").text)
-    retain_texts = list(pd.read_parquet(Path(data_dir) / "retain.parquet").text)
+    from relapse.io import read_parquet, require_rows
+
+    forget_file, retain_file = Path(data_dir) / "forget.parquet", Path(data_dir) / "retain.parquet"
+    forget_texts = list(require_rows(read_parquet(forget_file), forget_file, "forget split").text)
+    retain_texts = list(read_parquet(retain_file).text)
+    if method.regularizer is not None:
+        require_rows(retain_texts, retain_file, f"retain split ({method_name} regularizes on it)")
     batch_size = int(unlearning_cfg.get("batch_size", 8))
     micro = int(unlearning_cfg.get("micro_batch_size") or batch_size)
     if batch_size % micro:
