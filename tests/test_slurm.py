@@ -162,6 +162,8 @@ def tiny_config(path: Path) -> Path:
     for metric in ("knowmem", "verbmem"):
         evaluation[metric] = {**evaluation.get(metric, {}), "max_new_tokens": 16, "max_items": 4}
     evaluation["bootstrap"] = {"samples": 20}
+    # one quant and no full-precision cell: PrivLeak against the retrain at the same quant
+    evaluation["privleak"] = {**evaluation.get("privleak", {}), "reference": "matched"}
     path.write_text(yaml.safe_dump(cfg))
     return path
 

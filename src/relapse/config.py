@@ -75,6 +75,20 @@ def _key_path(path) -> str:
     return out or "<root>"
 
 
+def _alternative(schema: dict) -> str:
+    """One alternative of a oneOf, in words: `'all'`, `an integer from 0 to 10`."""
+    if "const" in schema:
+        return repr(schema["const"])
+    kind = schema.get("type", "value")
+    kind = " or ".join(kind) if isinstance(kind, list) else kind
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if low is not None and high is not None:
+        return f"{kind} from {low} to {high}"
+    if low is not None:
+        return f"{kind} >= {low}"
+    return kind
+
+
 def _describe(error) -> str:
     """One line: where, what value, and what is allowed."""
     where = _key_path(error.absolute_path)
@@ -95,8 +109,12 @@ def _describe(error) -> str:
         if len(best.absolute_path) > len(error.absolute_path):
             return _describe(best)
         relevant = [e for e in error.context if e.validator != "type"] or error.context
-        if len(relevant) == 1:
+        if len(relevant) == 1 and relevant[0].validator != "const":
             return _describe(relevant[0])
+        if all(e.validator in ("type", "const") for e in error.context):
+            # e.g. shots: 'every' -- name the value and every form the key accepts
+            allowed = "; or ".join(_alternative(s) for s in schema.get("oneOf", []))
+            return f"{where}: {value!r} is not valid; allowed: {allowed}"
         return f"{where}: {value!r} is not valid: " + "; or ".join(
             sorted({e.message for e in relevant}))
     return f"{where}: {error.message}"
