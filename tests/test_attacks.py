@@ -208,6 +208,10 @@ def test_label_rule():
     assert label(80, 10, 60, float("nan")) == "undetermined"
     assert label(0, 0, 0, 0) == "undetermined"
     assert label(80, 10, 60, 15, {"min_recovery": 0.8}) == "irreversible"
+    # relearning teaches a never-trained model too: hidden knowledge must come back beyond that
+    assert label(80, 10, 60, 15, retrain=70) == "irreversible"
+    assert label(80, 10, 60, 15, retrain=50) == "reversible"
+    assert label(80, 10, 60, 15, {"beyond_retrain": False}, retrain=70) == "reversible"
 
 
 def test_durability_table_side_by_side():
