@@ -36,7 +36,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
              "--workflow-profile", str(ROOT / "workflow" / "profiles" / "default")]
 # The jobs run `relapse` from the venv, whatever PATH the test runner has.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-MODEL_STAGES = ("unlearn", "quantize", "evaluate")
+# Every stage's subcommand, in the order the tiny run meets them.
+STAGES = ("prepare-data", "train-tokenizer", "train-reference", "unlearn", "quantize",
+          "evaluate", "report")
 KEYS = ["bench", "method", "hp", "seed", "quant", "metric", "split", "stat"]
 CELLS = ("target/default", "retrain/default", "ga_gdr/alpha=1_epochs=1_lr=0.001_params=full")
 
@@ -83,7 +85,7 @@ def snakemake(workdir: Path, config: Path, *args: str, cores: int = 2, check: bo
 
     proc = run_watched([*SNAKEMAKE, "-d", str(workdir), "--cores", str(cores),
                         "--configfile", str(config), *args],
-                       stall_s=600, progress=progress, started=on_start, poll_s=0.5, env=ENV)
+                       stall_s=600, progress=progress, started=on_start, poll_s=0.2, env=ENV)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-3000:]}")
@@ -103,7 +105,7 @@ def job_processes(workdir: Path) -> list[tuple[int, str]]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         for i, arg in enumerate(argv[:3]):
-            if Path(arg).name == "relapse" and i + 1 < len(argv) and argv[i + 1] in MODEL_STAGES:
+            if Path(arg).name == "relapse" and i + 1 < len(argv) and argv[i + 1] in STAGES:
                 found.append((int(entry.name), argv[i + 1]))
     return found
 
@@ -151,33 +153,37 @@ def test_temp_models_are_deleted_after_evaluation(cold_run):
     assert list((cold_run / "results" / "tiny" / "ga_gdr").glob("*/s0/unlearned"))
 
 
-def test_a_killed_job_is_redone_and_the_results_equal_an_uninterrupted_run(cold_run, tmp_path):
-    """Cold, --cores 1: SIGKILL the first unlearn/quantize/evaluate job after it has run a
-    second; the run fails; unlock + rerun (rerun-incomplete) finishes it. Same values as the
-    uninterrupted --cores 2 run: two cold runs, two core counts, one of them resumed."""
+def test_a_killed_job_of_each_stage_is_redone_and_the_results_equal_an_uninterrupted_run(
+        cold_run, tmp_path):
+    """Cold, --cores 1: SIGKILL the first job of a stage (data, tokenizer, reference, unlearn,
+    quantize, evaluate, report) once it has run a moment; the run fails; unlock + rerun
+    (rerun-incomplete, as `make run`) goes on, and its first job of the next stage is killed in
+    turn. The last rerun finishes: the same values as the uninterrupted --cores 2 run (two cold
+    runs, two core counts, one of them resumed seven times)."""
     config = tiny_config(tmp_path / "tiny.yaml", temp_models=True)
-    killed, seen = [], {}
+    killed = []
+    for stage in STAGES:
+        seen = {}
 
-    def watch(proc, text):
-        if killed:
-            return
-        for pid, stage in job_processes(tmp_path):
-            if time.monotonic() - seen.setdefault(pid, time.monotonic()) > 1.0:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(stage)
+        def watch(proc, text, stage=stage, seen=seen):
+            if len(killed) and killed[-1] == stage:
                 return
+            for pid, name in job_processes(tmp_path):
+                if name == stage and time.monotonic() - seen.setdefault(pid, time.monotonic()) > 0.2:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(stage)
+                    return
 
-    first = snakemake(tmp_path, config, cores=1, check=False, watch=watch)
-    assert killed, "no unlearn/quantize/evaluate job was seen running"
-    assert first.returncode != 0
-    assert not (tmp_path / "results" / "tables" / "metrics.parquet").exists()
-    assert unlock_if_stale(tmp_path, echo=print)
+        run = snakemake(tmp_path, config, cores=1, check=False, watch=watch)
+        assert killed and killed[-1] == stage, f"no {stage} job was seen running"
+        assert run.returncode != 0
+        assert not (tmp_path / "results" / "tables" / "metrics.parquet").exists()
+        assert unlock_if_stale(tmp_path, echo=print)
     snakemake(tmp_path, config, cores=1)
     pd.testing.assert_frame_equal(table_values(tmp_path), table_values(cold_run),
                                   check_exact=True)
-    # the killed job's temporary output went when it was redone
+    # the killed jobs' temporary outputs went when they were redone
     assert not [p for p in (tmp_path / "results").rglob("*") if ".tmp-" in p.name]
-    print(f"killed a {killed[0]} job")
 
 
 def test_a_killed_snakemake_resumes_only_what_is_missing(cold_run, tmp_path):
