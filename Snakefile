@@ -41,4 +41,5 @@ rule all:
     input:
         rules.report.output,
         ATTACK_TARGETS,
+        LLMERASER_TABLES,
     default_target: True

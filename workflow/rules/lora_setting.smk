@@ -133,3 +133,38 @@ rule unlearn_one_shot:
         "--method {wildcards.method} --hp {wildcards.run} --seed {wildcards.seed} "
         "--base {input.base} --target {input.target} --gold {input.gold} "
         "--items {input.instances} --out {output} --threads {threads} > {log} 2>&1"
+
+
+# LLMEraser's agreement with the gold, collected over the run (relapse.report.llmeraser):
+# results/tables/llmeraser.{parquet,md}, only when the config runs llmeraser on a LoRA-setting bench.
+from relapse.report import llmeraser as llmeraser_report
+
+LLMERASER_INPUTS = llmeraser_report.plan(config, LORA_SETTING)
+LLMERASER_TABLES = list(llmeraser_report.OUTPUTS.values()) if LLMERASER_INPUTS else []
+
+
+# Defined in every config (the SLURM profile lists every rule), requested only by rule all when
+# LLMERASER_TABLES is non-empty.
+rule llmeraser_table:
+    input:
+        **LLMERASER_INPUTS,
+    output:
+        **llmeraser_report.OUTPUTS,
+    params:
+        settings_file=lambda w: settings_file("llmeraser_table", {"config": config}),
+        # BENCH=results/BENCH/lora_setting
+        lora_setting=" ".join(f"{p.split('/')[1]}={p}" for p in LLMERASER_INPUTS.get("lora_setting", [])),
+    log:
+        "logs/llmeraser_table/llmeraser_table.log",
+    benchmark:
+        "results/benchmarks/llmeraser_table/llmeraser_table.tsv"
+    threads: 1
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    shell:
+        "relapse llmeraser-table --settings @{params.settings_file:q} "
+        "--table {output.table} --markdown {output.markdown} "
+        "--unlearned {input.unlearned} --samples {input.samples} --items {params.lora_setting} "
+        "> {log} 2>&1"
