@@ -22,8 +22,8 @@ def data_dir(tmp_path_factory):
 
     splits, _ = build_splits({"people": 20, "seed": 0})
     folder = tmp_path_factory.mktemp("data")
-    for name in ("forget", "retain", "holdout"):
-        splits[name].to_parquet(folder / f"{name}.parquet", index=False)
+    for name, split in splits.items():     # every split: KnowMem reads the QA ones
+        split.to_parquet(folder / f"{name}.parquet", index=False)
     return folder
 
 
@@ -138,6 +138,40 @@ def test_relearning_on_forget_teaches_more_than_unrelated_data(tiny_lm, data_dir
     assert on_forget > 0 and on_forget > 2 * on_holdout
 
 
+def _knowmem_forget(folder, data_dir, tok):
+    """KnowMem_f (ROUGE-L F1 x100, the evaluate package's metric, greedy, 3 shots)."""
+    from relapse.evaluate.metrics.knowmem import knowmem
+    from relapse.evaluate.stage import EvalContext
+    from relapse.models.io import load_model
+
+    ctx = EvalContext(load_model(folder).eval(), tok, data_dir,
+                      {"knowmem": {"shots": 3, "max_new_tokens": 16}}, 16)
+    (forget,) = [r for r in knowmem(ctx) if r.metric == "knowmem" and r.split == "forget"]
+    return 100 * float(np.mean(forget.scores))
+
+
+def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, data_dir,
+                                                                         tmp_path):
+    """The issue's check on KnowMem_f itself: the tiny model that knows the QA format (qa_lm)
+    but not the forget people's facts, relearned k steps on the forget texts (their biographies
+    and QA blocks) vs on holdout biographies (the control)."""
+    from relapse.models.io import save_model
+
+    model, tok = qa_lm
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    tok.save_pretrained(str(folder))
+    save_model(model, folder)
+    out = tmp_path / "relearn"
+    run_attack("relearn", folder, out, data_dir,
+               {"steps": [0, 100], "data": ["forget", "holdout"], "params": "full",
+                "samples": 4, "batch_size": 4, "lr": 3e-3})
+    base = _knowmem_forget(out / "forget-k0", data_dir, tok)
+    on_forget = _knowmem_forget(out / "forget-k100", data_dir, tok) - base
+    on_holdout = _knowmem_forget(out / "holdout-k100", data_dir, tok) - base
+    assert on_forget >= 5 and on_forget > on_holdout + 5, (base, on_forget, on_holdout)
+
+
 def test_qlora_leaves_the_quantized_weights_bit_identical(rtn_cell, data_dir, tmp_path, tiny_lm):
     from relapse.quantize.runtime import load_quantized_model
 
@@ -170,6 +204,41 @@ def test_qlora_leaves_the_quantized_weights_bit_identical(rtn_cell, data_dir, tm
     assert not torch.allclose(_logits(cell, text, tok), _logits(rtn_cell, text, tok))
 
 
+def test_represent_of_an_attacked_qlora_folder(rtn_cell, data_dir, tmp_path):
+    """attacks.represent.attacked: the CLI the rule runs on a relearned QLoRA folder. Its rows
+    carry the attack's keys; at k = 0 (a zero adapter) it is the cell itself, so every
+    similarity with the cell is exact and the Fisher, taken over the base weights under the
+    adapter (never the LoRA factors), equals the cell's entry for entry."""
+    from relapse.cli import main
+
+    models = tmp_path / "relearn"
+    run_attack("relearn", rtn_cell, models, data_dir,
+               {"steps": [0, 3], "data": ["forget"], "params": "full", "samples": 4,
+                "batch_size": 2, "lr": 1e-2}, lora=LORA)
+    frames = {}
+    for variant in ("forget-k0", "forget-k3"):
+        out = tmp_path / variant / "repr.parquet"
+        s = json.dumps({"represent": {"samples": 8, "fisher_samples": 3, "components": 2},
+                        "device": "cpu"})
+        assert main(["represent", "--settings", s, "--bench", "b", "--method", "npo", "--hp",
+                     "params=full", "--seed", "0", "--quant", "rtn-w4", "--model",
+                     str(models / variant), "--target", str(rtn_cell), "--retrain",
+                     str(rtn_cell), "--data", str(data_dir), "--out", str(out)]) == 0
+        frames[variant] = pd.read_parquet(out)
+    k0, k3 = frames["forget-k0"], frames["forget-k3"]
+    for frame, steps in ((k0, 0), (k3, 3)):
+        assert set(frame.attack) == {"relearn"} and set(frame.attack_data) == {"forget"}
+        assert set(frame.attack_steps) == {steps} and set(frame.quant) == {"rtn-w4"}
+    vs = k0[k0.reference == "target"].pivot_table(index=["split", "layer"], columns="measure",
+                                                  values="value")
+    np.testing.assert_allclose(vs.cka, 1.0, atol=1e-9)
+    np.testing.assert_allclose(vs.pca_shift, 0.0, atol=1e-9)
+    assert vs.fisher_log_ratio.notna().sum() == 2            # forget texts, per layer
+    np.testing.assert_allclose(vs.fisher_log_ratio.dropna(), 0.0, atol=1e-9)
+    moved = k3[(k3.reference == "target") & (k3.measure == "fisher_log_ratio")].value
+    assert (moved.abs() > 1e-6).any()        # the trained adapter changes the gradients
+
+
 # --- the slice, the tables, the label -----------------------------------------------------------
 
 def test_attack_slice_follows_the_config(default_config):
@@ -190,6 +259,70 @@ def test_attack_slice_follows_the_config(default_config):
     cfg["attacks"]["quants"] = ["gptq-w4"]
     with pytest.raises(ValueError, match="attacks.quants: gptq-w4"):
         plan.check(cfg)
+
+
+def test_attack_slice_of_several_hp_points_and_represent_of_attacked_folders(default_config):
+    """`hps` as a list of points: the union of their matches (here the hp the report selects
+    on the default run and the strongest); `represent.attacked` adds one repr.parquet per
+    attacked folder of each unlearned model at each represented quant that is attacked."""
+    from relapse.attacks import plan
+
+    cfg = json.loads(json.dumps(default_config))
+    cfg["attacks"].update(hps=[{"params": "full", "lr": 1e-4, "epochs": 10},
+                               {"params": "full", "lr": 3e-4, "epochs": 20}],
+                          quants=["none-w16", "rtn-w4"])
+    unlearned = sorted(m[2] for m in plan.attacked_models(cfg) if m[1] != "retrain")
+    assert unlearned == ["alpha=5_beta=0.1_epochs=10_lr=0.0001_params=full",
+                         "alpha=5_beta=0.1_epochs=20_lr=0.0003_params=full"]
+    assert plan.in_slice("params=lora_lr=0.003_epochs=10", {})
+    assert not plan.in_slice("epochs=10_lr=0.0003_params=full", cfg["attacks"]["hps"])
+    assert not plan.in_slice("epochs=10_lr=0.0001_params=full", [])
+
+    cfg["attacks"]["represent"] = {"enabled": True, "quants": ["none-w16", "rtn-w8"]}
+    plain = plan.represent_files(cfg)
+    assert len(plain) == 2 * 2 and all(p.endswith("-w16/repr.parquet") or
+                                       p.endswith("-w8/repr.parquet") for p in plain)
+    cfg["attacks"]["represent"]["attacked"] = True
+    attacked = sorted(set(plan.represent_files(cfg)) - set(plain))
+    # 2 models x none-w16 (rtn-w8 is not attacked) x (forget-k20, holdout-k20, s0.5)
+    assert len(attacked) == 2 * 3
+    assert all("/none-w16/" in p and "/retrain/" not in p for p in attacked)
+    assert any(p.endswith("/none-w16/relearn/holdout-k20/repr.parquet") for p in attacked)
+    assert any(p.endswith("/none-w16/prune/s0.5/repr.parquet") for p in attacked)
+    plan.check(cfg)
+    cfg["attacks"]["represent"]["quants"] = ["rtn-w8"]
+    with pytest.raises(ValueError, match="represent.attacked: none of"):
+        plan.check(cfg)
+
+
+def test_dry_run_plans_represent_on_attacked_folders(tmp_path):
+    """The workflow plans `represent_attack` where the config asks, against the un-attacked
+    references at the same quant, and its commands parse with the CLI."""
+    import shlex
+
+    import yaml
+
+    from relapse.cli import build_parser
+    from test_workflow import ROOT, planned_jobs, snakemake
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["attacks"]["represent"] = {"quants": ["none-w16", "rtn-w4"], "attacked": True}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "-p", "--configfile", str(config))
+    counts = planned_jobs(proc)
+    # 2 unlearned models x 2 quants x (relearn forget-k20, holdout-k20, prune s0.5)
+    assert counts["represent_attack"] == 12 and counts["represent"] == 4
+    commands = [shlex.split(line.split("relapse ", 1)[1].split(" > ", 1)[0])
+                for line in proc.stdout.splitlines() if "relapse represent " in line]
+    attacked = [build_parser().parse_args(c) for c in commands
+                if "/models/" in c[c.index("--model") + 1]]
+    assert len(attacked) == 12
+    for args in attacked:
+        assert args.out == args.model.replace("/models/", "/") + "/repr.parquet"
+        assert args.target.endswith(f"/target/default/s0/{args.quant}/model")
+        assert args.retrain.endswith(f"/retrain/default/s0/{args.quant}/model")
+        assert f"/{args.quant}/" in args.model
 
 
 def _row(method, quant, value, attack="none", data=None, steps=None, sparsity=None, hp="h"):

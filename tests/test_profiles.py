@@ -22,7 +22,7 @@ GPU_PARTITION = "gpu"
 # device); every other rule runs a model and asks for a GPU when the config's device is cuda.
 CPU_ONLY = {"prepare_data", "prepare_data_pretrained", "prepare_corpus", "fetch_pretrained",
             "prepare_lora_setting", "train_tokenizer", "load_gguf", "select_epoch", "report",
-            "attack_tables", "durability"}
+            "attack_tables", "durability", "llmeraser_table"}
 
 
 def workflow_rules() -> set[str]:
@@ -59,9 +59,11 @@ def every_rule_configs(tmp_path: Path) -> list[Path]:
         return yaml.safe_load((ROOT / "config" / name).read_text())
 
     default = load("config.yaml")
-    # the attack slice's hp point (config `attacks.hps`), so that attacks are planned too
+    # one of the attack slice's hp points (config `attacks.hps`), so that attacks are planned
+    # too, and represent on the attacked folders (represent_attack)
     default["methods"] = {"npo_gdr": {"params": "full", "lr": 3e-4, "epochs": 20, "alpha": 5,
                                       "beta": 0.1}}
+    default["attacks"]["represent"]["attacked"] = True
     default["quantization"]["schemes"] = [{"scheme": "none", "bits": [16]},
                                           {"scheme": "rtn", "bits": [4], "group_size": 64}]
     default["benchmarks"]["smollm2"] = load("smollm2.yaml")["benchmarks"]["smollm2"]

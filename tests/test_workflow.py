@@ -57,10 +57,11 @@ def test_dry_run_of_the_default_plans_the_grid(tmp_path):
         "select_epoch": 10,               # 2 arms x 5 unlearned models
         "quantize": 42, "evaluate": 42,   # 2 arms x (5 + target + retrain) x 3 quants
         "diagnose": 10,                   # one per unlearned model, over rtn-w8 and rtn-w4
-        # attacks: synthbio's retrain + 1 unlearned model x (none-w16, rtn-w4) x (relearn,
-        # prune); relearn forget-k20 and holdout-k20, prune s0.5 evaluated; represent: 1
-        "attack": 8, "evaluate_attack": 12, "represent": 1, "attack_tables": 1, "durability": 1,
-        "report": 1, "all": 1, "total": 142}
+        # attacks: synthbio's retrain + 2 unlearned models (the selected hp and the strongest)
+        # x (none-w16, rtn-w4) x (relearn, prune); relearn forget-k20 and holdout-k20, prune
+        # s0.5 evaluated; represent: one per unlearned model at none-w16
+        "attack": 12, "evaluate_attack": 18, "represent": 2, "attack_tables": 1, "durability": 1,
+        "report": 1, "all": 1, "total": 153}
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

@@ -2,7 +2,8 @@
 # {bench}/{method}/{hp}/s{seed}/{quant} into one model folder per variant
 # ({quant}/{attack}/models/{variant}), scored by `evaluate_attack` exactly as `evaluate` scores a
 # cell; the rows carry attack, attack_data, attack_steps, sparsity. `represent` compares an
-# unlearned cell's hidden states and Fisher with the target's and the retrain's, per layer.
+# unlearned cell's hidden states and Fisher with the target's and the retrain's, per layer;
+# `represent_attack` does the same for its attacked model folders (attacks.represent.attacked).
 # Which cells: config `attacks:` (relapse.attacks.plan); no quant listed, no rule here runs.
 
 from relapse.attacks import plan as attack_plan
@@ -45,6 +46,12 @@ def _reference_cell(w, which):
     references quantized the same way."""
     seed = grid.reference_seed(config, w.bench)
     return f"results/{w.bench}/{which}/default/s{seed}/{w.quant}/model"
+
+
+def _represent_settings():
+    """The measures' settings (not which cells run them: a change there reruns nothing)."""
+    return {k: v for k, v in config["attacks"]["represent"].items()
+            if k not in ("enabled", "quants", "attacked")}
 
 
 def attack_retrain_metrics(reference):
@@ -158,8 +165,7 @@ rule represent:
         figure=multiext("results/{bench}/{method}/{hp}/s{seed}/{quant}/repr_layers", ".png", ".svg"),
     params:
         settings=lambda w: model_settings(
-            represent={k: v for k, v in config["attacks"]["represent"].items()
-                       if k not in ("enabled", "quants")},
+            represent=_represent_settings(),
             dtype=config["evaluation"]["dtype"],
         ),
         figure=lambda w: f"{_cell(w)}/repr_layers",
@@ -178,6 +184,42 @@ rule represent:
         "--quant {wildcards.quant} --model {input.model} --target {input.target} "
         "--retrain {input.retrain} --data {input.data} --out {output.table} "
         "--figure {params.figure} --threads {threads} > {log} 2>&1"
+
+
+# With attacks.represent.attacked: an attacked model folder (relearned at k, pruned at s) against
+# the un-attacked target and retrain at the same quant; its rows carry the attack's key columns.
+rule represent_attack:
+    input:
+        models="results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/models",
+        target=lambda w: _reference_cell(w, "target"),
+        retrain=lambda w: _reference_cell(w, "retrain"),
+        data="results/{bench}/data",
+    output:
+        table="results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/{variant}/repr.parquet",
+        figure=multiext(
+            "results/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/{variant}/repr_layers",
+            ".png", ".svg",
+        ),
+    params:
+        settings=lambda w: model_settings(
+            represent=_represent_settings(), dtype=config["evaluation"]["dtype"]
+        ),
+        figure=lambda w: f"{_cell(w)}/{w.attack}/{w.variant}/repr_layers",
+    log:
+        "logs/represent_attack/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/{variant}.log",
+    benchmark:
+        "results/benchmarks/represent_attack/{bench}/{method}/{hp}/s{seed}/{quant}/{attack}/{variant}.tsv"
+    threads: stage_threads("diagnose")
+    resources:
+        **stage_resources("diagnose"),
+    conda:
+        ENV
+    shell:
+        "relapse represent --settings {params.settings:q} --bench {wildcards.bench} "
+        "--method {wildcards.method} --hp {wildcards.hp} --seed {wildcards.seed} "
+        "--quant {wildcards.quant} --model {input.models}/{wildcards.variant} "
+        "--target {input.target} --retrain {input.retrain} --data {input.data} "
+        "--out {output.table} --figure {params.figure} --threads {threads} > {log} 2>&1"
 
 
 rule durability:

@@ -3,7 +3,11 @@ as the Snakefile imports it to build its target lists.
 
 The slice is set by `attacks:` in the config: the quant ids attacked (`quants`; none: no attack
 runs), on the `benchmarks` listed (none: all), the `baselines` listed (target, retrain), and the
-unlearned models whose hp matches `hps` (key -> value or list of values; {} matches every hp).
+unlearned models whose hp matches `hps` (key -> value or list of values; {} matches every hp),
+or any one of a list of such points (the DAG is static: the report's hp selection is not known
+when it is planned, so a config lists the hp it expects to be selected beside the others).
+With `represent.attacked`, the representation diagnostics also run on every attacked model
+folder of an unlearned model at each represented quant that is attacked.
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ def _matches(hp: str, wanted: dict[str, Any]) -> bool:
     return True
 
 
+def in_slice(hp: str, hps: dict[str, Any] | list[dict[str, Any]]) -> bool:
+    """Whether an hp id is in the slice: it matches `hps`, or one point of a list of them."""
+    points = hps if isinstance(hps, list) else [hps]
+    return any(_matches(hp, point) for point in points)
+
+
 def attacked_models(cfg: dict) -> list[tuple[str, str, str, int]]:
     """(bench, method, hp, seed) of every model the attacks cover."""
     acfg = cfg.get("attacks", {})
@@ -66,7 +76,7 @@ def attacked_models(cfg: dict) -> list[tuple[str, str, str, int]]:
         out += [(bench, b, "default", seed) for b in grid.BASELINES
                 if b in acfg.get("baselines", grid.BASELINES)]
     out += [m for m in grid.unlearned_models(cfg)
-            if m[0] in benches and _matches(m[2], acfg.get("hps", {}))]
+            if m[0] in benches and in_slice(m[2], acfg.get("hps", {}))]
     return out
 
 
@@ -76,7 +86,8 @@ def enabled_attacks(cfg: dict) -> list[str]:
 
 
 def check(cfg: dict) -> None:
-    """Every attacked / represented quant id and benchmark is one of the config's."""
+    """Every attacked / represented quant id and benchmark is one of the config's, and
+    `represent.attacked` has an attacked quant to run on."""
     quants = grid.quant_settings(cfg)
     acfg = cfg.get("attacks", {})
     unknown = [b for b in acfg.get("benchmarks", []) if b not in cfg["benchmarks"]]
@@ -89,6 +100,12 @@ def check(cfg: dict) -> None:
         if unknown:
             raise ValueError(f"{where}: {', '.join(unknown)} is not a quant of this config; "
                              f"configured: {', '.join(quants)}")
+    rcfg = acfg.get("represent", {})
+    if rcfg.get("attacked", False) and rcfg.get("quants") and \
+            not set(rcfg["quants"]) & set(acfg.get("quants", [])):
+        raise ValueError("attacks.represent.attacked: none of attacks.represent.quants "
+                         f"({', '.join(rcfg['quants'])}) is attacked (attacks.quants: "
+                         f"{', '.join(acfg.get('quants', [])) or 'none'})")
 
 
 def attack_cells(cfg: dict) -> list[AttackCell]:
@@ -105,13 +122,20 @@ def attack_cells(cfg: dict) -> list[AttackCell]:
 
 
 def represent_files(cfg: dict) -> list[str]:
-    """repr.parquet of every unlearned model of the slice at each `represent.quants`."""
+    """repr.parquet of every unlearned model of the slice at each `represent.quants`, and with
+    `represent.attacked` of each of its attacked model folders at those quants (attacked ones):
+    {quant}/{attack}/{variant}/repr.parquet, compared with the un-attacked references."""
     rcfg = cfg.get("attacks", {}).get("represent", {})
     if not rcfg.get("enabled", False):
         return []
+    quants = rcfg.get("quants", [])
     models = [m for m in attacked_models(cfg) if m[1] not in grid.BASELINES]
-    return [f"results/{b}/{m}/{hp}/s{seed}/{q}/repr.parquet"
-            for b, m, hp, seed in models for q in rcfg.get("quants", [])]
+    out = [f"results/{b}/{m}/{hp}/s{seed}/{q}/repr.parquet"
+           for b, m, hp, seed in models for q in quants]
+    if rcfg.get("attacked", False):
+        out += [f"{c.root}/{c.attack}/{c.variant}/repr.parquet" for c in attack_cells(cfg)
+                if c.method not in grid.BASELINES and c.quant in quants]
+    return out
 
 
 def baseline_cells(cfg: dict) -> Iterable[grid.Cell]:

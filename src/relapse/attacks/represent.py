@@ -17,7 +17,11 @@ same texts (forget and retain):
   text i's NLL alone (per-sample gradients, not the squared batch gradient), averaged over the
   parameters of each decoder layer; layers are matched by their exact index
   (`layers.1.` is layer 1, never 10–19, the released toolkit's substring bug). `fisher_log_ratio`
-  is log(F_model / F_ref) per layer.
+  is log(F_model / F_ref) per layer. Under a LoRA adapter (a relearned QLoRA cell) the Fisher
+  is taken over the base weights, so the entries compared are the reference's.
+
+An attacked model folder (attacks.represent.attacked) is compared like a cell, with the
+un-attacked target and retrain at its quant; its rows carry the attack's key columns.
 
 The seed toolkit's other bugs are fixed here too: CKA there used position 0 alone, and its means
 included padding.
@@ -147,7 +151,11 @@ def empirical_fisher(model, tokenizer, texts: Sequence[str],
     from relapse.unlearn.trainer import decoder_layers
 
     n_layers = len(decoder_layers(model))
-    params = {n: p for n, p in model.named_parameters() if layer_index(n) is not None}
+    # The decoder layers' own weights (under a LoRA adapter, its base weights: the gradient of the
+    # effective weight W + BA), so that a model with an adapter is matched entry for entry with
+    # a reference without one.
+    params = {n: p for n, p in model.named_parameters()
+              if layer_index(n) is not None and "lora_" not in n}
     flags = {n: p.requires_grad for n, p in params.items()}
     device = next(model.parameters()).device
     squares = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
