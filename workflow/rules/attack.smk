@@ -37,37 +37,6 @@ wildcard_constraints:
     variant=r"[A-Za-z0-9.+\-]+",
 
 
-def _cell(w):
-    return f"results/{w.bench}/{w.method}/{w.hp}/s{w.seed}/{w.quant}"
-
-
-def _reference_cell(w, which):
-    """The target's or retrain's cell at this quant: a quantized cell is compared with the
-    references quantized the same way."""
-    seed = grid.reference_seed(config, w.bench)
-    return f"results/{w.bench}/{which}/default/s{seed}/{w.quant}/model"
-
-
-def _represent_settings():
-    """The measures' settings (not which cells run them: a change there reruns nothing)."""
-    return {k: v for k, v in config["attacks"]["represent"].items()
-            if k not in ("enabled", "quants", "attacked")}
-
-
-def attack_retrain_metrics(reference):
-    """PrivLeak's retrain reference of an attacked cell: the un-attacked retrain cell (an
-    attacked retrain model is not its own reference)."""
-
-    def inputs(w):
-        if reference not in PRIVLEAK_REFERENCES:
-            return []
-        quant = w.quant if reference == "matched" else FULL_QUANT
-        seed = grid.reference_seed(config, w.bench)
-        return f"results/{w.bench}/retrain/default/s{seed}/{quant}/metrics.parquet"
-
-    return inputs
-
-
 rule attack:
     input:
         model="results/{bench}/{method}/{hp}/s{seed}/{quant}/model",

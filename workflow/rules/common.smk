@@ -210,3 +210,73 @@ def privleak_reference_input(reference):
         return f"results/{w.bench}/retrain/default/s{seed}/{quant}/metrics.parquet"
 
     return inputs
+
+
+# Attack rules (attack.smk): the cells they read.
+def _cell(w):
+    return f"results/{w.bench}/{w.method}/{w.hp}/s{w.seed}/{w.quant}"
+
+
+def _reference_cell(w, which):
+    """The target's or retrain's cell at this quant: a quantized cell is compared with the
+    references quantized the same way."""
+    seed = grid.reference_seed(config, w.bench)
+    return f"results/{w.bench}/{which}/default/s{seed}/{w.quant}/model"
+
+
+def _represent_settings():
+    """The measures' settings (not which cells run them: a change there reruns nothing)."""
+    return {k: v for k, v in config["attacks"]["represent"].items()
+            if k not in ("enabled", "quants", "attacked")}
+
+
+def attack_retrain_metrics(reference):
+    """PrivLeak's retrain reference of an attacked cell: the un-attacked retrain cell (an
+    attacked retrain model is not its own reference)."""
+
+    def inputs(w):
+        if reference not in PRIVLEAK_REFERENCES:
+            return []
+        quant = w.quant if reference == "matched" else FULL_QUANT
+        seed = grid.reference_seed(config, w.bench)
+        return f"results/{w.bench}/retrain/default/s{seed}/{quant}/metrics.parquet"
+
+    return inputs
+
+
+def settings_file(stage, settings):
+    """`settings` as a JSON file named by its content (so a job never reads another config's
+    settings), written atomically under .snakemake/relapse/; its path for `--settings @PATH`."""
+    import hashlib
+
+    from relapse.io import atomic_file
+
+    text = as_json(settings)
+    path = f".snakemake/relapse/{stage}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not os.path.exists(path):
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    return path
+
+
+# LLMEraser's LoRA setting (lora_setting.smk).
+def one_shot_inputs(w):
+    """A one-shot method needs the LoRA setting: the base its adapter sits on, the target's
+    adapter, the instance table, and the gold (for the agreement table only)."""
+    if w.bench not in LORA_SETTING:
+        raise WorkflowError(
+            f"methods.{w.method}: benchmark {w.bench!r} has no lora_setting; {w.method} updates "
+            "a LoRA-setting target (set benchmarks.NAME.lora_setting, or drop the method)"
+        )
+    if config["quantization"]["lora_merge"] == "adapter":
+        raise WorkflowError(
+            f"methods.{w.method}: quantization.lora_merge 'adapter' would put its adapter on the "
+            "quantized target, but it sits on the LoRA-setting base; use lora_merge: merged"
+        )
+    root = f"results/{w.bench}"
+    return {
+        "base": f"{root}/reference/base",
+        "target": f"{root}/reference/target",
+        "gold": f"{root}/reference/retrain",
+        "instances": f"{root}/lora_setting",
+    }

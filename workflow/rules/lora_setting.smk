@@ -87,28 +87,6 @@ rule train_lora_reference:
         "--out {output} --threads {threads} > {log} 2>&1"
 
 
-def one_shot_inputs(w):
-    """A one-shot method needs the LoRA setting: the base its adapter sits on, the target's
-    adapter, the instance table, and the gold (for the agreement table only)."""
-    if w.bench not in LORA_SETTING:
-        raise WorkflowError(
-            f"methods.{w.method}: benchmark {w.bench!r} has no lora_setting; {w.method} updates "
-            "a LoRA-setting target (set benchmarks.NAME.lora_setting, or drop the method)"
-        )
-    if config["quantization"]["lora_merge"] == "adapter":
-        raise WorkflowError(
-            f"methods.{w.method}: quantization.lora_merge 'adapter' would put its adapter on the "
-            "quantized target, but it sits on the LoRA-setting base; use lora_merge: merged"
-        )
-    root = f"results/{w.bench}"
-    return {
-        "base": f"{root}/reference/base",
-        "target": f"{root}/reference/target",
-        "gold": f"{root}/reference/retrain",
-        "instances": f"{root}/lora_setting",
-    }
-
-
 rule unlearn_one_shot:
     input:
         unpack(one_shot_inputs),

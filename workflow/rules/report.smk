@@ -14,19 +14,7 @@ REPORT_DIAGNOSTICS = grid.diagnostics_files(config)
 REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, when relearning runs
 
 
-def settings_file(stage, settings):
-    """`settings` as a JSON file named by its content (so a job never reads another config's
-    settings), written atomically under .snakemake/relapse/; its path for `--settings @PATH`."""
-    import hashlib
 
-    from relapse.io import atomic_file
-
-    text = as_json(settings)
-    path = f".snakemake/relapse/{stage}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-    if not os.path.exists(path):
-        with atomic_file(path) as tmp:
-            tmp.write_text(text)
-    return path
 
 
 rule report:
