@@ -216,12 +216,24 @@ def cmd_durability(args) -> None:
                      _settings(args).get("label", {}))
 
 
+def cmd_llmeraser_table(args) -> None:
+    from relapse.report.llmeraser import write_llmeraser_tables
+
+    items = dict(pair.split("=", 1) for pair in args.items)
+    write_llmeraser_tables(args.unlearned, args.samples, items, args.table, args.markdown,
+                           _settings(args).get("config", {}))
+
+
 def cmd_represent(args) -> None:
     from relapse.attacks.represent import layer_figure, represent
 
     s = _settings(args)
     keys = {"bench": args.bench, "method": args.method, "hp": args.hp, "seed": args.seed,
             "quant": args.quant}
+    from relapse.models.io import read_manifest
+
+    # An attacked model folder carries its attack's key columns (as in cmd_evaluate).
+    keys.update(read_manifest(args.model, "attack_manifest.json").get("keys", {}))
     frame = represent(args.model, {"target": args.target, "retrain": args.retrain}, args.data,
                       keys, s.get("represent", {}), args.out, device=_device(s),
                       threads=args.threads, dtype=s.get("dtype", "float32"))
@@ -324,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same models' un-attacked cells' metrics.parquet (step 0)")
     p = stage("durability", cmd_durability, "attacks", "metrics", "out", "labels")
     p.add_argument("--selection", default=None, help="the report's selection.csv")
+    p = stage("llmeraser-table", cmd_llmeraser_table, "table", "markdown")
+    p.add_argument("--unlearned", nargs="+", required=True, help="llmeraser unlearned/ folders")
+    p.add_argument("--samples", nargs="+", required=True,
+                   help="samples.parquet of their cells and of the target and gold cells")
+    p.add_argument("--items", nargs="+", required=True, help="BENCH=its lora_setting/ folder")
     p = stage("report", cmd_report, "table", "tables", "figures")
     p.add_argument("--diagnostics", nargs="*", default=[],
                    help="per-cell survival diagnostics.parquet files (plotted when given)")
@@ -356,7 +373,7 @@ RESOURCE_STAGE = {
     "unlearn": "unlearn", "unlearn-one-shot": "unlearn", "select-epoch": "unlearn",
     "attack": "unlearn", "quantize": "quantize", "evaluate": "evaluate",
     "diagnose": "diagnose", "represent": "diagnose", "report": "report",
-    "attack-tables": "report", "durability": "report"}
+    "attack-tables": "report", "durability": "report", "llmeraser-table": "report"}
 OUT_OF_MEMORY = 3
 NO_KERNEL = 4
 # What torch and the kernel libraries say when an operation has no kernel for this device.

@@ -150,6 +150,7 @@ def validate(cfg: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     _check_benchmarks(cfg)
     _check_registries(cfg)
     _check_tofu_metric(cfg)
+    _check_kernels(cfg)
     _check_report(cfg)
     unl = cfg["unlearning"]
     if unl.get("micro_batch_size") and unl["batch_size"] % unl["micro_batch_size"]:
@@ -308,6 +309,26 @@ def _check_registries(cfg: dict) -> None:
         if metric not in metric_names():
             raise ConfigError(f"evaluation.metrics: {metric!r} is unknown; "
                               f"allowed: {', '.join(metric_names())}")
+
+
+def _check_kernels(cfg: dict) -> None:
+    """`evaluation.kernels: native` needs every scheme's native kernel on the jobs' device."""
+    if cfg["evaluation"].get("kernels", "dequantized") != "native":
+        return
+    from relapse.quantize.native import native_kernel_problem
+
+    device = cfg.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if gpu_count(cfg) else "cpu"
+    lora = "lora" in cfg["unlearning"].get("params", ["lora"])
+    merge = cfg["quantization"].get("lora_merge", "merged") if lora else "merged"
+    for i, entry in enumerate(cfg["quantization"]["schemes"]):
+        problem = native_kernel_problem(entry["scheme"], device, merge)
+        if problem:
+            raise ConfigError(
+                f"evaluation.kernels: native, but quantization.schemes[{i}] "
+                f"({entry['scheme']}) cannot run natively on {device}: {problem}; allowed: "
+                "kernels: dequantized, or remove that scheme")
 
 
 def _check_report(cfg: dict) -> None:

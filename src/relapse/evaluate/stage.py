@@ -52,6 +52,7 @@ class EvalContext:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+KERNELS = ("dequantized", "native")   # relapse.quantize.native; a row records which
 
 
 def read_retrain_metrics(path: str | Path, keys: dict[str, Any],
@@ -90,7 +91,8 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
                    retrain_metrics: str | Path | None = None,
                    full_retrain_metrics: str | Path | None = None) -> pd.DataFrame:
     """Run every metric of `eval_cfg` on one model folder, loaded in `eval_cfg["dtype"]`
-    (float32 unless set, on every device: DESIGN §7). PrivLeak takes AUC_retrain from
+    (float32 unless set, on every device: DESIGN §7) with `eval_cfg["kernels"]`: the
+    dequantized weights (default) or the scheme's native kernels. PrivLeak takes AUC_retrain from
     `retrain_metrics` (the retrain model's metrics.parquet at the same bench and quant: the
     `matched` reference) or `full_retrain_metrics` (the full-precision retrain's: `full`); a
     model that is its own reference needs no table."""
@@ -107,6 +109,14 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
     if dtype not in DTYPES:
         raise ValueError(f"evaluation.dtype: {dtype!r} is not allowed; allowed: "
                          f"{', '.join(DTYPES)}")
+    kernels = eval_cfg.get("kernels", "dequantized")
+    if kernels not in KERNELS:
+        raise ValueError(f"evaluation.kernels: {kernels!r} is not allowed; allowed: "
+                         f"{', '.join(KERNELS)}")
+    if keys.get("attack"):
+        # An attacked cell's folder holds the attack's own weights (relearned, pruned), not a
+        # packed checkpoint; it is evaluated as saved, and its rows say so.
+        kernels = "dequantized"
     # A wrong retrain table fails here, before the model is loaded.
     given = {"matched": retrain_metrics, "full": full_retrain_metrics}
     references = {name: read_retrain_metrics(path, keys, name)
@@ -115,7 +125,11 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
     model_dir = Path(model_dir)
     from relapse.quantize.runtime import load_quantized_model
 
-    model = load_quantized_model(model_dir, device=device, dtype=dtype)
+    model = load_quantized_model(model_dir, device=device, dtype=dtype,
+                                 native=kernels == "native")
+    if kernels == "native":
+        # a native kernel may compute in its own dtype (GPTQModel's: fp16 or bf16 only)
+        dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
     tokenizer = load_tokenizer(model_dir)
     quant = read_manifest(model_dir, "quant_manifest.json")
     ctx = EvalContext(model, tokenizer, Path(data_dir), eval_cfg, eval_cfg.get("batch_size", 32),
@@ -130,6 +144,7 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
             rows.append({**keys, "metric": result.metric, "split": result.split,
                          "stat": result.stat, "value": mean * s, "ci_low": low * s,
                          "ci_high": high * s, "n": len(result.scores), "dtype": dtype,
+                         "kernels": kernels,
                          **result.columns, "seconds": time.time() - start})
             samples += [{**keys, "metric": result.metric, "split": result.split, **item}
                         for item in result.samples]

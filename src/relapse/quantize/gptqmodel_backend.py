@@ -165,3 +165,21 @@ def _awq_weight(state: dict, prefix: str, bits: int, group_size: int):
     weight = dequantize_gemm(state[f"{prefix}.qweight"], state[f"{prefix}.qzeros"],
                              state[f"{prefix}.scales"], bits, group_size)
     return weight.T.float()
+
+
+def load_native_model(method: str, native: Path, device: str, dtype):
+    """The packed checkpoint as a user would serve it (`evaluation.kernels: native`): the
+    transformers model inside GPTQModel's wrapper, its Linear layers GPTQModel's quantized
+    modules with the kernel of `_backends()` (torch kernels, which run on CPU and CUDA). Those
+    kernels compute in fp16 or bf16 only (GPTQ_TORCH refuses float32; AWQ_TORCH casts to
+    fp16), so a float32 request runs in fp16, as such checkpoints are served."""
+    import torch
+
+    _import_gptqmodel(1)
+    from gptqmodel import GPTQModel
+
+    if dtype not in (torch.float16, torch.bfloat16):
+        dtype = torch.float16
+
+    loaded = GPTQModel.load(str(native), backend=_backends()[method], device=device, dtype=dtype)
+    return loaded.model.eval()

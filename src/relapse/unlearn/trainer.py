@@ -244,17 +244,42 @@ def accumulate_step(method, ctx, hp, forget_parts, retain_parts=None, guard=None
     return totals
 
 
+def base_dtype(target_dir: str | Path, device: str) -> str:
+    """The dtype the target's weights are loaded in for unlearning. A pretrained reference
+    (`reference.kind: pretrained`, its manifest written by fetch_reference) trains in
+    `training_dtype`: bf16 on CUDA, fp32 on the CPU, unless `reference.dtype` sets one; the
+    trainable tensors are fp32 whatever the base (make_trainable). Other references: fp32."""
+    from relapse.models.io import read_manifest
+    from relapse.models.pretrained import training_dtype
+
+    manifest = read_manifest(target_dir, "reference_manifest.json")
+    if manifest.get("kind") != "pretrained":
+        return "float32"
+    return training_dtype(manifest.get("config") or {}, device)
+
+
 def _checkpoint(model, is_lora: bool, folder: Path, target_dir, final: bool) -> None:
     """Save a plain model folder; LoRA runs keep the adapter and write merged weights beside it,
-    so no later job pays peft's import (7 s a process, DESIGN §10b) just to merge."""
+    so no later job pays peft's import (7 s a process, DESIGN §10b) just to merge. A bf16 base
+    is upcast first: the merged (or saved) weights are bf16 base + fp32 update in fp32, so no
+    update is rounded to bf16's spacing on the way out."""
     import copy
+
+    import torch
 
     from relapse.models.io import save_model
 
+    upcast = any(p.dtype != torch.float32 for p in model.parameters())
     if is_lora:
         model.save_pretrained(str(folder / "adapter"), safe_serialization=True)
-        # Merging in place would end training; a copy keeps intermediate checkpoints exact.
-        model = (model if final else copy.deepcopy(model)).merge_and_unload()
+    if is_lora or upcast:
+        # Merging or upcasting in place would change training; a copy keeps intermediate
+        # checkpoints exact.
+        model = model if final else copy.deepcopy(model)
+    if upcast:
+        model = model.float()
+    if is_lora:
+        model = model.merge_and_unload()
     save_model(model, folder, target_dir)
 
 
@@ -287,9 +312,11 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     seed_everything(seed, threads)
     loss_variant = unlearning_cfg.get("loss_variant", "paper")
     tokenizer = load_tokenizer(target_dir)
-    model = load_model(target_dir, device=device, dtype="float32")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" \
-        else contextlib.nullcontext
+    dtype = base_dtype(target_dir, device)
+    model = load_model(target_dir, device=device, dtype=dtype)
+    # bf16 matmuls on CUDA; on the CPU only under a bf16 base (fp32 trainables meet bf16 inputs)
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) \
+        if device == "cuda" or dtype == "bfloat16" else contextlib.nullcontext
 
     from relapse.io import read_parquet, require_rows
 
@@ -344,6 +371,8 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             extra["sure"] = saliency_mask(model, method, ctx, batches, hp)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    dtypes = {"dtype": dtype, "trainable_dtype": ", ".join(sorted(
+        {str(p.dtype).removeprefix("torch.") for p in trainable}))}
     opt = torch.optim.AdamW(trainable, lr=float(hp["lr"]), weight_decay=0.0)
     steps_per_epoch = math.ceil(len(forget_texts) / batch_size)
     scheduler = lr_schedule(opt, unlearning_cfg.get("schedule", "constant"),
@@ -385,7 +414,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
                 model.train()
                 write_json(folder / "unlearn_manifest.json", {
                     "method": method_name, "hp": {**hp, "epochs": epoch}, "params": hp["params"],
-                    "seed": seed, "loss_variant": loss_variant, "steps": step,
+                    "seed": seed, "loss_variant": loss_variant, "steps": step, **dtypes,
                     "seconds": time.time() - start, **extra, **meta})
         write_parquet(run_dir / "train_log.parquet", pd.DataFrame(log), meta)
 
