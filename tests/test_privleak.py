@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from relapse.evaluate import mia
-from relapse.evaluate.stats import bootstrap_statistic
+from relapse.stats import bootstrap_statistic
 
 TEXTS = ["Alden Ashdown was born in Veloria in 1934.", "Brisa",
          "Question: Where was Alden Ashdown born?\nAnswer: Veloria\n\n",

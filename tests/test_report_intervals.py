@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from relapse.evaluate.stats import bootstrap_ci
+from relapse.stats import bootstrap_ci
 from relapse.report.measures import wide
 
 BOOT = {"samples": 400, "seed": 3}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from relapse.evaluate.stats import (bootstrap_ci, bootstrap_seeds_items, bootstrap_statistic,
+from relapse.stats import (bootstrap_ci, bootstrap_seeds_items, bootstrap_statistic,
                                     t_interval)
 
 

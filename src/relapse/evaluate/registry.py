@@ -34,7 +34,7 @@ class MetricResult:
 
     def estimate(self, samples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
         """(value, ci_low, ci_high), before `scale`."""
-        from relapse.evaluate.stats import bootstrap_ci, bootstrap_statistic
+        from relapse.stats import bootstrap_ci, bootstrap_statistic
 
         if self.statistic is None:
             return bootstrap_ci(self.scores, samples, seed)

@@ -19,7 +19,7 @@ import math
 
 import pandas as pd
 
-from relapse.evaluate.stats import bootstrap_seeds_items, t_interval
+from relapse.stats import bootstrap_seeds_items, t_interval
 
 KEYS = ["bench", "method", "hp", "quant"]
 # Where each measure's per-item scores are in samples.parquet: (rows of metric, column, scale).
