@@ -64,3 +64,13 @@ def qa_lm(tiny_lm):
         loss.backward()
         opt.step()
     return model.eval(), tok
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The synthetic corpus (20 people, seed 0) prepared once: read-only for every test."""
+    from relapse.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    prepare("t", {"kind": "synthetic", "people": 20, "seed": 0}, out)
+    return out

@@ -200,15 +200,6 @@ CFG = {"metrics": ["privleak", "utility"], "bootstrap": {"samples": 100},
        "scoring": {"batch_size": 4}, "privleak": {"k": 40, "mink": [10, 40], "minkpp": [40]}}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from relapse.data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("privleak") / "data"
-    prepare("t", {"kind": "synthetic", "people": 20, "seed": 0}, out)
-    return out
-
-
 def _row(frame, metric):
     rows = frame[frame.metric == metric]
     assert len(rows) == 1, rows

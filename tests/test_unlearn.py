@@ -3,20 +3,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from relapse.data.prepare import prepare
 from relapse.unlearn import registry
 from relapse.unlearn.guard import NonFiniteLoss
 from relapse.unlearn.trainer import unlearn
 
 CFG = {"batch_size": 4, "grad_clip": 1.0, "loss_variant": "paper",
        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": "all-linear"}}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "data"
-    prepare("t", {"kind": "synthetic", "people": 20, "seed": 0}, out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import relapse.unlearn.trainer as trainer
-from relapse.data.prepare import prepare
 
 CFG = {"batch_size": 4, "grad_clip": 1.0, "loss_variant": "paper",
        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": "all-linear"}}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "data"
-    prepare("t", {"kind": "synthetic", "people": 20, "seed": 0}, out)
-    return out
 
 
 def _reference(tmp_path, tiny_lm, kind="pretrained", ref_cfg=None):

@@ -57,6 +57,15 @@ def _running_away(rel: float) -> bool:
     return not math.isfinite(rel) or rel > DIVERGED
 
 
+def _verdict(rel: float, tol: float, k: int, iterations: int) -> str | None:
+    """Why an iterative solve stops at iteration k (None: go on)."""
+    if rel <= tol:
+        return "converged"
+    if _running_away(rel):
+        return "diverged"
+    return "max_iterations" if k == iterations else None
+
+
 def conjugate_gradient(matvec: Callable, b, iterations: int, tol: float) -> Solve:
     """CG from x = 0 (A symmetric positive definite). The logged residual is CG's recursive one,
     equal to ‖b − A x‖ in exact arithmetic; `solve` checks the final one directly."""
@@ -106,13 +115,9 @@ def lissa(matvec: Callable, b, iterations: int, tol: float, scale: float) -> Sol
         ay = matvec(y) if k else b.new_zeros(b.shape)
         residual = ay / scale - b              # A x − b for x = y / s
         rel = log.add(k, residual)
-        if rel <= tol:
-            status = "converged"
-            break
-        if _running_away(rel):
-            status = "diverged"
-            break
-        if k == iterations:
+        verdict = _verdict(rel, tol, k, iterations)
+        if verdict:
+            status = verdict
             break
         y = y - residual                       # = b + y − A y / s
     return Solve(y / scale, status, rel, log.rows)
@@ -135,13 +140,9 @@ def adam_quadratic(matvec: Callable, b, iterations: int, tol: float, lr: float,
     for k in range(iterations + 1):
         grad = (matvec(x) if k else x) - b
         rel = log.add(k, grad)
-        if rel <= tol:
-            status = "converged"
-            break
-        if _running_away(rel):
-            status = "diverged"
-            break
-        if k == iterations:
+        verdict = _verdict(rel, tol, k, iterations)
+        if verdict:
+            status = verdict
             break
         m = betas[0] * m + (1 - betas[0]) * grad
         v = betas[1] * v + (1 - betas[1]) * grad * grad
