@@ -97,3 +97,30 @@ def test_run_of_maps_every_hp_to_its_run(default_config):
         assert str(epoch) in str(grid.parse_hp_id(rid)["epochs"]).split("+")
     with pytest.raises(KeyError):
         grid.run_of(default_config, "npo_gdr", "lr=9")
+
+
+def test_selected_models_are_quantized_only_once_chosen(default_config):
+    """quantization.models: selected: before the selection, every unlearned model has only the
+    selection quant (and no diagnostics); once chosen, the chosen hp has every quant."""
+    cfg = {**default_config, "quantization": {**default_config["quantization"],
+                                              "models": "selected"}}
+    before = grid.cells(cfg)
+    unlearned = [c for c in before if c.method not in grid.BASELINES]
+    assert {c.quant for c in unlearned} == {"none-w16"}
+    assert {c.quant for c in before if c.method == "target"} == {"none-w16", "rtn-w8", "rtn-w4"}
+    assert grid.diagnostics_files(cfg) == [] and grid.has_diagnostics(cfg)
+    method, hp = unlearned[0].method, unlearned[0].hp
+    chosen = {"synthbio": {(method, hp)}}
+    after = grid.cells(cfg, chosen)
+    assert {c.quant for c in after if (c.bench, c.method, c.hp) == ("synthbio", method, hp)} \
+        == {"none-w16", "rtn-w8", "rtn-w4"}
+    others = [c for c in after if c.method not in grid.BASELINES
+              and (c.bench, c.method, c.hp) != ("synthbio", method, hp)]
+    assert others and {c.quant for c in others} == {"none-w16"}
+    assert grid.diagnostics_files(cfg, chosen) == [
+        f"results/synthbio/{method}/{hp}/s{s}/diagnostics.parquet" for s in cfg["seeds"]]
+    # all: the selection does not matter
+    assert grid.cells(default_config, chosen) == grid.cells(default_config)
+    sel = grid.selection_cells(cfg, "synthbio")
+    assert {c.quant for c in sel} == {"none-w16"} and sel[0].method == "target"
+    assert len(sel) == 1 + len([m for m in grid.unlearned_models(cfg) if m[0] == "synthbio"])

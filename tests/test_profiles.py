@@ -22,14 +22,14 @@ GPU_PARTITION = "gpu"
 # device); every other rule runs a model and asks for a GPU when the config's device is cuda.
 CPU_ONLY = {"prepare_data", "prepare_data_pretrained", "prepare_corpus", "fetch_pretrained",
             "prepare_lora_setting", "train_tokenizer", "load_gguf", "select_epoch", "report",
-            "attack_tables", "durability", "llmeraser_table"}
+            "attack_tables", "durability", "llmeraser_table", "select_hps"}
 
 
 def workflow_rules() -> set[str]:
     """Every rule that runs a job (the target rule `all` runs nothing)."""
     names = set()
     for path in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
-        names |= set(re.findall(r"^rule (\w+):", path.read_text(), flags=re.M))
+        names |= set(re.findall(r"^(?:rule|checkpoint) (\w+):", path.read_text(), flags=re.M))
     return names - {"all"}
 
 
@@ -78,6 +78,7 @@ def every_rule_configs(tmp_path: Path) -> list[Path]:
     muse["benchmarks"] = {"news": muse["benchmarks"]["news"]}
     muse["methods"] = {"ga": {"lr": 1e-5, "epochs": [1]}}
     muse["quantization"]["schemes"] = [{"scheme": "none", "bits": [16]}]
+    muse["quantization"]["models"] = "selected"     # the select_hps checkpoint
 
     paths = []
     for name, cfg in (("default", default), ("lora", lora), ("muse", muse)):

@@ -303,3 +303,62 @@ def test_world_knowledge_sits_beside_knowmem_r_when_measured(tmp_path):
     plain, *_ = paper_tables(crafted_metrics(), CFG)
     assert [m.name for m in plain["main"].columns] == ["VerbMem_f", "KnowMem_f", "PrivLeak",
                                                        "KnowMem_r"]
+
+
+def _write_cells(metrics: pd.DataFrame, folder) -> list[str]:
+    paths = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (_, cell) in enumerate(metrics.groupby(["bench", "method", "hp", "seed", "quant"],
+                                                  sort=False)):
+        paths.append(str(folder / f"{i}.parquet"))
+        cell.to_parquet(paths[-1], index=False)
+    return paths
+
+
+def test_selection_step_picks_what_the_floor_allows_and_the_report_agrees(tmp_path):
+    """quantization.models: selected. The checkpoint's pick, from the full-precision rows only,
+    checked against a pick made here from the tidy rows; then the report, built on cells where
+    only the picked hps were quantized, shows those hps and leaves the others' quantized columns
+    empty."""
+    from relapse.report.build import build_report
+    from relapse.report.selection import read_selection, write_selection
+
+    metrics = crafted_metrics()
+    full = metrics[(metrics.quant == "none-w16")
+                   & (metrics.method != "retrain")]
+    chosen = write_selection(_write_cells(full, tmp_path / "full"), CFG, tmp_path / "sel.csv")
+
+    def mean(bench, method, hp, split):
+        rows = full[(full.bench == bench) & (full.method == method) & (full.hp == hp)
+                    & (full.metric == "knowmem") & (full.split == split)]
+        return rows.value.mean()
+
+    expected = set()
+    for bench in ("b1", "b1-qat"):
+        floor = 0.9 * mean(bench, "target", "default", "retain")
+        for method, hps in HPS.items():
+            ok = [hp for hp in hps if mean(bench, method, hp, "retain") >= floor]
+            pick = (min(ok, key=lambda hp: mean(bench, method, hp, "forget")) if ok
+                    else max(hps, key=lambda hp: mean(bench, method, hp, "retain")))
+            expected.add((bench, method, pick))
+    assert set(zip(chosen.bench, chosen.method, chosen.hp)) == expected
+    on_disk = read_selection(tmp_path / "sel.csv")
+    assert on_disk == {(m, hp) for _, m, hp in expected}
+
+    picked = {(b, m, hp) for b, m, hp in expected}
+    is_picked = pd.Series([(b, m, hp) in picked for b, m, hp in
+                           zip(metrics.bench, metrics.method, metrics.hp)], index=metrics.index)
+    kept = metrics[(metrics.quant == "none-w16") | metrics.method.isin(["target", "retrain"])
+                   | is_picked]
+    root = tmp_path / "report"
+    build_report(_write_cells(kept, tmp_path / "cells"), CFG, root / "tables" / "metrics.parquet",
+                 root / "tables", root / "figures")
+    report_pick = pd.read_csv(root / "tables" / "selection.csv")
+    assert set(zip(report_pick.bench, report_pick.method, report_pick.hp)) == expected
+    grid_csv = pd.read_csv(root / "tables" / "grid.csv")
+    col = next(c for c in grid_csv.columns if c.startswith("rtn-w4") and "KnowMem_f" in c)
+    unpicked = grid_csv[[m in HPS and (b, m, hp) not in picked
+                         for b, m, hp in zip(grid_csv.bench, grid_csv.method, grid_csv.hp)]]
+    assert len(unpicked) and unpicked[col].isna().all()
+    assert grid_csv[[(b, m, hp) in picked for b, m, hp in
+                     zip(grid_csv.bench, grid_csv.method, grid_csv.hp)]][col].notna().all()

@@ -220,3 +220,37 @@ def test_every_planned_shell_command_parses_with_the_cli(tmp_path):
         seen.add(args.command)
     assert seen == {"prepare-data", "train-tokenizer", "train-reference", "snap-reference",
                     "unlearn", "select-epoch", "quantize", "diagnose", "evaluate", "report"}
+
+
+@pytest.mark.slow
+def test_selected_models_only_are_quantized(tmp_path):
+    """quantization.models: selected: every hp is evaluated at full precision, the select_hps
+    checkpoint picks one per method, and only that hp (with target and retrain) is quantized,
+    evaluated and diagnosed; the report's selection agrees with the checkpoint's."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "small.yaml").read_text())
+    del cfg["benchmarks"]["small-qat"]
+    cfg["methods"] = {"npo_gdr": {"params": "full", "lr": [1.0e-4, 3.0e-4], "epochs": 5,
+                                  "alpha": 5, "beta": 0.1}}
+    cfg["quantization"] = {"models": "selected", "diagnostics": {"samples": 8},
+                           "schemes": [{"scheme": "none", "bits": [16]},
+                                       {"scheme": "rtn", "bits": [4], "group_size": 64}]}
+    config = tmp_path / "selected.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    snakemake(tmp_path, "--configfile", str(config))
+
+    root = tmp_path / "results" / "small" / "npo_gdr"
+    chosen = pd.read_csv(tmp_path / "results" / "small" / "selection.csv")
+    assert list(chosen.method) == ["npo_gdr"]
+    picked = chosen.hp.iloc[0]
+    hps = sorted(p.name for p in root.iterdir())
+    assert len(hps) == 2 and picked in hps
+    for hp in hps:
+        quants = sorted(p.parent.name for p in (root / hp / "s0").glob("*/metrics.parquet"))
+        assert quants == (["none-w16", "rtn-w4"] if hp == picked else ["none-w16"]), hp
+        assert (root / hp / "s0" / "diagnostics.parquet").exists() == (hp == picked)
+    table = pd.read_parquet(tmp_path / "results" / "tables" / "metrics.parquet")
+    at4 = table[(table.quant == "rtn-w4") & (table.method == "npo_gdr")]
+    assert set(at4.hp) == {picked}
+    report_pick = pd.read_csv(tmp_path / "results" / "tables" / "selection.csv")
+    assert list(report_pick.hp) == [picked]
+    assert planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(config))) == {}

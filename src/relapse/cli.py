@@ -252,6 +252,15 @@ def cmd_report(args) -> None:
         raise SystemExit(f"relapse report: {err}") from None
 
 
+def cmd_select(args) -> None:
+    from relapse.report.selection import write_selection
+
+    try:
+        write_selection(args.inputs, _settings(args)["config"], args.out)
+    except ValueError as err:     # the selection quant is not in the inputs
+        raise SystemExit(f"relapse select: {err}") from None
+
+
 def cmd_validate(args) -> None:
     from relapse.config import load_config
 
@@ -341,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", nargs="+", required=True,
                    help="samples.parquet of their cells and of the target and gold cells")
     p.add_argument("--items", nargs="+", required=True, help="BENCH=its lora_setting/ folder")
+    p = stage("select", cmd_select, "out")
+    p.add_argument("inputs", nargs="+", help="metrics.parquet of the target and every unlearned "
+                                             "model at the selection quant")
     p = stage("report", cmd_report, "table", "tables", "figures")
     p.add_argument("--diagnostics", nargs="*", default=[],
                    help="per-cell survival diagnostics.parquet files (plotted when given)")

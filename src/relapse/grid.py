@@ -216,8 +216,35 @@ def unlearned_models(cfg: dict) -> Iterable[tuple[str, str, str, int]]:
                     yield bench, method, hp_id(hp), int(seed)
 
 
-def cells(cfg: dict) -> list[Cell]:
-    """Every evaluation cell: baselines and unlearned models, each under every quantization."""
+Selection = dict[str, set[tuple[str, str]]]
+
+
+def selection_quant(cfg: dict) -> str:
+    """The quant at which hps are selected (config report.selection.quant; full precision)."""
+    return cfg.get("report", {}).get("selection", {}).get("quant", "none-w16")
+
+
+def quantizes_selected(cfg: dict) -> bool:
+    """quantization.models: selected -- only each method's selected hp is quantized."""
+    return cfg["quantization"].get("models", "all") == "selected"
+
+
+def model_quants(cfg: dict, bench: str, method: str, hp: str,
+                 selected: Selection | None = None) -> list[str]:
+    """The quants an unlearned model is evaluated at. Under `quantization.models: selected`, an
+    hp that its method did not select (or any hp, before the selection is known) has only the
+    selection quant."""
+    quants = list(quant_settings(cfg))
+    if not quantizes_selected(cfg) or (selected is not None
+                                       and (method, hp) in selected.get(bench, set())):
+        return quants
+    return [selection_quant(cfg)]
+
+
+def cells(cfg: dict, selected: Selection | None = None) -> list[Cell]:
+    """Every evaluation cell: baselines under every quantization; unlearned models under every
+    quantization, or (quantization.models: selected) at the selection quant, and under every
+    quantization only where `selected` (bench -> {(method, hp)}) names them."""
     quants = list(quant_settings(cfg))
     out = []
     for bench in cfg["benchmarks"]:
@@ -225,8 +252,18 @@ def cells(cfg: dict) -> list[Cell]:
         for baseline in BASELINES:
             out += [Cell(bench, baseline, "default", ref_seed, q) for q in quants]
     for bench, method, hp, seed in unlearned_models(cfg):
-        out += [Cell(bench, method, hp, seed, q) for q in quants]
+        out += [Cell(bench, method, hp, seed, q)
+                for q in model_quants(cfg, bench, method, hp, selected)]
     return out
+
+
+def selection_cells(cfg: dict, bench: str) -> list[Cell]:
+    """What a bench's hp selection reads: the target and every unlearned model at the
+    selection quant."""
+    quant = selection_quant(cfg)
+    out = [Cell(bench, "target", "default", reference_seed(cfg, bench), quant)]
+    return out + [Cell(bench, m, hp, seed, quant)
+                  for b, m, hp, seed in unlearned_models(cfg) if b == bench]
 
 
 def diagnosed_quants(cfg: dict) -> list[str]:
@@ -236,9 +273,17 @@ def diagnosed_quants(cfg: dict) -> list[str]:
     return [q for q, s in quant_settings(cfg).items() if not get_quantizer(s["scheme"]).is_identity]
 
 
-def diagnostics_files(cfg: dict) -> list[str]:
-    """One diagnostics.parquet per unlearned model, when enabled and some quant changes weights."""
-    if not cfg["quantization"]["diagnostics"]["enabled"] or not diagnosed_quants(cfg):
+def has_diagnostics(cfg: dict) -> bool:
+    return bool(cfg["quantization"]["diagnostics"]["enabled"] and diagnosed_quants(cfg)
+                and any(True for _ in unlearned_models(cfg)))
+
+
+def diagnostics_files(cfg: dict, selected: Selection | None = None) -> list[str]:
+    """One diagnostics.parquet per quantized unlearned model, when enabled and some quant changes
+    weights (under quantization.models: selected, only the selected models: none before the
+    selection is known)."""
+    if not has_diagnostics(cfg):
         return []
     return [f"results/{b}/{m}/{hp}/s{seed}/diagnostics.parquet"
-            for b, m, hp, seed in unlearned_models(cfg)]
+            for b, m, hp, seed in unlearned_models(cfg)
+            if not quantizes_selected(cfg) or (m, hp) in (selected or {}).get(b, set())]

@@ -280,3 +280,40 @@ def one_shot_inputs(w):
         "gold": f"{root}/reference/retrain",
         "instances": f"{root}/lora_setting",
     }
+
+
+# quantization.models: selected (select.smk): only each method's selected hp is quantized. The
+# selection is a checkpoint, so what the report, the diagnostics and the quantize jobs need is
+# known only once it has run.
+def selection_csv(bench):
+    return f"results/{bench}/selection.csv"
+
+
+def chosen_hps():
+    """bench -> {(method, hp)} from the select_hps checkpoints, or None when every hp is
+    quantized (quantization.models: all)."""
+    if not grid.quantizes_selected(config):
+        return None
+    from relapse.report.selection import read_selection
+
+    return {b: read_selection(checkpoints.select_hps.get(bench=b).output[0]) for b in BENCHES}
+
+
+def report_cells():
+    return grid.cells(config, chosen_hps())
+
+
+def report_metrics(w):
+    return [cell.metrics for cell in report_cells()]
+
+
+def report_samples(w):
+    return [f"{cell.root}/{cell.quant}/samples.parquet" for cell in report_cells()]
+
+
+def report_diagnostics(w):
+    return grid.diagnostics_files(config, chosen_hps())
+
+
+def selection_metrics(w):
+    return [cell.metrics for cell in grid.selection_cells(config, w.bench)]

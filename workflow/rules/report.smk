@@ -10,7 +10,7 @@ report: "../report/workflow.rst"
 
 # Optional inputs: survival diagnostics files and a relearning-curves table, once stages write
 # them. The matching figure becomes an output exactly when its input list is non-empty.
-REPORT_DIAGNOSTICS = grid.diagnostics_files(config)
+REPORT_DIAGNOSTICS = grid.has_diagnostics(config)
 REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, when relearning runs
 
 
@@ -19,11 +19,11 @@ REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, whe
 
 rule report:
     input:
-        metrics=[cell.metrics for cell in grid.cells(config)],
+        metrics=report_metrics,
         # Per-item scores: the intervals resample seeds and items, and pair the items of an
         # unlearned model with the target's for knowledge retained.
-        samples=[f"{cell.root}/{cell.quant}/samples.parquet" for cell in grid.cells(config)],
-        diagnostics=REPORT_DIAGNOSTICS,
+        samples=report_samples,
+        diagnostics=report_diagnostics,
         relearn=REPORT_RELEARN,
     output:
         **{

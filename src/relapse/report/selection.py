@@ -56,3 +56,30 @@ def select_hps(wide: pd.DataFrame, selection: dict | None = None) -> pd.DataFram
     return pd.DataFrame(rows, columns=["bench", "method", "hp", "quant", "KnowMem_f", "KnowMem_r",
                                        "floor_KnowMem_r", "meets_floor", "candidates"])
 
+
+
+def write_selection(metrics_paths: list[str], cfg: dict, out: str) -> pd.DataFrame:
+    """The selection as its own step (`quantization.models: selected`, the workflow's
+    `select_hps` checkpoint): read the selection quant's metrics of the target and every
+    unlearned model, pick each method's hp, write them as CSV. The report recomputes the same
+    pick from the same rows, so its tables and this file always agree."""
+    from relapse.io import atomic_file
+    from relapse.report.build import report_settings
+    from relapse.report.measures import wide
+    from relapse.report.tables import concat_metrics
+
+    selection = report_settings(cfg)["selection"]
+    metrics = concat_metrics(metrics_paths)
+    chosen = select_hps(wide(metrics), selection)
+    missing = sorted(set(metrics.method) - set(BASELINES) - set(chosen.method))
+    if missing:
+        raise ValueError(f"no hp selected for {', '.join(missing)}")
+    with atomic_file(out) as tmp:
+        chosen.to_csv(tmp, index=False)
+    return chosen
+
+
+def read_selection(path: str) -> set[tuple[str, str]]:
+    """(method, hp) pairs of a selection CSV written by write_selection."""
+    frame = pd.read_csv(path, dtype={"method": str, "hp": str})
+    return set(zip(frame.method, frame.hp))
