@@ -41,6 +41,7 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         rules.report.output,
+        PRESELECTION_METRICS,
         ATTACK_TARGETS,
         LLMERASER_TABLES,
     default_target: True

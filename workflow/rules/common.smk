@@ -315,5 +315,12 @@ def report_diagnostics(w):
     return grid.diagnostics_files(config, chosen_hps())
 
 
+# What is known before any selection (the baselines at every quant, every hp at the selection
+# quant): `all` asks for it directly, so the baselines' quantize and evaluate jobs run beside the
+# unlearning instead of waiting for the checkpoint.
+PRESELECTION_METRICS = ([cell.metrics for cell in grid.cells(config)]
+                        if grid.quantizes_selected(config) else [])
+
+
 def selection_metrics(w):
     return [cell.metrics for cell in grid.selection_cells(config, w.bench)]
