@@ -119,8 +119,9 @@ def run_reference(model, tok, counter, cfg: dict) -> dict:
 
     import pandas as pd
 
-    from relapse.evaluate.generation import cut_at_stops
-    from relapse.evaluate.metrics.knowmem import STOPS, few_shot_prompt, normalize
+    from relapse.data.prompts import STOPS, few_shot_prompt
+    from relapse.evaluate.metrics.knowmem import normalize
+    from relapse.models.generation import cut_at_stops
     from relapse.evaluate.metrics.verbmem import truncate_tokens
     from relapse.evaluate.rouge import rouge_l
 

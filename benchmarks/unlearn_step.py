@@ -62,7 +62,7 @@ def main() -> None:
     from relapse.models.batching import encode
     from relapse.models.io import load_model
     from relapse.models.tokenizer import load_tokenizer
-    from relapse.unlearn.params import make_trainable
+    from relapse.models.modules import make_trainable
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", default=str(ROOT / "results/synthbio/reference/target"))

@@ -12,7 +12,7 @@ from relapse.data.corpora.hub import CorpusError
 
 CONTRACT = ("forget", "retain", "retain_eval", "holdout", "verbmem_forget", "knowmem_forget_qa",
             "knowmem_forget_qa_icl", "knowmem_retain_qa", "knowmem_retain_qa_icl",
-            "privleak_forget", "privleak_retain", "privleak_holdout")
+            "privleak_forget", "privleak_holdout")
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,9 @@ def test_muse_maps_onto_the_contract(tmp_path, tokenizer, old_names):
     splits, record = get_corpus("muse").build(cfg, tokenizer)
     assert set(CONTRACT) <= set(splits)
     sizes = {k: len(splits[k]) for k in ("retain_eval", "holdout", "verbmem_forget",
-                                         "knowmem_forget_qa", "knowmem_retain_qa_icl",
-                                         "privleak_retain")}
+                                         "knowmem_forget_qa", "knowmem_retain_qa_icl")}
     assert sizes == {"retain_eval": 5, "holdout": 3, "verbmem_forget": 7, "knowmem_forget_qa": 8,
-                     "knowmem_retain_qa_icl": 3, "privleak_retain": 5}
+                     "knowmem_retain_qa_icl": 3}
     assert list(splits["verbmem_forget"].columns) == ["pid", "prompt", "gt"]
     assert list(splits["knowmem_retain_qa"].columns) == ["pid", "question", "answer"]
     assert splits["knowmem_retain_qa"].question[0] == "What is retain 0?"
@@ -60,7 +59,6 @@ def test_muse_maps_onto_the_contract(tmp_path, tokenizer, old_names):
     assert record["chunks"]["forget"] == {"documents": 4, "chunks": len(forget), "max_length": 16}
     used = record["splits_used"]
     assert used["knowmem_retain_qa"] == ("knowmem/retain2_qa" if old_names else "knowmem/retain_qa")
-    assert used["privleak_retain"] == ("privleak/retain2" if old_names else "privleak/retain")
     assert any(f.endswith("retain1-00000-of-00001.parquet") for f in record["files"]["raw/retain1"])
 
 

@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from relapse.data.prepare import prepare
-from relapse.evaluate.generation import greedy_generate
-from relapse.evaluate.metrics.knowmem import few_shot_prompt
+from relapse.data.prompts import few_shot_prompt
 from relapse.evaluate.registry import metric_names
 from relapse.evaluate.stage import evaluate_model
 from relapse.io import read_parquet_metadata
+from relapse.models.generation import greedy_generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +27,8 @@ def test_batched_greedy_equals_batch_of_one(tiny_lm):
 
 
 def test_stop_strings_change_nothing_after_the_cut(qa_lm):
-    from relapse.evaluate.generation import cut_at_stops
-    from relapse.evaluate.metrics.knowmem import STOPS
+    from relapse.data.prompts import STOPS
+    from relapse.models.generation import cut_at_stops
 
     model, tok = qa_lm
     prompts = [few_shot_prompt([("Where was Alden Ashdown born?", "Veloria")], q)
@@ -44,7 +44,7 @@ def test_shared_prefix_cache_gives_the_same_continuations(qa_lm):
     """KnowMem prompts share their few-shot examples; forwarding that prefix once and copying
     its KV cache across the batch (pads then sit between prefix and question) must not change
     a single generated token, for rows of different lengths."""
-    from relapse.evaluate.generation import MIN_SHARED_PREFIX, shared_prefix_length
+    from relapse.models.generation import MIN_SHARED_PREFIX, shared_prefix_length
     from relapse.models.batching import prompt_ids
 
     model, tok = qa_lm
@@ -65,7 +65,7 @@ def test_shared_prefix_cache_gives_the_same_continuations(qa_lm):
 
 
 def test_shared_prefix_length_leaves_a_token_to_feed():
-    from relapse.evaluate.generation import shared_prefix_length
+    from relapse.models.generation import shared_prefix_length
 
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2

@@ -263,7 +263,7 @@ def test_exported_gguf_loads_back_with_the_measured_logits(smollm2, tmp_path):
 
 
 def test_export_refuses_an_adapter_only_folder(gguf_package, tmp_path):
-    from relapse.models.gguf import export_gguf
+    from relapse.quantize.export_gguf import export_gguf
 
     (tmp_path / "adapter").mkdir()
     with pytest.raises(ValueError, match="adapter"):
@@ -278,7 +278,7 @@ def test_export_of_a_model_trained_here_round_trips(gguf_package, tiny_lm, tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from relapse.models.gguf import export_gguf
+    from relapse.quantize.export_gguf import export_gguf
 
     folder, model, tokenizer = tiny_lm
     done = export_gguf(folder, tmp_path / "tiny.gguf", "f32")

@@ -44,7 +44,7 @@ def trained_lm64(tmp_path_factory, tiny_lm):
 
 def _compare(dequantized, native, tok, prompts):
     """(max |logit difference|, max |logit|, greedy continuations that agree, of how many)."""
-    from relapse.evaluate.generation import greedy_generate
+    from relapse.models.generation import greedy_generate
 
     batch = tok(prompts[:8], return_tensors="pt", padding=True)
     mask = batch.attention_mask.bool()

@@ -1,7 +1,7 @@
 import pytest
 from rouge_score import rouge_scorer
 
-from relapse.evaluate.generation import cut_at_stops
+from relapse.models.generation import cut_at_stops
 from relapse.evaluate.rouge import rouge_l
 
 

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from relapse.unlearn import registry
-from relapse.unlearn.guard import NonFiniteLoss
+from relapse.models.guard import NonFiniteLoss
 from relapse.unlearn.trainer import unlearn
 
 CFG = {"batch_size": 4, "grad_clip": 1.0, "loss_variant": "paper",
@@ -305,7 +305,7 @@ def test_sure_under_lora_selects_by_the_base_weight_gradient(tmp_path, tiny_lm, 
 
     from relapse.models.batching import encode
     from relapse.models.io import load_model
-    from relapse.unlearn.params import decoder_linear_names
+    from relapse.models.modules import decoder_linear_names
 
     folder, _, tok = tiny_lm
     out = _run(tmp_path, tiny_lm, data_dir, method="ga_sure", params="lora", epochs=1, gamma=60)
@@ -353,7 +353,7 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(target_lm, method):
     import copy
 
     from relapse.models.batching import encode
-    from relapse.unlearn.params import make_trainable
+    from relapse.models.modules import make_trainable
     from relapse.unlearn.trainer import StepContext, _ref_seq_logprobs, accumulate_step
 
     _, base, tok = target_lm

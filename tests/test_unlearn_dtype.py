@@ -44,7 +44,7 @@ def test_bf16_base_trains_fp32_trainables_and_saves_the_update_in_fp32(
     monkeypatch.setattr("relapse.models.pretrained.training_dtype",
                         lambda ref_cfg, device: "bfloat16")
     seen = {}
-    from relapse.unlearn.params import make_trainable as real_make_trainable
+    from relapse.models.modules import make_trainable as real_make_trainable
 
 
     def spy(model, *args, **kwargs):
@@ -54,7 +54,7 @@ def test_bf16_base_trains_fp32_trainables_and_saves_the_update_in_fp32(
         seen["frozen"] = {p.dtype for p in model.parameters() if not p.requires_grad}
         return model
 
-    monkeypatch.setattr("relapse.unlearn.params.make_trainable", spy)
+    monkeypatch.setattr("relapse.models.modules.make_trainable", spy)
     out = tmp_path / "run"
     trainer.unlearn("ga", {"lr": 1e-3, "epochs": 1, "params": params}, 0, ref, data_dir, CFG,
                     out)

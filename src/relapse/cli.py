@@ -52,7 +52,7 @@ def cmd_list(args) -> None:
 
 
 def cmd_prepare_data(args) -> None:
-    from relapse.data.prepare import prepare
+    from relapse.models.world import prepare_data as prepare
 
     prepare(args.bench, _settings(args)["corpus"], args.out, base_dir=args.base,
             threads=args.threads, tokenizer_dir=args.tokenizer)
@@ -93,14 +93,14 @@ def cmd_finetune_reference(args) -> None:
 
 
 def cmd_export_gguf(args) -> None:
-    from relapse.models.gguf import export_gguf
+    from relapse.quantize.export_gguf import export_gguf
 
     done = export_gguf(args.model, args.out, args.type, float_type=args.float_type)
     print(f"{done['file']}: {done['type']}, tensors {done['tensors']}")
 
 
 def cmd_snap_reference(args) -> None:
-    from relapse.models.snap import snap_reference
+    from relapse.quantize.snap import snap_reference
 
     snap_reference(args.source, _settings(args)["snap"], args.out, threads=args.threads)
 

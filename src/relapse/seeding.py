@@ -13,7 +13,6 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)          # the CPU generator and every CUDA device's
-    os.environ["PYTHONHASHSEED"] = str(seed)   # for child processes (this one's is set at start)
     if os.environ.get("RELAPSE_DETERMINISTIC", "") not in ("", "0"):
         # Bitwise-repeatable GPU runs (README, Reliability): cuBLAS needs a fixed workspace,
         # set before its first call; an op without a deterministic kernel then raises.

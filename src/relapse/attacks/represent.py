@@ -114,7 +114,7 @@ def pooled_states(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
     import torch
 
     from relapse.models.batching import encode
-    from relapse.unlearn.trainer import decoder_layers
+    from relapse.models.modules import decoder_layers
 
     layers = decoder_layers(model)
     captured: dict[int, Any] = {}
@@ -147,8 +147,8 @@ def empirical_fisher(model, tokenizer, texts: Sequence[str],
     import torch
 
     from relapse.models.batching import encode
+    from relapse.models.modules import decoder_layers
     from relapse.unlearn.losses import token_nll
-    from relapse.unlearn.trainer import decoder_layers
 
     n_layers = len(decoder_layers(model))
     # The decoder layers' own weights (under a LoRA adapter, its base weights: the gradient of the

@@ -7,12 +7,13 @@ Splits (one Parquet file each):
   verbmem_forget               (prompt, gt): a biography cut at a word boundary
   knowmem_{forget,retain,holdout}_qa       (question, answer); holdout is a never-trained control
   knowmem_{forget,retain,holdout}_qa_icl   few-shot examples, from regularizer people
-  privleak_{forget,retain,holdout}         texts for membership inference
+  privleak_{forget,holdout}                texts for membership inference
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -73,7 +74,6 @@ def build_splits(corpus: dict) -> tuple[dict[str, pd.DataFrame], dict[str, list[
         "holdout": _bios(by_role["holdout"]),
         "verbmem_forget": pd.DataFrame([verbmem_item(p) for p in by_role["forget"]]),
         "privleak_forget": _bios(by_role["forget"]),
-        "privleak_retain": _bios(by_role["retain_eval"]),
         "privleak_holdout": _bios(by_role["holdout"]),
     }
     icl_pool = _qa(by_role["retain"])
@@ -96,11 +96,13 @@ def require_training_splits(splits: dict, out_dir, source: str) -> None:
                              "larger fraction, or check the source data")
 
 
-def prepare(bench: str, corpus: dict, out_dir: str | Path, base_dir: str | Path | None = None,
-            threads: int = 1, tokenizer_dir: str | Path | None = None) -> None:
-    """Write the splits. With `base_dir` (a pretrained base model: `reference.kind: gguf`), also
-    the real-knowledge utility split `knowmem_world_qa` (+ `_icl`): the facts of
-    relapse.data.world that the base answers, and `world_check` with every fact's answer.
+def prepare(bench: str, corpus: dict, out_dir: str | Path,
+            tokenizer_dir: str | Path | None = None,
+            extra_splits: Callable[[], dict[str, pd.DataFrame]] | None = None) -> None:
+    """Write the splits. `extra_splits` (synthetic corpus only) is called once the splits are
+    built and checked, and returns more splits to write beside them: the CLI passes the world-fact
+    probe of a pretrained base (relapse.models.world: `knowmem_world_qa` + `_icl`, the facts of
+    relapse.data.world that the base answers, and `world_check` with every fact's answer).
     Other corpus kinds (muse, tofu: relapse.data.corpora) read their source; `tokenizer_dir`
     is the tokenizer that cuts long texts into training chunks."""
     if corpus.get("kind", "synthetic") != "synthetic":
@@ -108,17 +110,8 @@ def prepare(bench: str, corpus: dict, out_dir: str | Path, base_dir: str | Path 
         return
     splits, roles = build_splits(corpus)
     require_training_splits(splits, out_dir, f"synthetic corpus {corpus}")
-    if base_dir is not None:
-        from relapse.data.world import world_splits
-        from relapse.models.io import load_model
-        from relapse.models.tokenizer import load_tokenizer
-        from relapse.seeding import seed_everything
-
-        seed_everything(0, threads)
-        qa, icl, checked = world_splits(load_model(base_dir), load_tokenizer(base_dir))
-        print(f"[data] world QA: the base answers {len(qa)} of {len(checked)} facts", flush=True)
-        splits.update({"knowmem_world_qa": qa, "knowmem_world_qa_icl": icl,
-                       "world_check": checked})
+    if extra_splits is not None:
+        splits.update(extra_splits())
     with atomic_dir(out_dir) as tmp:
         for name, frame in splits.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)

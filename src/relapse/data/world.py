@@ -2,8 +2,9 @@
 model. Unlearning fictitious people should leave it alone; quantization may not.
 
 Answers are short and unambiguous. The data stage asks the base model each question in the
-KnowMem few-shot format (with the ICL examples below) and keeps the facts it answers
-(`answered`), so that the split measures knowledge the model had, not knowledge it never had.
+KnowMem few-shot format (with the ICL examples below; relapse.models.world runs the model) and
+keeps the facts it answers (`answered`), so that the split measures knowledge the model had, not
+knowledge it never had.
 """
 
 from __future__ import annotations
@@ -105,24 +106,3 @@ def answered(output: str, answer: str) -> bool:
     ending of the answer ("Beethoven" for "Ludwig van Beethoven")."""
     out, ans = _normalize(output), _normalize(answer)
     return f" {ans} " in f" {out} " or (bool(out) and f" {ans}".endswith(f" {out}"))
-
-
-def world_splits(model, tokenizer, shots: int = 3, batch_size: int = 16):
-    """(knowmem_world_qa, knowmem_world_qa_icl, every fact with the base model's output): the
-    facts the base answers in the KnowMem few-shot format, greedy, 32 new tokens."""
-    import pandas as pd
-
-    from relapse.evaluate.generation import cut_at_stops, greedy_generate
-    from relapse.evaluate.metrics.knowmem import STOPS, few_shot_prompt
-
-    prompts = [few_shot_prompt(WORLD_ICL[:shots], q) for q, _ in WORLD_FACTS]
-    raw = greedy_generate(model, tokenizer, prompts, 32, batch_size, stop_strings=STOPS)
-    checked = pd.DataFrame([{"item": i, "question": q, "answer": a,
-                             "output": cut_at_stops(r, STOPS).strip(),
-                             "answered": answered(cut_at_stops(r, STOPS), a)}
-                            for i, ((q, a), r) in enumerate(zip(WORLD_FACTS, raw))])
-    kept = checked[checked.answered].reset_index(drop=True)
-    qa = pd.DataFrame({"pid": kept["item"].astype(int), "attribute": "world",
-                       "question": kept.question, "answer": kept.answer})
-    icl = pd.DataFrame(WORLD_ICL, columns=["question", "answer"])
-    return qa, icl, checked

@@ -87,19 +87,11 @@ def adapter_params(model) -> list:
 
 
 def with_lora(model, lora_cfg: dict):
-    """`model` wrapped in a fresh peft LoRA adapter (fp32), as relapse.unlearn.params builds it;
-    written here because models may not import unlearn (DESIGN §2 floors)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+    """`model` wrapped in a fresh peft LoRA adapter (fp32): relapse.models.modules'
+    make_trainable with params=lora."""
+    from relapse.models.modules import make_trainable
 
-    config = LoraConfig(r=lora_cfg.get("r", 8), lora_alpha=lora_cfg.get("alpha", 16),
-                        lora_dropout=lora_cfg.get("dropout", 0.0),
-                        target_modules=lora_cfg.get("targets", "all-linear"), task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    return model
+    return make_trainable(model, "lora", lora_cfg)
 
 
 def fit_lora(model, tokenizer, texts: Sequence[str], cfg: dict, device: str = "cpu"):

@@ -54,8 +54,8 @@ def fit_reference(model, tokenizer, trained: pd.DataFrame, monitored: dict[str, 
     import torch
 
     from relapse.models.batching import pack
+    from relapse.models.guard import LossGuard
     from relapse.schedule import lr_schedule
-    from relapse.unlearn.guard import LossGuard
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=ref_cfg.get("lr", 3e-3), weight_decay=0.0)
@@ -151,10 +151,10 @@ def finetune_reference(which: str, data_dir: str | Path, base_dir: str | Path, r
     at the end, so the folder is a plain model) or on every decoder Linear (`params: full`)."""
     from relapse.io import atomic_dir, write_json, write_parquet
     from relapse.models.io import load_model, read_manifest, save_model
+    from relapse.models.modules import make_trainable
     from relapse.models.tokenizer import load_tokenizer
     from relapse.provenance import provenance
     from relapse.seeding import seed_everything
-    from relapse.unlearn.params import make_trainable
 
     trained, monitored = _people(data_dir, which)
     seed_everything(ref_cfg.get("seed", 0), threads)

@@ -98,7 +98,7 @@ def gptqmodel_quantize(method: str, model, bits: int, settings: dict, job) -> di
 def _check_shapes(method: str, model, group_size: int) -> None:
     """Fail with a clear message on shapes GPTQModel would reject from a worker thread (where it
     ends the whole process with os._exit(1))."""
-    from relapse.unlearn.params import decoder_linear_names
+    from relapse.models.modules import decoder_linear_names
 
     for name in decoder_linear_names(model):
         out_features, in_features = model.get_submodule(name).weight.shape

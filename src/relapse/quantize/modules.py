@@ -8,7 +8,7 @@ MODULE_SETTINGS = {"lm_head": False, "embeddings": False}
 
 
 def quantized_module_names(model, settings: dict) -> list[str]:
-    from relapse.unlearn.params import decoder_linear_names
+    from relapse.models.modules import decoder_linear_names
 
     names = decoder_linear_names(model)
     by_module = {module: name for name, module in model.named_modules()}

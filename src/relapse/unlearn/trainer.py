@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from relapse.models.modules import decoder_layers, module_of
+
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
@@ -90,22 +92,6 @@ def _adapter_disabled(model):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-def decoder_layers(model):
-    """The decoder block list of a (possibly peft-wrapped) causal LM."""
-    for name, module in model.named_modules():
-        if name.endswith("layers") and hasattr(module, "__len__") and len(module) > 0:
-            return module
-    raise ValueError("no decoder layers found in the model")
-
-
-def module_of(param_name: str) -> str:
-    """The Linear module a trainable parameter belongs to (its LoRA A/B, or its weight)."""
-    for marker in (".lora_A.", ".lora_B."):
-        if marker in param_name:
-            return param_name.split(marker)[0]
-    return param_name.rsplit(".", 1)[0]
 
 
 def _ref_seq_logprobs(model, batches, autocast=contextlib.nullcontext) -> "torch.Tensor":
@@ -293,14 +279,14 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
 
     from relapse.io import atomic_dir, write_json, write_parquet
     from relapse.models.batching import encode
+    from relapse.models.guard import LossGuard
     from relapse.models.io import load_model
+    from relapse.models.modules import make_trainable
     from relapse.models.tokenizer import load_tokenizer
     from relapse.progress import progress
     from relapse.provenance import provenance
     from relapse.schedule import lr_schedule
     from relapse.seeding import seed_everything
-    from relapse.unlearn.guard import LossGuard
-    from relapse.unlearn.params import make_trainable
     from relapse.unlearn.registry import get_method
 
     method = get_method(method_name)

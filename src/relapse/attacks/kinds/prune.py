@@ -43,7 +43,7 @@ def prune_model(model, sparsity: float, scope: str = "row") -> dict[str, float]:
     """Prune every decoder Linear weight in place; return each module's achieved sparsity."""
     import torch
 
-    from relapse.unlearn.params import decoder_linear_names
+    from relapse.models.modules import decoder_linear_names
 
     achieved = {}
     with torch.no_grad():

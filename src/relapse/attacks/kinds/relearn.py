@@ -112,7 +112,7 @@ def relearn(job: AttackJob) -> None:
     from relapse.models.tokenizer import load_tokenizer
     from relapse.attacks.cells import load_cell
     from relapse.seeding import seed_everything
-    from relapse.unlearn.params import make_trainable
+    from relapse.models.modules import make_trainable
     from relapse.unlearn.trainer import StepContext, accumulate_step
 
     cfg = {**RELEARN_DEFAULTS, **job.settings}

@@ -4,10 +4,10 @@
   raw/retain2, holdout     -> retain_eval, holdout (whole texts; scoring.max_tokens cuts them)
   verbmem/forget           -> verbmem_forget (prompt, gt)
   knowmem/forget_qa(_icl), retain_qa(_icl) -> knowmem_{forget,retain}_qa(_icl) (question, answer)
-  privleak/forget, retain, holdout         -> privleak_{forget,retain,holdout} (text)
+  privleak/forget, holdout                 -> privleak_{forget,holdout} (text)
 
-Older revisions of the hub repositories name the retain sets `retain2_qa`, `retain2_qa_icl` and
-privleak `retain2`; those are read when the new names are absent, and the manifest records which.
+Older revisions of the hub repositories name the retain sets `retain2_qa` and `retain2_qa_icl`;
+those are read when the new names are absent, and the manifest records which.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ class Muse(HubCorpus):
             "knowmem_retain_qa": ("knowmem", ["retain_qa", "retain2_qa"], QA),
             "knowmem_retain_qa_icl": ("knowmem", ["retain_qa_icl", "retain2_qa_icl"], QA),
             "privleak_forget": ("privleak", ["forget"], TEXT),
-            "privleak_retain": ("privleak", ["retain", "retain2"], TEXT),
             "privleak_holdout": ("privleak", ["holdout"], TEXT),
         }
 

@@ -7,7 +7,7 @@ with config `default` and the subsets as splits. For `forget: forgetXX` (01, 05,
                 answer), privleak_forget
   retainYY   -> retain (the regularizer, YY = 100 - XX), knowmem_retain_qa; ICL examples too
   holdoutXX  -> holdout, knowmem_holdout_qa (never trained: a control), privleak_holdout
-  retain_perturbed -> retain_eval, privleak_retain
+  retain_perturbed -> retain_eval
   forgetXX_perturbed, {retain,real_authors,world_facts}_perturbed
                  -> tofu_{forget,retain,real_authors,world_facts}_perturbed (question, answer,
                 base_answer, perturbed): what TOFU's truth ratio, probability and ROUGE read.
@@ -85,8 +85,7 @@ class Tofu(HubCorpus):
                 "gt": list(forget.answer)})),
             "knowmem_forget_qa": with_pid(forget), "knowmem_retain_qa": with_pid(retain_qa),
             "knowmem_holdout_qa": with_pid(holdout),
-            "privleak_forget": texts(forget), "privleak_retain": texts(retain_eval),
-            "privleak_holdout": texts(holdout),
+            "privleak_forget": texts(forget), "privleak_holdout": texts(holdout),
         }
         for split in ("forget", "retain", "holdout"):
             splits[f"knowmem_{split}_qa_icl"] = icl

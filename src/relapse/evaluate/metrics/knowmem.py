@@ -1,27 +1,23 @@
 """KnowMem (MUSE): few-shot QA, greedy, ROUGE-L F1 ×100 against the answer; plus exact match.
 
-Prompt: "Question: {q}\nAnswer: {a}\n\n" for each of k examples from the split's *_icl set
-(`shots`: a number, or `all`, MUSE's protocol: every example of the set, 10 in MUSE), then
-"Question: {q}\nAnswer: ". Generation: greedy, `max_new_tokens` (32), cut at "\n\n",
+Prompt (relapse.data.prompts): "Question: {q}\nAnswer: {a}\n\n" for each of k examples from the
+split's *_icl set (`shots`: a number, or `all`, MUSE's protocol: every example of the set, 10 in
+MUSE), then "Question: {q}\nAnswer: ". Generation: greedy, `max_new_tokens` (32), cut at "\n\n",
 "\nQuestion" or "Question:". The holdout split (people never trained on) is a control: its
 scores show what guessing from the templates gives. On a pretrained base the split `world`
-(real-world facts the base answered at the data stage, relapse.data.world) is reported too: a
-utility split beside retain, knowledge the unlearning should not touch.
+(real-world facts the base answered at the data stage: relapse.data.world, asked by
+relapse.models.world) is reported too: a utility split beside retain, knowledge the unlearning
+should not touch.
 """
 
 from __future__ import annotations
 
-from relapse.evaluate.generation import cut_at_stops, greedy_generate
+from relapse.data.prompts import STOPS, few_shot_prompt
 from relapse.evaluate.registry import MetricResult, register_metric
 from relapse.evaluate.rouge import rouge_l
+from relapse.models.generation import cut_at_stops, greedy_generate
 
-STOPS = ("\n\n", "\nQuestion", "Question:")
 SPLITS = ("forget", "retain", "holdout")
-
-
-def few_shot_prompt(examples, question: str) -> str:
-    shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in examples)
-    return shots + f"Question: {question}\nAnswer: "
 
 
 def icl_examples(icl, shots, split: str) -> list[tuple[str, str]]:

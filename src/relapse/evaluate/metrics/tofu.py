@@ -123,8 +123,8 @@ def _reference_ratios(ctx) -> tuple[np.ndarray | None, str | None]:
 
 @register_metric("tofu")
 def tofu(ctx) -> list[MetricResult]:
-    from relapse.evaluate.generation import cut_at_stops, greedy_generate
     from relapse.evaluate.rouge import rouge_l
+    from relapse.models.generation import cut_at_stops, greedy_generate
 
     cfg = ctx.cfg.get("tofu", {})
     bs = ctx.cfg.get("scoring", {}).get("batch_size", 16)

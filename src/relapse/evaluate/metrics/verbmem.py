@@ -8,9 +8,9 @@ templates are predictable; facts are not)."""
 
 from __future__ import annotations
 
-from relapse.evaluate.generation import greedy_generate
 from relapse.evaluate.registry import MetricResult, register_metric
 from relapse.evaluate.rouge import rouge_l
+from relapse.models.generation import greedy_generate
 
 
 def truncate_tokens(tokenizer, text: str, max_tokens: int) -> str:

@@ -86,7 +86,7 @@ def _rmu_layers(hp, n_layers):
 
 
 def _rmu_modules(hp):
-    from relapse.unlearn.params import DECODER_LINEAR_SUFFIXES
+    from relapse.models.modules import DECODER_LINEAR_SUFFIXES
 
     modules = str(hp["modules"])
     if modules == "all":

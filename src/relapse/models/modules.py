@@ -1,4 +1,7 @@
-"""Which weights an unlearning run may change: a peft LoRA adapter, or the decoder Linear weights."""
+"""Which modules of a causal LM are which: its decoder blocks, the Linear layers inside them, the
+module a parameter belongs to; and which weights a training run may change (a peft LoRA adapter,
+or the decoder Linear weights). Used by unlearning, reference fine-tuning, quantization and the
+attacks alike."""
 
 from __future__ import annotations
 
@@ -39,3 +42,19 @@ def make_trainable(model, params: str, lora_cfg: dict):
             # A bf16 master copy silently drops updates smaller than its 8-bit mantissa.
             p.data = p.data.float()
     return model
+
+
+def decoder_layers(model):
+    """The decoder block list of a (possibly peft-wrapped) causal LM."""
+    for name, module in model.named_modules():
+        if name.endswith("layers") and hasattr(module, "__len__") and len(module) > 0:
+            return module
+    raise ValueError("no decoder layers found in the model")
+
+
+def module_of(param_name: str) -> str:
+    """The Linear module a trainable parameter belongs to (its LoRA A/B, or its weight)."""
+    for marker in (".lora_A.", ".lora_B."):
+        if marker in param_name:
+            return param_name.split(marker)[0]
+    return param_name.rsplit(".", 1)[0]

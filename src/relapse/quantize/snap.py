@@ -12,10 +12,10 @@ from pathlib import Path
 def snap_reference(source: str | Path, snap: dict, out_dir: str | Path, threads: int = 1) -> None:
     from relapse.io import atomic_dir, write_json
     from relapse.models.io import load_model, read_manifest, save_model
+    from relapse.models.modules import decoder_linear_names
     from relapse.provenance import provenance
     from relapse.quantize.rtn import quantize_linear_layers
     from relapse.seeding import seed_everything
-    from relapse.unlearn.params import decoder_linear_names
 
     seed_everything(0, threads)
     model = load_model(source)

@@ -1,0 +1,404 @@
+"""GPU-hours and disk of the paper grids (config/muse.yaml, config/tofu.yaml) on 7B models,
+estimated from FLOPs, with the relative cost of each method's step measured on this CPU with
+relapse's own step code. No GPU is used. Writes benchmarks/paper_cost.json.
+
+    .venv/bin/python benchmarks/paper_cost.py [--dry-run] [--steps 2]
+
+--dry-run recounts the jobs per rule with `snakemake -n --quiet rules` (about 40 s on 2 cores);
+without it the counts recorded below (from that command) are used. Every input that is not
+read from the repository is in INPUTS or ASSUMPTIONS with its source, and lands in the JSON.
+
+Method: FLOPs per optimizer step = (forward 2·N + backward 2·N + weight gradients 2·N_trainable)
+per token (≈ 6·N for params=full, ≈ 4·N for LoRA) + causal attention, plus a no-grad reference
+forward (2·N per token) where the objective needs one (KLR: the retain batch, every step; NPO:
+the forget set once, at θ₀). GPU seconds = FLOPs / (peak × MFU). The CPU measurement times
+relapse.unlearn.trainer.accumulate_step + clipping + AdamW on a 2-layer Llama at sequence length
+2048 and checks that the FLOP model predicts the methods' relative step times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------- inputs (sources in "source")
+INPUTS = {
+    "model_7b": {
+        "source": "Llama-2-7B config (hidden 4096, intermediate 11008, 32 layers, vocab 32000); "
+                  "assumed for all reference models (MUSE-News/Books target+retrain, "
+                  "open-unlearning/tofu_Llama-2-7b-chat-hf_*)",
+        "hidden": 4096, "intermediate": 11008, "layers": 32, "vocab": 32000},
+    "muse_news": {
+        "source": "huggingface.co/datasets/muse-bench/MUSE-News README.md dataset_info "
+                  "(num_bytes / num_examples)",
+        "forget": [3281546, 889], "retain1": [6456895, 1777], "retain2": [6437312, 1778],
+        "holdout": [9095347, 3043], "privleak_forget": [806172, 100],
+        "privleak_holdout": [806341, 100], "knowmem_icl_bytes": [1154, 1265],
+        "knowmem_items": [100, 100]},
+    "muse_books": {
+        "source": "huggingface.co/datasets/muse-bench/MUSE-Books README.md dataset_info",
+        "forget": [4096855, 4], "retain1": [836924, 12], "retain2": [1969626, 13],
+        "holdout": [2328993, 3], "privleak_forget": [744007, 100],
+        "privleak_holdout": [706326, 100], "knowmem_icl_bytes": [1033, 1143],
+        "knowmem_items": [100, 100], "verbmem": [417969, 100]},
+    "tofu_forget10": {
+        "source": "locuslab/TOFU: 4000 QA pairs on 200 authors; forget10 = 400, retain90 = 3600, "
+                  "holdout10 = 400; perturbed sets: forget10 400, retain 400, real_authors 100, "
+                  "world_facts 117 (TOFU paper / dataset card)",
+        "forget": 400, "retain": 3600, "holdout": 400,
+        "perturbed": {"forget": 400, "retain": 400, "real_authors": 100, "world_facts": 117}},
+    "jobs_recorded": {
+        "source": "snakemake -n --quiet rules --configfile config/{muse,tofu}.yaml "
+                  "(Snakemake 9.27.1, this tree)",
+        "muse": {"fetch_pretrained": 4, "prepare_corpus": 2, "unlearn": 192, "select_epoch": 320,
+                 "quantize": 2916, "evaluate": 2916, "diagnose": 320, "report": 1, "all": 1},
+        "tofu": {"fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": 96, "select_epoch": 96,
+                 "quantize": 882, "evaluate": 882, "diagnose": 96, "report": 1, "all": 1}},
+}
+
+ASSUMPTIONS = {
+    "gpu": "A100-80GB SXM: 312 TFLOP/s dense bf16 (training runs under bf16 autocast), "
+           "19.5 TFLOP/s fp32 (evaluation.dtype: float32 and relapse does not enable TF32), "
+           "2.04 TB/s HBM",
+    "gpu_bf16_flops": 312e12, "gpu_fp32_flops": 19.5e12, "gpu_hbm_bytes_s": 2.04e12,
+    "h100_note": "H100 SXM (989 TFLOP/s bf16, 67 fp32, 3.35 TB/s): roughly 0.3x the training "
+                 "and 0.3x the evaluation hours below",
+    "mfu": 0.40,
+    "decode_bandwidth_efficiency": 0.6,
+    "bytes_per_token": 4.0,
+    "bytes_per_token_note": "English text with the Llama tokenizer (~4 characters per token); "
+                            "the MUSE cards give bytes, not tokens",
+    "padding_factor": {"news": 1.5, "books": 1.0, "tofu": 1.3},
+    "padding_note": "encode() pads each micro-batch of 4 to its longest text: News articles "
+                    "(~920 tokens, varying) and TOFU QA pairs are padded ~1.5x / ~1.3x (guess); "
+                    "Books chunks are all 2048",
+    "tofu_qa_tokens": 80,
+    "tofu_qa_note": "one 'Question: …\\nAnswer: …' text (guess from TOFU's 1-3 sentence answers)",
+    "verbmem_news_like_books": "MUSE-News verbmem bytes not on the card: taken as Books' "
+                               "(~1045 tokens per item, 128 of them the ground truth)",
+    "quantize_hours": {"none": 0.01, "bnb": 0.05, "rtn": 0.05, "gptq": 0.17, "awq": 0.25},
+    "quantize_note": "none: a byte copy; bnb/rtn: load + save of a 27 GB fp32 folder (I/O, "
+                     "~3 min, assumption); gptq: the GPTQ paper's ~4 GPU-hours for a 175B model "
+                     "(arXiv 2210.17323) scaled linearly to 6.7B = 0.15-0.17 h; awq: assumption "
+                     "0.25 h (its scale search costs more than GPTQ in relapse's CPU benchmark)",
+    "io_bytes_s": 1.0e9,
+    "io_note": "1 GB/s model-folder reads/writes (shared file system), for checkpoint saves and "
+               "diagnose, which loads 2 + 2x8 fp32 models",
+    "reference_hub_bytes_per_param": 2,
+    "reference_note": "hub references stored in bf16/fp16 (13.5 GB) and hard-linked from the "
+                      "HF cache (counted once)",
+    "concurrent_gpu_jobs": 8,
+}
+
+PEAK_NOTE = ("peak with temp(): references + every checkpoint + the target's quantized folders "
+             "(inputs of every diagnose job, kept to the end) + the quantized folders of the "
+             "checkpoints in flight, taken as concurrent_gpu_jobs checkpoints × their 9 folders "
+             "(Snakemake deletes a folder once its evaluate and diagnose jobs are done; it does "
+             "not bound how many checkpoints are quantized before they are diagnosed)")
+
+
+def llama_params(m: dict) -> dict:
+    h, i, n, v = m["hidden"], m["intermediate"], m["layers"], m["vocab"]
+    linear = n * (4 * h * h + 3 * h * i)
+    return {"linear": linear, "head": v * h, "embed": v * h, "total": linear + 2 * v * h}
+
+
+def attn_flops_per_token(m: dict, seq: float, passes: int) -> float:
+    """QK^T and AV of causal attention (mean context seq/2): 2 matmuls × 2 FLOPs × layers ×
+    hidden × seq/2 per forward; `passes` forward-equivalents (3 for fwd+bwd)."""
+    return passes * 2 * 2 * m["layers"] * m["hidden"] * seq / 2
+
+
+def step_flops_per_token(P: dict, m: dict, seq: float, params: str) -> float:
+    """Forward + activation gradients (2 + 2 per weight of the Linear layers and the LM head)
+    + weight gradients (2 per trainable weight: the decoder Linears for full; ~0 for LoRA)."""
+    fwd = 2 * (P["linear"] + P["head"])
+    act = 2 * (P["linear"] + P["head"])
+    wgrad = 2 * P["linear"] if params == "full" else 0.0
+    return fwd + act + wgrad + attn_flops_per_token(m, seq, 3)
+
+
+def fwd_flops_per_token(P: dict, m: dict, seq: float) -> float:
+    return 2 * (P["linear"] + P["head"]) + attn_flops_per_token(m, seq, 1)
+
+
+METHOD_PARTS = {  # forget objective, regularizer; what each step computes beyond fwd+bwd
+    "ga": ("ga", None), "ga_gdr": ("ga", "gdr"), "ga_klr": ("ga", "klr"),
+    "npo": ("npo", None), "npo_gdr": ("npo", "gdr"), "npo_klr": ("npo", "klr")}
+
+
+def corpora(A: dict) -> dict:
+    bpt = A["bytes_per_token"]
+    news, books, tofu = INPUTS["muse_news"], INPUTS["muse_books"], INPUTS["tofu_forget10"]
+
+    def chunks(bytes_, docs, max_len=2048):
+        tokens = bytes_ / bpt
+        per_doc = tokens / docs
+        n = docs * max(1, math.ceil(per_doc / (max_len - 1)))
+        return n, tokens / n
+
+    out = {}
+    for name, src, pad in (("news", news, A["padding_factor"]["news"]),
+                           ("books", books, A["padding_factor"]["books"])):
+        f_n, f_len = chunks(*src["forget"])
+        r_n, r_len = chunks(*src["retain1"])
+        out[name] = {"forget_chunks": f_n, "forget_tokens": src["forget"][0] / bpt,
+                     "forget_seq": min(2048, f_len * pad), "retain_seq": min(2048, r_len * pad),
+                     "mean_forget_chunk_tokens": f_len, "mean_retain_chunk_tokens": r_len}
+    q = A["tofu_qa_tokens"]
+    out["tofu"] = {"forget_chunks": tofu["forget"], "forget_tokens": tofu["forget"] * q,
+                   "forget_seq": q * A["padding_factor"]["tofu"],
+                   "retain_seq": q * A["padding_factor"]["tofu"],
+                   "mean_forget_chunk_tokens": q, "mean_retain_chunk_tokens": q}
+    return out
+
+
+def methods_of(cfg: dict):
+    for name, m in cfg["methods"].items():
+        base = name.removesuffix("_sure")
+        yield name, base, name.endswith("_sure"), len(m["lr"]), max(m["epochs"]), len(m["epochs"])
+
+
+def unlearn_cost(cfg: dict, bench: str, C: dict, P: dict, m7: dict, A: dict) -> dict:
+    c = C[bench]
+    bs = cfg["unlearning"]["batch_size"]
+    steps_epoch = math.ceil(c["forget_chunks"] / bs)
+    rate = A["gpu_bf16_flops"] * A["mfu"]
+    ckpt_s = llama_params(m7)["total"] * 4 / A["io_bytes_s"]
+    total_s, runs, ckpts, rows = 0.0, 0, 0, {}
+    for name, base, sure, n_lr, max_ep, n_ep in methods_of(cfg):
+        forget, reg = METHOD_PARTS[base]
+        for params in cfg["unlearning"]["params"]:
+            per_step = bs * c["forget_seq"] * step_flops_per_token(P, m7, c["forget_seq"], params)
+            if reg:
+                per_step += bs * c["retain_seq"] * step_flops_per_token(P, m7, c["retain_seq"], params)
+            if reg == "klr":
+                per_step += bs * c["retain_seq"] * fwd_flops_per_token(P, m7, c["retain_seq"])
+            once = 0.0
+            if forget == "npo":       # π_ref(y|x) of the whole forget set, at θ₀
+                once += c["forget_tokens"] * fwd_flops_per_token(P, m7, c["forget_seq"])
+            if sure:                  # ∇_W L_forget over the whole forget set (base weights)
+                once += c["forget_tokens"] * step_flops_per_token(P, m7, c["forget_seq"], "full")
+            steps = steps_epoch * max_ep
+            seconds = (per_step * steps + once) / rate + n_ep * ckpt_s
+            rows[f"{name}/{params}"] = {"steps": steps, "tflop_per_step": round(per_step / 1e12, 1),
+                                        "gpu_h_per_run": round(seconds / 3600, 3), "runs": n_lr}
+            total_s += seconds * n_lr
+            runs += n_lr
+            ckpts += n_lr * n_ep
+    return {"steps_per_epoch": steps_epoch, "runs": runs, "checkpoints": ckpts,
+            "gpu_hours": total_s / 3600, "per_method": rows}
+
+
+def eval_cost(bench: str, C: dict, P: dict, m7: dict, A: dict, cfg: dict) -> dict:
+    """One evaluate job: teacher-forced scoring (fp32 forwards) + greedy decoding (bandwidth)."""
+    bpt = A["bytes_per_token"]
+    ev = cfg["evaluation"]
+    bs = ev["batch_size"]
+    cap = ev["scoring"].get("max_tokens") or 10 ** 9
+    fp32_rate = A["gpu_fp32_flops"] * A["mfu"]
+    step_s = llama_params(m7)["total"] * 4 / (A["gpu_hbm_bytes_s"] * A["decode_bandwidth_efficiency"])
+
+    def capped(bytes_, n):
+        return n * min(bytes_ / n / bpt, cap)
+
+    if bench in ("news", "books"):
+        src = INPUTS["muse_news" if bench == "news" else "muse_books"]
+        scored = {"utility_retain_eval": capped(*src["retain2"]),
+                  "utility_holdout": capped(*src["holdout"]),
+                  "privleak": capped(*src["privleak_forget"]) + capped(*src["privleak_holdout"])}
+        vb = INPUTS["muse_books"]["verbmem"]
+        verb_prompt = vb[0] / vb[1] / bpt - ev["verbmem"]["max_new_tokens"]
+        icl = sum(src["knowmem_icl_bytes"]) / 2 / bpt
+        n_qa = src["knowmem_items"]
+        prefill = sum(n_qa) * 20 + 2 * icl + 100 * verb_prompt   # ICL prefix cached per split
+        decode_steps = (sum(math.ceil(n / bs) for n in n_qa) * ev["knowmem"]["max_new_tokens"]
+                        + math.ceil(100 / bs) * ev["verbmem"]["max_new_tokens"])
+        seq = 2048
+    else:
+        t, q = INPUTS["tofu_forget10"], A["tofu_qa_tokens"]
+        pert = sum(t["perturbed"].values())
+        scored = {"tofu_answer_losses": pert * 7 * q,          # answer, paraphrase, 5 perturbed
+                  "utility": 800 * q, "privleak": 800 * q}
+        n_qa = [t["forget"], t["retain"] - 10, t["holdout"]]
+        prefill = sum(n_qa) * q / 2 + t["forget"] * q / 2
+        decode_steps = (sum(math.ceil(n / bs) for n in n_qa) * ev["knowmem"]["max_new_tokens"]
+                        + math.ceil(t["forget"] / bs) * ev["verbmem"]["max_new_tokens"]
+                        + math.ceil(pert / bs) * ev["tofu"]["max_new_tokens"])
+        seq = q
+    tokens = sum(scored.values()) + prefill
+    flops = tokens * fwd_flops_per_token(P, m7, min(seq, cap))
+    load_s = llama_params(m7)["total"] * 4 / A["io_bytes_s"]
+    seconds = flops / fp32_rate + decode_steps * step_s + load_s
+    return {"scored_tokens": {k: round(v) for k, v in scored.items()}, "prefill_tokens": round(prefill),
+            "decode_steps": decode_steps, "pflop": round(flops / 1e15, 1),
+            "gpu_h_per_job": seconds / 3600}
+
+
+def disk(cfg: dict, jobs: dict, n_ckpt: int, benches: int, P: dict, A: dict) -> dict:
+    GB = 1e9
+    fp32 = P["total"] * 4 / GB
+    ref = P["total"] * A["reference_hub_bytes_per_param"] / GB
+    grid = P["linear"] / 128 * 4 / GB                          # quant_steps: one fp32 scale per group
+    adapter = 20e6 * 4 / GB                                     # r=8 all-linear on 7B: ~20M params
+    n_quants = sum(len(s["bits"]) for s in cfg["quantization"]["schemes"])
+    lora_share = cfg["unlearning"]["params"].count("lora") / len(cfg["unlearning"]["params"])
+    refs = 2 * benches * ref
+    ckpts = n_ckpt * (fp32 + lora_share * adapter)
+    base_q = 2 * benches * ((n_quants - 1) * (fp32 + grid) + ref)     # none: a byte copy
+    unl_q = n_ckpt * ((n_quants - 1) * (fp32 + grid) + fp32)
+    assert jobs["quantize"] == n_quants * (n_ckpt + 2 * benches), "job count mismatch"
+    per_ckpt_set = (n_quants - 1) * (fp32 + grid) + fp32
+    kept_target = benches * ((n_quants - 1) * (fp32 + grid))
+    inflight = A["concurrent_gpu_jobs"] * per_ckpt_set
+    TB = 1000
+    return {
+        "model_folder_gb": {"fp32": round(fp32, 2), "reference_bf16": round(ref, 2),
+                            "quantized (fp32 dequantized + grid)": round(fp32 + grid, 2)},
+        "references_tb": refs / TB, "checkpoints_tb": ckpts / TB,
+        "quantized_tb_without_temp": (base_q + unl_q) / TB,
+        "total_without_temp_tb": (refs + ckpts + base_q + unl_q) / TB,
+        "quantized_peak_with_temp_tb": (kept_target + inflight) / TB,
+        "total_peak_with_temp_tb": (refs + ckpts + kept_target + inflight) / TB,
+        "note": PEAK_NOTE}
+
+
+# ---------------------------------------------------------------- CPU measurement
+def measure(steps: int) -> dict:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from relapse.unlearn.registry import get_method
+    from relapse.unlearn import trainer as T
+    from relapse.models.modules import make_trainable
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    m = {"hidden": 128, "intermediate": 344, "layers": 2, "vocab": 8000}
+    config = LlamaConfig(hidden_size=m["hidden"], intermediate_size=m["intermediate"],
+                         num_hidden_layers=m["layers"], num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=m["vocab"],
+                         max_position_embeddings=2048)
+    seq, micro, n_micro = 2048, 1, 1
+    P = llama_params(m)
+
+    def batch():
+        ids = torch.randint(3, m["vocab"], (micro, seq))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    out = {}
+    cases = [("ga", "full"), ("ga_klr", "full"), ("npo", "full"), ("ga", "lora")]
+    for name, params in cases:
+        method = get_method(name)
+        hp = {**method.defaults(), "lr": 1e-5, "params": params}
+        model = LlamaForCausalLM(config).float().eval()
+        reference = None
+        if params == "full" and method.needs_reference:
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        forget = [batch() for _ in range(n_micro)]
+        retain = [batch() for _ in range(n_micro)] if method.regularizer else None
+        if method.forget.needs_ref_seq_logp:
+            logp = T._ref_seq_logprobs(model, forget)
+            for i, b in enumerate(forget):
+                b["ref_seq_logp"] = logp[i * micro:(i + 1) * micro]
+        model = make_trainable(model, params, {"r": 8, "alpha": 16, "targets": "all-linear"})
+        ctx = T.StepContext(model, "paper", reference, is_lora=params == "lora")
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.0)
+        times = []
+        for i in range(steps + 1):          # the first step warms the allocator up
+            start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            T.accumulate_step(method, ctx, hp, forget, retain, None, i)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            times.append(time.perf_counter() - start)
+        base, reg = METHOD_PARTS[name]
+        flops = n_micro * micro * seq * step_flops_per_token(P, m, seq, params)
+        if reg:
+            flops += n_micro * micro * seq * step_flops_per_token(P, m, seq, params)
+        if reg == "klr":
+            flops += n_micro * micro * seq * fwd_flops_per_token(P, m, seq)
+        s = min(times[1:])
+        out[f"{name}/{params}"] = {"s_per_step": round(s, 3), "gflop_per_step": round(flops / 1e9, 1),
+                                   "cpu_gflop_s": round(flops / s / 1e9, 1)}
+    ga = out["ga/full"]
+    for v in out.values():
+        v["time_vs_ga_full"] = round(v["s_per_step"] / ga["s_per_step"], 2)
+        v["flops_vs_ga_full"] = round(v["gflop_per_step"] / ga["gflop_per_step"], 2)
+    return {"model": {**m, "params": P["total"], "seq_len": seq,
+                      "tokens_per_step": n_micro * micro * seq, "threads": 2,
+                      "torch": torch.__version__},
+            "code": "relapse.unlearn.trainer.accumulate_step (+ clip_grad_norm_ + AdamW), "
+                    "loss_variant paper", "steps_timed": steps, "results": out}
+
+
+def dry_run_counts(config: str) -> dict:
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    text = subprocess.run([snakemake, "-n", "--quiet", "rules", "--configfile", config],
+                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    block = text.split("Job stats:")[1]
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", block, re.M) if k != "total"}
+
+
+def main() -> None:
+    import yaml
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dry-run", action="store_true", help="recount jobs with snakemake -n")
+    parser.add_argument("--steps", type=int, default=1)
+    args = parser.parse_args()
+    A, m7 = ASSUMPTIONS, INPUTS["model_7b"]
+    P = llama_params(m7)
+    C = corpora(A)
+    result = {"inputs": INPUTS, "assumptions": A, "params_7b": P, "corpora": C, "grids": {}}
+    for grid, path in (("muse", "config/muse.yaml"), ("tofu", "config/tofu.yaml")):
+        cfg = yaml.safe_load((ROOT / path).read_text())
+        jobs = dry_run_counts(path) if args.dry_run else INPUTS["jobs_recorded"][grid]
+        benches = list(cfg["benchmarks"])
+        un = {b: unlearn_cost(cfg, b, C, P, m7, A) for b in benches}
+        ev = {b: eval_cost(b, C, P, m7, A, cfg) for b in benches}
+        n_ckpt = sum(u["checkpoints"] for u in un.values())
+        assert jobs["unlearn"] == sum(u["runs"] for u in un.values()), (jobs, un)
+        assert jobs["select_epoch"] == n_ckpt == jobs["diagnose"], (jobs, n_ckpt)
+        n_q = {b: jobs["quantize"] // len(benches) for b in benches}
+        q_hours = sum(A["quantize_hours"][s["scheme"]] * len(s["bits"])
+                      for s in cfg["quantization"]["schemes"])
+        fp32_read_s = P["total"] * 4 / A["io_bytes_s"]
+        diag_h = (2 + 2 * (sum(len(s["bits"]) for s in cfg["quantization"]["schemes"]) - 1)) \
+            * fp32_read_s / 3600
+        stages = {
+            "unlearn": {"jobs": jobs["unlearn"], "gpu_hours": sum(u["gpu_hours"] for u in un.values())},
+            "quantize": {"jobs": jobs["quantize"],
+                         "gpu_hours": q_hours * (n_ckpt + 2 * len(benches))},
+            "evaluate": {"jobs": jobs["evaluate"],
+                         "gpu_hours": sum(ev[b]["gpu_h_per_job"] * n_q[b] for b in benches)},
+            "diagnose": {"jobs": jobs["diagnose"], "gpu_hours": diag_h * jobs["diagnose"]},
+        }
+        stages["total"] = {"jobs": sum(jobs.values()),
+                           "gpu_hours": sum(s["gpu_hours"] for s in stages.values())}
+        for s in stages.values():
+            s["gpu_hours"] = round(s["gpu_hours"])
+        result["grids"][grid] = {"config": path, "jobs": jobs, "stages": stages,
+                                 "unlearn": un, "evaluate_per_job": ev,
+                                 "disk": disk(cfg, jobs, n_ckpt, len(benches), P, A)}
+    result["cpu_measurement"] = measure(args.steps)
+    (ROOT / "benchmarks" / "paper_cost.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({g: {"stages": r["stages"], "disk": {k: v for k, v in r["disk"].items()
+                                                          if k.endswith("tb")}}
+                      for g, r in result["grids"].items()}, indent=1))
+    print(json.dumps(result["cpu_measurement"]["results"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
