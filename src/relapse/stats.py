@@ -109,6 +109,34 @@ def bootstrap_seeds_items(scores, reference=None, samples: int = 1000, seed: int
     return (value, *_percentiles(stats, level))
 
 
+def bootstrap_mean_ratio(members: Sequence, reference, samples: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """(value, low, high) of the mean over `members` (seeds x items matrices, one per method) of
+    mean(member) / mean(reference): the "mean over methods" of knowledge retained.
+
+    As bootstrap_seeds_items, each resample draws the items once and uses them for every member
+    and the reference (all were asked the same questions); each member's seeds and the
+    reference's are drawn on their own. Every member ratio of a resample shares the one
+    reference draw, as the point estimate shares the one target. With one member this is
+    bootstrap_seeds_items(member, reference) (the same draws, in the same order)."""
+    xs = [np.atleast_2d(np.asarray(m, dtype=float)) for m in members]
+    ref = np.atleast_2d(np.asarray(reference, dtype=float))
+    if not xs or ref.size == 0 or any(x.size == 0 or x.shape[1] != ref.shape[1] for x in xs):
+        return _NAN3
+    den = float(ref.mean())
+    value = float(np.mean([x.mean() for x in xs])) / den if den != 0 else float("nan")
+    if samples <= 0 or np.isnan(value):
+        return value, value, value
+    n_items = ref.shape[1]
+    rng = np.random.default_rng(seed)
+    items = _counts(rng.integers(0, n_items, size=(samples, n_items)), n_items)
+    nums = [_resampled_means(x, items, rng) for x in xs]
+    dens = _resampled_means(ref, items, rng)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stats = np.where(dens != 0, np.mean(nums, axis=0) / dens, np.nan)
+    return (value, *_percentiles(stats, level))
+
+
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) of Student's t-interval over independent replicates (seeds): mean ±
     t(level, n-1) · sd / √n. One value gives a zero-width interval: use an item bootstrap then."""

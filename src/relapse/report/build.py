@@ -62,10 +62,32 @@ def paper_tables(metrics: pd.DataFrame, cfg: dict, samples: pd.DataFrame | None 
     tables = {
         "main": main_table(frame, chosen, quants, captions.main_caption(cfg, world), columns),
         "retained": retained_table(frame, chosen, quants, settings["retained_metrics"],
-                                   captions.retained_caption(cfg)),
+                                   captions.retained_caption(cfg),
+                                   mean_retained(metrics, samples, chosen,
+                                                 settings["retained_metrics"], cfg)),
         "grid": grid_table(frame, quants, captions.grid_caption(cfg, world), columns),
     }
     return tables, frame, chosen, quants
+
+
+def mean_retained(metrics: pd.DataFrame, samples: pd.DataFrame | None, chosen: pd.DataFrame,
+                  retained: list[str], cfg: dict) -> dict[tuple, tuple[float, float]]:
+    """(bench, quant, measure name) -> (lo, hi) of the retained table's mean (GDR/KLR) row."""
+    from relapse.report.intervals import mean_retained_intervals
+    from relapse.report.measures import RETAINABLE
+    from relapse.report.paper_tables import mean_row_members
+
+    boot = {"samples": 1000, "seed": 0, **cfg.get("evaluation", {}).get("bootstrap", {})}
+    members = mean_row_members(chosen)
+    out = {}
+    for key in retained:
+        m = RETAINABLE[key]
+        rows = metrics[(metrics.metric == m.metric) & (metrics.split == m.split)
+                       & (metrics.stat == m.stat)]
+        for (bench, quant), ci in mean_retained_intervals(rows, samples, m, boot,
+                                                          members).items():
+            out[(bench, quant, m.name)] = ci
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -19,7 +19,7 @@ import math
 
 import pandas as pd
 
-from relapse.stats import bootstrap_seeds_items, t_interval
+from relapse.stats import bootstrap_mean_ratio, bootstrap_seeds_items, t_interval
 
 KEYS = ["bench", "method", "hp", "quant"]
 # Where each measure's per-item scores are in samples.parquet: (rows of metric, column, scale).
@@ -109,4 +109,29 @@ def retained_intervals(rows: pd.DataFrame, samples: pd.DataFrame | None, measure
         _, low, high = bootstrap_seeds_items(grid[common].to_numpy(), ref[common].to_numpy(),
                                              **boot)
         out[key] = (low, high)
+    return out
+
+
+def mean_retained_intervals(rows: pd.DataFrame, samples: pd.DataFrame | None, measure, boot: dict,
+                            members: dict[str, list[tuple[str, str]]]
+                            ) -> dict[tuple, tuple[float, float]]:
+    """(bench, quant) -> (lo, hi) of the mean over `members[bench]` ((method, hp) pairs: the
+    table's utility-constrained rows) of each one's retained `measure`: one paired bootstrap
+    over the items all of them and the target have. Absent where a member or the target has no
+    per-item scores."""
+    grids = item_matrices(rows, samples, measure)
+    out = {}
+    quants = dict.fromkeys(k[3] for k in grids)
+    for bench, pairs in members.items():
+        for quant in quants:
+            ref = grids.get((bench, "target", "default", quant))
+            mats = [grids.get((bench, m, hp, quant)) for m, hp in pairs]
+            if ref is None or not mats or any(g is None for g in mats):
+                continue
+            common = ref.columns
+            for g in mats:
+                common = common.intersection(g.columns)
+            _, low, high = bootstrap_mean_ratio([g[common].to_numpy() for g in mats],
+                                                ref[common].to_numpy(), **boot)
+            out[(bench, quant)] = (low, high)
     return out

@@ -108,11 +108,24 @@ def main_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
                       intervals=_intervals(rows, quants, cols))
 
 
+def mean_row_members(chosen: pd.DataFrame) -> dict[str, list[tuple[str, str]]]:
+    """bench -> the (method, hp) rows that the retained table's mean row averages: each
+    utility-constrained (GDR/KLR) method at its selected hp."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for bench, method, hp in zip(chosen.bench, chosen.method, chosen.hp):
+        if is_utility_constrained(method):
+            out.setdefault(bench, []).append((method, hp))
+    return out
+
+
 def retained_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
-                   retained: list[str], caption: str) -> PaperTable:
+                   retained: list[str], caption: str,
+                   mean_intervals: dict[tuple, tuple[float, float]] | None = None) -> PaperTable:
     """(b) Knowledge retained (unlearned / target at matched quant) per method x precision, for
     each retained measure, with the retrain model as a reference row and, per bench, the mean
-    over the utility-constrained (GDR/KLR) methods."""
+    over the utility-constrained (GDR/KLR) methods. `mean_intervals`: (bench, quant, measure
+    name) -> (lo, hi) of that mean (intervals.mean_retained_intervals: one paired bootstrap of
+    the mean of ratios); without it the mean row has no interval."""
     measures = [RETAINABLE[k] for k in retained]
     rows = _rows(wide, chosen)
     rows = rows[rows.method != "target"].reset_index(drop=True)   # 100% by definition
@@ -129,8 +142,16 @@ def retained_table(wide: pd.DataFrame, chosen: pd.DataFrame, quants: list[str],
         if constrained.any():
             out_labels.append(pd.DataFrame([{"bench": bench, "method": MEAN_ROW, "hp": ""}]))
             out_values.append(values[constrained].mean().to_frame().T)
-            # no interval: a mean of the methods' bounds is not one of their mean
-            out_intervals.append(pd.DataFrame(float("nan"), index=[0], columns=intervals.columns))
+            # a mean of the methods' bounds is not an interval of their mean: the bootstrap of
+            # the mean itself, where the per-item scores allow it
+            mean_ci = pd.DataFrame(float("nan"), index=[0], columns=intervals.columns)
+            for quant in quants:
+                for m in measures:
+                    lo, hi = (mean_intervals or {}).get((bench, quant, m.name),
+                                                        (float("nan"), float("nan")))
+                    mean_ci[f"{quant}|{m.name} lo"] = 100.0 * lo
+                    mean_ci[f"{quant}|{m.name} hi"] = 100.0 * hi
+            out_intervals.append(mean_ci)
     return PaperTable("retained", caption, pd.concat(out_labels, ignore_index=True), quants,
                       measures, pd.concat(out_values, ignore_index=True), percent=True,
                       intervals=pd.concat(out_intervals, ignore_index=True))
