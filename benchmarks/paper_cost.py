@@ -12,7 +12,7 @@ Method: FLOPs per optimizer step = (forward 2·N + backward 2·N + weight gradie
 per token (≈ 6·N for params=full, ≈ 4·N for LoRA) + causal attention, plus a no-grad reference
 forward (2·N per token) where the objective needs one (KLR: the retain batch, every step; NPO:
 the forget set once, at θ₀). GPU seconds = FLOPs / (peak × MFU). The CPU measurement times
-relapse.unlearn.trainer.accumulate_step + clipping + AdamW on a 2-layer Llama at sequence length
+relapse.unlearn.step.accumulate_step + clipping + AdamW on a 2-layer Llama at sequence length
 2048 and checks that the FLOP model predicts the methods' relative step times.
 """
 
@@ -278,7 +278,7 @@ def measure(steps: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from relapse.unlearn.registry import get_method
-    from relapse.unlearn import trainer as T
+    from relapse.unlearn import step as T
     from relapse.models.modules import make_trainable
 
     torch.set_num_threads(2)
@@ -339,7 +339,7 @@ def measure(steps: int) -> dict:
     return {"model": {**m, "params": P["total"], "seq_len": seq,
                       "tokens_per_step": n_micro * micro * seq, "threads": 2,
                       "torch": torch.__version__},
-            "code": "relapse.unlearn.trainer.accumulate_step (+ clip_grad_norm_ + AdamW), "
+            "code": "relapse.unlearn.step.accumulate_step (+ clip_grad_norm_ + AdamW), "
                     "loss_variant paper", "steps_timed": steps, "results": out}
 
 

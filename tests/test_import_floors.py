@@ -36,7 +36,7 @@ ALLOWED = {
         "changes the weights (function-level, torch-free; grid.py is the Snakefile's)",
     ("relapse.attacks.kinds.relearn", "relapse.unlearn.registry"):
         "relearning runs as an unlearning Method (NLL descent) through the same training step",
-    ("relapse.attacks.kinds.relearn", "relapse.unlearn.trainer"):
+    ("relapse.attacks.kinds.relearn", "relapse.unlearn.step"):
         "relearning reuses the unlearning step (StepContext, accumulate_step) so both train alike",
     ("relapse.attacks.kinds.relearn", "relapse.unlearn.losses"):
         "relearning's objective is the unlearning losses' token NLL",

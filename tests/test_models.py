@@ -123,3 +123,58 @@ def test_reference_schedule_warms_up_2pct_and_reaches_0_at_the_last_step(tiny_lm
     assert lrs[-1] < 0.01 * peak                          # the one-pair sizing left ~0.8x peak
     assert schedulers[0].last_epoch == steps
     assert schedulers[0].get_last_lr()[0] == pytest.approx(0.0, abs=1e-12 * peak)
+
+
+def test_pad_rows_pads_right_or_left():
+    from relapse.models.batching import pad_rows
+
+    ids, mask = pad_rows([[5, 6, 7], [8], []], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    ids, mask = pad_rows([[5, 6, 7], [8], []], 0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert ids.dtype == mask.dtype == torch.long
+    with pytest.raises(ValueError, match="side"):
+        pad_rows([[1]], 0, side="middle")
+
+
+def test_training_loop_runs_each_step_in_one_order():
+    """zero_grad, the step function, clipping, optimizer, scheduler, then the hook; an epoch
+    hook returning True stops the run."""
+    from relapse.models.guard import NonFiniteLoss
+    from relapse.models.training import TrainingLoop
+
+    calls = []
+    w = torch.nn.Parameter(torch.ones(2))
+
+    class Recorder(torch.optim.SGD):
+        def zero_grad(self, set_to_none=True):
+            calls.append("zero_grad")
+            super().zero_grad(set_to_none=set_to_none)
+
+        def step(self, closure=None):
+            calls.append("step")
+            return super().step(closure)
+
+    opt = Recorder([w], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: calls.append("scheduler") or 1.0)
+    calls.clear()
+    loop = TrainingLoop(torch.nn.Linear(1, 1), [w], opt, scheduler, grad_clip=1.0)
+
+    def step(batch, loop):
+        calls.append(f"step_fn {batch} at {loop.step}")
+        loss = (w * batch).sum()
+        loop.check({"loss": loss})
+        loss.backward()
+        return loss
+
+    loop.epochs(range(1, 4), lambda epoch: [epoch, 10 * epoch], step,
+                after_step=lambda epoch, batch, loss, norm: calls.append(f"after {loop.step}"),
+                end_epoch=lambda epoch: epoch == 2)
+    one = ["zero_grad", "step_fn {} at {}", "step", "scheduler", "after {}"]
+    expected = [c.format(b, s) if "step_fn" in c else c.format(s + 1)
+                for s, b in enumerate([1, 10, 2, 20]) for c in one]
+    assert calls == expected and loop.step == 4
+    with pytest.raises(NonFiniteLoss, match="at step 4"):
+        loop.run([float("nan")], step)

@@ -189,7 +189,7 @@ def test_rmu_moves_forget_activations_toward_the_steering_target(tmp_path, targe
 
     from relapse.models.batching import encode
     from relapse.models.io import load_model
-    from relapse.unlearn.trainer import StepContext
+    from relapse.unlearn.step import StepContext
 
     folder, target, tok = target_lm
     out = _run(tmp_path, target_lm, data_dir, method="rmu", params=params, epochs=5,
@@ -265,7 +265,7 @@ def test_epoch_checkpoints_equal_shorter_runs(tmp_path, tiny_lm, data_dir):
 
 
 def test_select_epoch_links_a_checkpoint(tmp_path, tiny_lm, data_dir):
-    from relapse.unlearn.trainer import select_epoch
+    from relapse.unlearn.checkpoints import select_epoch
 
     run = _run(tmp_path, tiny_lm, data_dir, name="run", epochs=2, save_epochs=[1, 2]).parent
     select_epoch(run, 1, tmp_path / "unlearned")
@@ -354,7 +354,7 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(target_lm, method):
 
     from relapse.models.batching import encode
     from relapse.models.modules import make_trainable
-    from relapse.unlearn.trainer import StepContext, _ref_seq_logprobs, accumulate_step
+    from relapse.unlearn.step import StepContext, _ref_seq_logprobs, accumulate_step
 
     _, base, tok = target_lm
     spec = registry.get_method(method)
@@ -400,7 +400,7 @@ def test_npo_reference_logprobs_use_the_policy_autocast(tiny_lm):
 
     from relapse.models.batching import encode
     from relapse.unlearn.losses import sequence_logprob
-    from relapse.unlearn.trainer import StepContext, _ref_seq_logprobs
+    from relapse.unlearn.step import StepContext, _ref_seq_logprobs
 
     _, base, tok = tiny_lm
     model = copy.deepcopy(base)

@@ -142,7 +142,7 @@ def cmd_unlearn_one_shot(args) -> None:
 
 
 def cmd_select_epoch(args) -> None:
-    from relapse.unlearn.trainer import select_epoch
+    from relapse.unlearn.checkpoints import select_epoch
 
     select_epoch(args.run, int(_settings(args)["epoch"]), args.out)
 

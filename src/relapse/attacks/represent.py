@@ -29,16 +29,16 @@ included padding.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from relapse.models.modules import layer_index
+
 REPRESENT_DEFAULTS = {"samples": 64, "components": 4, "fisher_samples": 32, "batch_size": 16,
                       "max_tokens": 128, "splits": ["forget", "retain"]}
 SIMILARITIES = ("cka", "pca_similarity", "pca_shift", "pca_distance")
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,12 +84,6 @@ def pca_distance(x_model: np.ndarray, x_ref: np.ndarray, comps_ref: np.ndarray) 
     """Mean over paired texts of the distance between their states in the reference's
     principal subspace."""
     return float(np.linalg.norm((x_model - x_ref) @ comps_ref.T, axis=1).mean())
-
-
-def layer_index(param_name: str) -> int | None:
-    """The decoder layer of a parameter name (`model.layers.12.mlp…` → 12), or None."""
-    match = _LAYER.search(param_name)
-    return int(match.group(1)) if match else None
 
 
 def per_layer_mean(values: dict[str, np.ndarray], n_layers: int) -> list[float]:

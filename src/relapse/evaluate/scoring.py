@@ -64,6 +64,7 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
     the bar off; otherwise it shows only on a terminal outside CI."""
     import torch
 
+    from relapse.models.batching import pad_rows
     from relapse.progress import progress as bar
 
     if batch_size < 1:
@@ -79,12 +80,7 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
     for start in (bar(batches, desc="scoring", unit="batch", leave=False)
                   if progress is not False else batches):
         idx = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, :len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-            mask[row, :len(encoded[i])] = 1
+        ids, mask = pad_rows([encoded[i] for i in idx], pad)
         with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for row, i in enumerate(idx):

@@ -1,8 +1,28 @@
-"""Tokenize text lists into padded batches, and teacher-forced answer checks."""
+"""Tokenize text lists into padded batches, and teacher-forced answer checks. `pad_rows` is the
+package's one padder: encode here, scoring (relapse.evaluate.scoring) and greedy generation
+(generation.py) all build their batches with it."""
 
 from __future__ import annotations
 
 from typing import Sequence
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
+    """(input_ids, attention_mask), long tensors [len(rows), longest row]: each row's tokens at
+    the start (`side="right"`: padding after them) or at the end (`"left"`: padding before
+    them, as generation needs), `pad_id` elsewhere, the mask 1 on real tokens."""
+    import torch
+
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be right or left, got {side!r}")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: bool = False):
@@ -15,12 +35,7 @@ def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: 
         rows = [r + [tokenizer.eos_token_id] for r in rows]
     if max_length is not None:
         rows = [r[:max_length] for r in rows]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
+    ids, mask = pad_rows(rows, tokenizer.pad_token_id)
     labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 

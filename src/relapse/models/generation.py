@@ -83,7 +83,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     import torch
     from transformers import StoppingCriteriaList
 
-    from relapse.models.batching import prompt_ids
+    from relapse.models.batching import pad_rows, prompt_ids
 
     device = next(model.parameters()).device
     # A trailing space that the tokenizer would split off is left to the model (prompt_ids).
@@ -98,16 +98,13 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
         shared = shared_prefix_length([encoded[i] for i in idx]) if share_prefix else 0
         shared = shared if shared >= MIN_SHARED_PREFIX else 0
         rest = [encoded[i][shared:] for i in idx]
-        width = max(len(r) for r in rest)
         # The shared prefix, then each row's remainder left-padded: pads sit between the two,
         # masked out; position ids follow the mask, so every real token keeps its position.
-        ids = torch.full((len(idx), shared + width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
-        ids[:, :shared] = torch.tensor(encoded[idx[0]][:shared], dtype=torch.long)
-        mask[:, :shared] = 1
-        for row, r in enumerate(rest):
-            ids[row, shared + width - len(r):] = torch.tensor(r)
-            mask[row, shared + width - len(r):] = 1
+        rest_ids, rest_mask = pad_rows(rest, pad, side="left")
+        width = rest_ids.shape[1]
+        prefix = torch.tensor(encoded[idx[0]][:shared], dtype=torch.long).expand(len(idx), shared)
+        ids = torch.cat([prefix, rest_ids], dim=1)
+        mask = torch.cat([torch.ones_like(prefix), rest_mask], dim=1)
         extra = {}
         if shared:
             extra["past_key_values"] = _prefix_cache(model, encoded[idx[0]][:shared], len(idx),

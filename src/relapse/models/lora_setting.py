@@ -99,24 +99,29 @@ def fit_lora(model, tokenizer, texts: Sequence[str], cfg: dict, device: str = "c
     (log rows, final gradient norm)."""
     import torch
 
+    from relapse.models.training import TrainingLoop
     from relapse.schedule import lr_schedule
 
     params = adapter_params(model)
     steps, batch = int(cfg.get("steps", 300)), int(cfg.get("batch", 64))
     opt = torch.optim.AdamW(params, lr=float(cfg.get("lr", 3e-3)), weight_decay=0.0)
     scheduler = lr_schedule(opt, cfg.get("schedule", "cosine"), steps, warmup=0.0)
-    log, start = [], time.time()
-    model.train()
-    for step in range(1, steps + 1):
-        opt.zero_grad(set_to_none=True)
+    # No clipping and no guard: the fit has always run without them.
+    loop = TrainingLoop(model, params, opt, scheduler, grad_clip=None, guard=False)
+    log = []
+
+    def step(_, loop):
         total = 0.0
         for loss in item_nll_sums(model, tokenizer, texts, batch, device):
             (loss / len(texts)).backward()
             total += float(loss.detach())
-        opt.step()
-        scheduler.step()
-        if step % 10 == 0 or step == steps:
-            log.append({"step": step, "loss": total / len(texts), "seconds": time.time() - start})
+        return total
+
+    def after_step(_, total, grad_norm):
+        if loop.step % 10 == 0 or loop.step == steps:
+            log.append({"step": loop.step, "loss": total / len(texts), "seconds": loop.seconds()})
+
+    loop.run(range(steps), step, after_step)
     model.eval()
     model.zero_grad(set_to_none=True)
     for loss in item_nll_sums(model, tokenizer, texts, batch, device):

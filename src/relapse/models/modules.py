@@ -5,6 +5,8 @@ attacks alike."""
 
 from __future__ import annotations
 
+import re
+
 DECODER_LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -50,6 +52,17 @@ def decoder_layers(model):
         if name.endswith("layers") and hasattr(module, "__len__") and len(module) > 0:
             return module
     raise ValueError("no decoder layers found in the model")
+
+
+# `layers.{i}.` as a whole name component: `layers.1.` is layer 1, never 10-19, and never a
+# `*_layers.1.` module of another name.
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer of a parameter or module name (`model.layers.12.mlp…` → 12), or None."""
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
 
 
 def module_of(param_name: str) -> str:

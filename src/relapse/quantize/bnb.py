@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from relapse.quantize.groups import uniform_group_index
+
 
 def _require_bnb():
     try:
@@ -48,7 +50,7 @@ def bnb_4bit(weight: torch.Tensor, quant_type: str = "fp4", blocksize: int = 64,
     absmax_per_block = deq_blocks.abs().amax(-1)
     if cols % blocksize == 0:
         absmax = absmax_per_block.reshape(rows, cols // blocksize)
-        group_index = torch.arange(cols) // blocksize
+        group_index = uniform_group_index(cols, blocksize)
     else:
         # Blocks straddle rows: store one absmax per weight.
         absmax = absmax_per_block.repeat_interleave(blocksize)[: rows * cols].reshape(rows, cols)

@@ -129,13 +129,12 @@ def survival_diagnostics(target_dir, unlearned_dir, cells: list[tuple[str, str, 
     """Write diagnostics.parquet for one unlearned model over `cells`, each a tuple
     (quant id, the target's quantized folder, the unlearned model's quantized folder), with
     every model loaded in `dtype` (the evaluation's)."""
-    import re
-
     import pandas as pd
 
     from relapse.data.prepare import load_split
     from relapse.io import write_parquet
     from relapse.models.io import load_model, read_manifest
+    from relapse.models.modules import layer_index
     from relapse.models.tokenizer import load_tokenizer
     from relapse.provenance import provenance
     from relapse.quantize.grid import read_grids
@@ -189,12 +188,12 @@ def survival_diagnostics(target_dir, unlearned_dir, cells: list[tuple[str, str, 
                                             cfg["max_tokens"])
             del deltas_q
         for name in quantized:
-            match = re.search(r"\.layers\.(\d+)\.", f".{name}")
+            layer = layer_index(name)
             grid_t = grids_t[name]
             row = {**keys, "quant": quant, "scheme": manifest.get("scheme"),
                    "bits": manifest.get("bits"), "lora_merge": manifest.get("lora_merge"),
                    "grid": "codebook" if grid_t.is_codebook else "uniform", "dtype": dtype,
-                   "module": name, "layer": int(match.group(1)) if match else -1,
+                   "module": name, "layer": -1 if layer is None else layer,
                    "kind": name.rsplit(".", 1)[-1], "tokens": tokens, "note": ""}
             stats = weight_diagnostics(w_t[name], w_u[name], q_t[name], q_u[name], grid_t,
                                        grids_u[name])

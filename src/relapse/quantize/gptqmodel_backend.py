@@ -97,7 +97,8 @@ def gptqmodel_quantize(method: str, model, bits: int, settings: dict, job) -> di
 
 def _check_shapes(method: str, model, group_size: int) -> None:
     """Fail with a clear message on shapes GPTQModel would reject from a worker thread (where it
-    ends the whole process with os._exit(1))."""
+    ends the whole process with os._exit(1)). Unlike relapse.quantize.groups.group_width, a
+    group larger than the row is not one whole-row group here: GPTQModel rejects it too."""
     from relapse.models.modules import decoder_linear_names
 
     for name in decoder_linear_names(model):
@@ -112,6 +113,8 @@ def _check_shapes(method: str, model, group_size: int) -> None:
 
 def load_dequantized(method: str, native: Path, model, bits: int, group_size: int, job) -> int:
     from safetensors.torch import load_file
+
+    from relapse.quantize.groups import uniform_group_index
 
     state = {}
     for file in sorted(native.glob("*.safetensors")):
@@ -134,8 +137,7 @@ def load_dequantized(method: str, native: Path, model, bits: int, group_size: in
             if method == "gptq" and f"{prefix}.g_idx" in state:
                 group_index = state[f"{prefix}.g_idx"].long()
             else:
-                g = group_size if group_size > 0 else target.shape[1]
-                group_index = torch.arange(target.shape[1]) // g
+                group_index = uniform_group_index(target.shape[1], group_size)
             job.record_step(prefix, scales.T, group_index)
         if method == "awq":
             # AWQ folds its per-channel scales into the preceding norms (and Linear rows), so

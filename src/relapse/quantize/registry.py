@@ -44,14 +44,6 @@ def _int32():
     return torch.int32
 
 
-def uniform_group_index(in_features: int, group_size: int):
-    """group_index for consecutive groups of `group_size` input columns (-1: one group)."""
-    import torch
-
-    g = in_features if group_size in (-1, 0) or group_size >= in_features else group_size
-    return torch.arange(in_features) // g
-
-
 class Quantizer:
     name: str = ""
     supported_bits: tuple[int, ...] = ()

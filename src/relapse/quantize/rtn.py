@@ -16,20 +16,14 @@ from __future__ import annotations
 
 import torch
 
+from relapse.quantize.groups import grouped
+
 _EPS = 1e-8
-
-
-def _grouped(weight: torch.Tensor, group_size: int) -> torch.Tensor:
-    rows, cols = weight.shape
-    g = cols if group_size in (-1, 0) or group_size >= cols else group_size
-    if cols % g:
-        raise ValueError(f"group_size {g} does not divide the input dimension {cols}")
-    return weight.reshape(rows, cols // g, g)
 
 
 def rtn_codes(weight: torch.Tensor, bits: int, group_size: int = -1, symmetric: bool = False):
     """Integer codes, scales and zero points, grouped as [rows, groups, group_size]."""
-    w = _grouped(weight.float(), group_size)
+    w = grouped(weight.float(), group_size)
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
         scale = (w.abs().amax(-1, keepdim=True) / qmax).clamp(min=_EPS)

@@ -6,7 +6,7 @@ with every regularizer. Each such method also has a `_sure` variant (saliency-ma
 2410.16454). Methods that are not such a sum (RMU) register themselves whole with
 `register_method`.
 
-Objectives receive a `StepContext` (trainer.py) and return a scalar tensor:
+Objectives receive a `StepContext` (step.py) and return a scalar tensor:
   forget(ctx, batch, hp)       -- batch from the forget split, with `ref_seq_logp` when asked
   regularizer(ctx, batch, hp)  -- batch from the retain split
 

@@ -10,9 +10,10 @@ quantized weights (QLoRA): the checkpoint is the cell's folder as is (hard links
 full-precision `adapter/`, with `lora_merge: adapter` in its quant manifest, so the evaluation
 runs the quantized base and the adapter on top, at the cell's precision.
 
-The step is the unlearning loop's (relapse.unlearn.trainer.accumulate_step: gradient
-accumulation with exact per-token weighting), driven by an NLL-descent objective; the outer
-loop here differs only in counting steps instead of epochs and checkpointing at each k.
+The step is the unlearning step (relapse.unlearn.step.accumulate_step: gradient accumulation
+with exact per-token weighting), driven by an NLL-descent objective, and the optimizer loop is
+the one every training run uses (relapse.models.training); the run here differs only in
+counting steps instead of epochs and checkpointing at each k.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def relearn(job: AttackJob) -> None:
     from relapse.attacks.cells import load_cell
     from relapse.seeding import seed_everything
     from relapse.models.modules import make_trainable
-    from relapse.unlearn.trainer import StepContext, accumulate_step
+    from relapse.models.training import TrainingLoop
+    from relapse.unlearn.step import StepContext, accumulate_step
 
     cfg = {**RELEARN_DEFAULTS, **job.settings}
     source = Path(job.source_dir)
@@ -134,8 +136,10 @@ def relearn(job: AttackJob) -> None:
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=float(cfg["lr"]), weight_decay=0.0)
         generator = torch.Generator().manual_seed(int(cfg["seed"]) + job.seed)
-        order: list[int] = []
-        start = time.time()
+        # No scheduler (constant lr), and no non-finite guard: the attack never had one, and
+        # adding it would fail a diverging relearning run instead of writing its checkpoints.
+        loop = TrainingLoop(model, trainable, opt, grad_clip=float(cfg["grad_clip"]), guard=False)
+        start = loop.start
 
         def save(step):
             folder = Path(job.out_dir) / variant_id(data, step)
@@ -147,24 +151,28 @@ def relearn(job: AttackJob) -> None:
                                    batch_size=batch_size, samples=len(texts),
                                    seconds=time.time() - start)
 
+        def batches():
+            order: list[int] = []
+            for _ in range(steps[-1]):
+                # Epochs over the subset, reshuffled each time: every text is seen equally often.
+                while len(order) < batch_size:
+                    order += torch.randperm(len(texts), generator=generator).tolist()
+                idx, order = order[:batch_size], order[batch_size:]
+                yield [{k: v.to(job.device) for k, v in
+                        encode(tokenizer, [texts[i] for i in idx[m:m + micro]], eos=True).items()}
+                       for m in range(0, len(idx), micro)]
+
+        def step(parts, loop):
+            return accumulate_step(method, ctx, {}, parts, guard=loop.guard, step=loop.step)
+
+        def after_step(parts, totals, grad_norm, data=data, save=save):
+            log.append({"attack_data": data, "step": loop.step, "loss": totals["loss"],
+                        "grad_norm": float(grad_norm), "seconds": time.time() - start})
+            if loop.step in steps:
+                save(loop.step)
+
         if steps[0] == 0:
             save(0)
-        model.train()
-        for step in range(1, steps[-1] + 1):
-            # Epochs over the subset, reshuffled each time: every text is seen equally often.
-            while len(order) < batch_size:
-                order += torch.randperm(len(texts), generator=generator).tolist()
-            idx, order = order[:batch_size], order[batch_size:]
-            parts = [{k: v.to(job.device) for k, v in
-                      encode(tokenizer, [texts[i] for i in idx[m:m + micro]], eos=True).items()}
-                     for m in range(0, len(idx), micro)]
-            opt.zero_grad(set_to_none=True)
-            totals = accumulate_step(method, ctx, {}, parts)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, float(cfg["grad_clip"]))
-            opt.step()
-            log.append({"attack_data": data, "step": step, "loss": totals["loss"],
-                        "grad_norm": float(grad_norm), "seconds": time.time() - start})
-            if step in steps:
-                save(step)
+        loop.run(batches(), step, after_step)
     write_parquet(Path(job.out_dir) / "relearn_log.parquet", pd.DataFrame(log),
                   {"settings": cfg, "params": params})

@@ -1,5 +1,6 @@
 from relapse.quantize.modules import MODULE_SETTINGS
-from relapse.quantize.registry import Quantizer, register_quantizer, uniform_group_index
+from relapse.quantize.groups import uniform_group_index
+from relapse.quantize.registry import Quantizer, register_quantizer
 
 
 @register_quantizer
