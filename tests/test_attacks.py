@@ -3,6 +3,7 @@ the cell exactly; forget data teaches the forget set more than unrelated data) a
 frozen quantized weights (bit-identical)."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -477,3 +478,24 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     assert {"cka", "pca_similarity", "pca_shift", "pca_distance", "fisher",
             "fisher_log_ratio"} <= set(rep.measure)
     assert (tmp_path / "repr.png").exists()
+
+
+def test_a_diverging_relearning_run_fails_and_writes_nothing(tiny_lm, data_dir, tmp_path):
+    """A non-finite loss stops the attack (no NaN checkpoint is scored as a model that forgot
+    everything): here the source cell already holds a NaN weight."""
+    from safetensors.torch import save_file
+
+    from relapse.models.guard import NonFiniteLoss
+
+    folder = tmp_path / "cell"
+    shutil.copytree(tiny_lm[0], folder)
+    weights = load_file(folder / "model.safetensors")
+    name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "relearn"
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step 0"):
+        run_attack("relearn", folder, out, data_dir,
+                   {"steps": [0, 2], "data": ["forget"], "params": "full", "samples": 4,
+                    "batch_size": 2, "lr": 1e-2})
+    assert not out.exists() or not any(out.rglob("*.safetensors"))

@@ -136,9 +136,10 @@ def relearn(job: AttackJob) -> None:
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=float(cfg["lr"]), weight_decay=0.0)
         generator = torch.Generator().manual_seed(int(cfg["seed"]) + job.seed)
-        # No scheduler (constant lr), and no non-finite guard: the attack never had one, and
-        # adding it would fail a diverging relearning run instead of writing its checkpoints.
-        loop = TrainingLoop(model, trainable, opt, grad_clip=float(cfg["grad_clip"]), guard=False)
+        # No scheduler (constant lr). The non-finite guard is on, as in every training run: a
+        # diverging relearning run fails instead of writing NaN checkpoints that would be scored
+        # as a model that forgot everything.
+        loop = TrainingLoop(model, trainable, opt, grad_clip=float(cfg["grad_clip"]))
         start = loop.start
 
         def save(step):
