@@ -1,6 +1,7 @@
 import pytest
 
 from relapse import grid
+from relapse.quantize import plan as quantize_plan
 
 
 def test_hp_id_is_sorted_and_uses_g_format():
@@ -108,7 +109,7 @@ def test_selected_models_are_quantized_only_once_chosen(default_config):
     unlearned = [c for c in before if c.method not in grid.BASELINES]
     assert {c.quant for c in unlearned} == {"none-w16"}
     assert {c.quant for c in before if c.method == "target"} == {"none-w16", "rtn-w8", "rtn-w4"}
-    assert grid.diagnostics_files(cfg) == [] and grid.has_diagnostics(cfg)
+    assert quantize_plan.diagnostics_files(cfg) == [] and quantize_plan.has_diagnostics(cfg)
     method, hp = unlearned[0].method, unlearned[0].hp
     chosen = {"synthbio": {(method, hp)}}
     after = grid.cells(cfg, chosen)
@@ -117,7 +118,7 @@ def test_selected_models_are_quantized_only_once_chosen(default_config):
     others = [c for c in after if c.method not in grid.BASELINES
               and (c.bench, c.method, c.hp) != ("synthbio", method, hp)]
     assert others and {c.quant for c in others} == {"none-w16"}
-    assert grid.diagnostics_files(cfg, chosen) == [
+    assert quantize_plan.diagnostics_files(cfg, chosen) == [
         f"results/synthbio/{method}/{hp}/s{s}/diagnostics.parquet" for s in cfg["seeds"]]
     # all: the selection does not matter
     assert grid.cells(default_config, chosen) == grid.cells(default_config)

@@ -31,17 +31,10 @@ TORCH_LIBRARIES = {"torch", "transformers", "peft", "accelerate", "bitsandbytes"
 
 # Imports that break the rule on purpose, (importer, imported) -> why.
 ALLOWED = {
-    ("relapse.grid", "relapse.quantize.registry"):
-        "which quants get survival diagnostics asks the quantizer registry whether a scheme "
-        "changes the weights (function-level, torch-free; grid.py is the Snakefile's)",
     ("relapse.attacks.kinds.relearn", "relapse.unlearn.registry"):
         "relearning runs as an unlearning Method (NLL descent) through the same training step",
     ("relapse.attacks.kinds.relearn", "relapse.unlearn.step"):
         "relearning reuses the unlearning step (StepContext, accumulate_step) so both train alike",
-    ("relapse.attacks.kinds.relearn", "relapse.unlearn.losses"):
-        "relearning's objective is the unlearning losses' token NLL",
-    ("relapse.attacks.represent", "relapse.unlearn.losses"):
-        "the empirical Fisher is taken on the unlearning losses' token NLL",
 }
 
 

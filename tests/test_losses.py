@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from relapse.unlearn import losses
+from relapse.models import losses
 from relapse.unlearn.registry import get_method
 
 # One sequence of 3 tokens over a vocabulary of 2; positions 0 and 1 predict tokens 1 and 2.

@@ -135,7 +135,7 @@ def _same(a, b):
 
 def _nll(model, tok, texts):
     from relapse.models.batching import encode
-    from relapse.unlearn.losses import token_nll
+    from relapse.models.losses import token_nll
 
     batch = encode(tok, texts, eos=True)
     with torch.no_grad():
@@ -399,7 +399,7 @@ def test_npo_reference_logprobs_use_the_policy_autocast(tiny_lm):
     import copy
 
     from relapse.models.batching import encode
-    from relapse.unlearn.losses import sequence_logprob
+    from relapse.models.losses import sequence_logprob
     from relapse.unlearn.step import StepContext, _ref_seq_logprobs
 
     _, base, tok = tiny_lm

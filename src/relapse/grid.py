@@ -264,26 +264,3 @@ def selection_cells(cfg: dict, bench: str) -> list[Cell]:
     out = [Cell(bench, "target", "default", reference_seed(cfg, bench), quant)]
     return out + [Cell(bench, m, hp, seed, quant)
                   for b, m, hp, seed in unlearned_models(cfg) if b == bench]
-
-
-def diagnosed_quants(cfg: dict) -> list[str]:
-    """Quant ids the survival diagnostics cover: every scheme that changes the weights."""
-    from relapse.quantize.registry import get_quantizer
-
-    return [q for q, s in quant_settings(cfg).items() if not get_quantizer(s["scheme"]).is_identity]
-
-
-def has_diagnostics(cfg: dict) -> bool:
-    return bool(cfg["quantization"]["diagnostics"]["enabled"] and diagnosed_quants(cfg)
-                and any(True for _ in unlearned_models(cfg)))
-
-
-def diagnostics_files(cfg: dict, selected: Selection | None = None) -> list[str]:
-    """One diagnostics.parquet per quantized unlearned model, when enabled and some quant changes
-    weights (under quantization.models: selected, only the selected models: none before the
-    selection is known)."""
-    if not has_diagnostics(cfg):
-        return []
-    return [f"results/{b}/{m}/{hp}/s{seed}/diagnostics.parquet"
-            for b, m, hp, seed in unlearned_models(cfg)
-            if not quantizes_selected(cfg) or (m, hp) in (selected or {}).get(b, set())]

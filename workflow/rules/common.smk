@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 from relapse import grid
 from relapse.config import ConfigError, check_device, gpu_count, load_yaml, validate
 from relapse.quantize.registry import get_quantizer
+from relapse.quantize import plan as quantize_plan
 
 
 # Validate before any job runs: a bad value stops here with the key, the value and what is allowed.
@@ -165,7 +166,7 @@ def diagnose_inputs(w):
     """Full-precision target and unlearned models and both quantized under every scheme that
     changes the weights: what the survival diagnostics compare."""
     seed = grid.reference_seed(config, w.bench)
-    quants = grid.diagnosed_quants(config)
+    quants = quantize_plan.diagnosed_quants(config)
     return {
         "target": f"results/{w.bench}/reference/target",
         "unlearned": f"{run_dir(w)}/unlearned",
@@ -312,7 +313,7 @@ def report_samples(w):
 
 
 def report_diagnostics(w):
-    return grid.diagnostics_files(config, chosen_hps())
+    return quantize_plan.diagnostics_files(config, chosen_hps())
 
 
 # What is known before any selection (the baselines at every quant, every hp at the selection

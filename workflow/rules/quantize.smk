@@ -40,7 +40,7 @@ rule diagnose:
             # the evaluated model's dtype: the weights and activations it computes with
             dtype=config["evaluation"]["dtype"],
         ),
-        quants=lambda w: " ".join(grid.diagnosed_quants(config)),
+        quants=lambda w: " ".join(quantize_plan.diagnosed_quants(config)),
     log:
         "logs/diagnose/{bench}/{method}/{hp}/s{seed}.log",
     benchmark:

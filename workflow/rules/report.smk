@@ -10,7 +10,7 @@ report: "../report/workflow.rst"
 
 # Optional inputs: survival diagnostics files and a relearning-curves table, once stages write
 # them. The matching figure becomes an output exactly when its input list is non-empty.
-REPORT_DIAGNOSTICS = grid.has_diagnostics(config)
+REPORT_DIAGNOSTICS = quantize_plan.has_diagnostics(config)
 REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, when relearning runs
 
 

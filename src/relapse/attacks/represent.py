@@ -142,7 +142,7 @@ def empirical_fisher(model, tokenizer, texts: Sequence[str],
 
     from relapse.models.batching import encode
     from relapse.models.modules import decoder_layers
-    from relapse.unlearn.losses import token_nll
+    from relapse.models.losses import token_nll
 
     n_layers = len(decoder_layers(model))
     # The decoder layers' own weights (under a LoRA adapter, its base weights: the gradient of the

@@ -91,7 +91,7 @@ def _ref_seq_logprobs(model, batches, autocast=contextlib.nullcontext) -> "torch
     that the NPO log-ratio is exactly 0 at θ₀ (in bf16 autocast the two would otherwise differ)."""
     import torch
 
-    from relapse.unlearn.losses import sequence_logprob
+    from relapse.models.losses import sequence_logprob
 
     out = []
     with torch.no_grad():
@@ -105,7 +105,7 @@ def _ref_seq_logprobs(model, batches, autocast=contextlib.nullcontext) -> "torch
 
 def _shares(batches, reduction: str) -> list[float]:
     """Each micro-batch's share of the units (tokens or sequences) its loss is a mean over."""
-    from relapse.unlearn.losses import reduction_count
+    from relapse.models.losses import reduction_count
 
     counts = [reduction_count(b, reduction) for b in batches]
     total = sum(counts)

@@ -43,7 +43,7 @@ def relearn_variants(settings: dict) -> dict[str, dict[str, Any]]:
 
 
 def _nll(ctx, batch, hp):
-    from relapse.unlearn.losses import token_nll
+    from relapse.models.losses import token_nll
 
     return token_nll(ctx.forward(batch).logits, batch["labels"])
 

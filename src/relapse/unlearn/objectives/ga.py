@@ -1,4 +1,4 @@
-from relapse.unlearn.losses import token_nll
+from relapse.models.losses import token_nll
 from relapse.unlearn.registry import register_forget
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from relapse.unlearn.losses import kl_ref_to_model
+from relapse.models.losses import kl_ref_to_model
 from relapse.unlearn.registry import register_regularizer
 
 

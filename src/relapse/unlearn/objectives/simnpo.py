@@ -1,6 +1,6 @@
 import torch.nn.functional as F
 
-from relapse.unlearn.losses import sequence_logprob
+from relapse.models.losses import sequence_logprob
 from relapse.unlearn.registry import register_forget
 
 
