@@ -393,7 +393,9 @@ def main() -> None:
                                  "unlearn": un, "evaluate_per_job": ev,
                                  "disk": disk(cfg, jobs, n_ckpt, len(benches), P, A)}
     result["cpu_measurement"] = measure(args.steps)
-    (ROOT / "benchmarks" / "paper_cost.json").write_text(json.dumps(result, indent=1) + "\n")
+    from relapse.io import write_json
+
+    write_json(ROOT / "benchmarks" / "paper_cost.json", result)
     print(json.dumps({g: {"stages": r["stages"], "disk": {k: v for k, v in r["disk"].items()
                                                           if k.endswith("tb")}}
                       for g, r in result["grids"].items()}, indent=1))
