@@ -58,7 +58,7 @@ def parse_plan(text: str) -> tuple[list[dict], list[dict]]:
             group = {"id": header.group(1), "jobs": []}
             groups.append(group)
             continue
-        rule = re.match(r"^(\s*)(?:local)?rule (\w+):$", line)
+        rule = re.match(r"^(\s*)(?:local)?(?:rule|checkpoint) (\w+):$", line)
         if rule:
             if not rule.group(1):           # a job at top level ends the current group
                 group = None
