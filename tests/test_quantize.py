@@ -55,3 +55,26 @@ def test_unsupported_bits_are_refused(tmp_path, tiny_lm):
     folder, _, _ = tiny_lm
     with pytest.raises(ValueError, match="does not support 16 bits"):
         quantize_model(folder, tmp_path / "x", "rtn", 16, {})
+
+
+def test_the_full_precision_cell_links_every_weight_file_of_a_sharded_source(tmp_path, tiny_lm):
+    """none-w16 hard-links the source's files (no second copy of a 7B model), and all of them: a
+    published reference is sharded (model-0000k-of-0000n.safetensors + an index), and a cell
+    that took only model.safetensors would have no weights."""
+    folder, model, tok = tiny_lm
+    quantize_model(folder, tmp_path / "none", "none", 16, {})
+    src, dst = folder / "model.safetensors", tmp_path / "none" / "model.safetensors"
+    assert src.stat().st_ino == dst.stat().st_ino
+
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    tok.save_pretrained(sharded)
+    shards = sorted(p.name for p in sharded.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (sharded / "model.safetensors").exists()
+    quantize_model(sharded, tmp_path / "none_sharded", "none", 16, {})
+    out = tmp_path / "none_sharded"
+    assert sorted(p.name for p in out.glob("model-*-of-*.safetensors")) == shards
+    assert (out / "model.safetensors.index.json").exists()
+    ids = tok("Alden Ashdown was born in", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(load_model(out)(ids).logits, model(ids).logits)

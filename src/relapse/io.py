@@ -44,6 +44,16 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Hard-link `src` to `dst` (a 7B checkpoint is 13-27 GB; a link costs nothing where both sit
+    on one file system), else copy it. Safe because relapse never rewrites a file in place: every
+    write goes to a new file that is renamed over the old name."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @contextlib.contextmanager
 def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` on success."""

@@ -9,8 +9,6 @@ with a pad token when it has none (Llama-2's has none; batching needs one).
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +99,13 @@ def training_dtype(ref_cfg: dict, device: str) -> str:
     return "bfloat16" if device == "cuda" else "float32"
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    # A 7B checkpoint is 13 GB: a hard link costs nothing where both sit on one file system.
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def fetch_reference(ref_cfg: dict, which: str, out_dir: str | Path) -> dict[str, Any]:
     """Write the target or retrain model as a relapse model folder: its safetensors and config,
     and the target's tokenizer with a pad token. The manifest records source, revision, the
     resolved snapshot and every file."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from relapse.io import atomic_dir, write_json
+    from relapse.io import atomic_dir, link_or_copy, write_json
     from relapse.provenance import provenance
 
     trust = bool(ref_cfg.get("trust_remote_code", False))
@@ -133,7 +123,7 @@ def fetch_reference(ref_cfg: dict, which: str, out_dir: str | Path) -> dict[str,
         if trust:
             files += sorted(folder.glob("*.py"))
         for path in files:
-            _link_or_copy(path, tmp / path.name)
+            link_or_copy(path, tmp / path.name)
         tokenizer.save_pretrained(str(tmp))
         manifest = {
             "which": which, "kind": "pretrained", "source": source, "revision": revision,

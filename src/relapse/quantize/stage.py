@@ -26,7 +26,7 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
                    base_quant_dir: str | Path | None = None) -> dict:
     """Quantize the model folder `source_dir` (a reference or merged unlearned model) into
     `out_dir`. Returns the manifest written."""
-    from relapse.io import atomic_dir, write_json
+    from relapse.io import atomic_dir, link_or_copy, write_json
     from relapse.models.io import TOKENIZER_FILES, read_manifest
     from relapse.provenance import provenance
     from relapse.quantize.registry import QuantJob, get_quantizer
@@ -70,10 +70,15 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             used = base_manifest.get("settings", {})
             manifest_extra["base_quant"] = str(base)
         elif quantizer.is_identity:
-            # Byte copies: the full-precision cell needs neither torch nor a load/save round trip.
-            for name in MODEL_FILES + TOKENIZER_FILES:
+            # The source's own files, hard-linked: the full-precision cell needs neither torch nor
+            # a load/save round trip, nor a second copy of the weights on disk. Every weight file
+            # (a published 7B reference is sharded: model-0000k-of-0000n.safetensors + index).
+            names = MODEL_FILES + TOKENIZER_FILES + tuple(
+                sorted(p.name for p in source_dir.glob("model-*-of-*.safetensors"))) + (
+                "model.safetensors.index.json",)
+            for name in names:
                 if (source_dir / name).exists():
-                    shutil.copy2(source_dir / name, tmp / name)
+                    link_or_copy(source_dir / name, tmp / name)
             used = quantizer.resolve(settings, bits)
         else:
             from relapse.models.io import copy_tokenizer, load_model, save_model

@@ -37,10 +37,7 @@ def save_checkpoint(model, is_lora: bool, folder: Path, target_dir, final: bool)
 def select_epoch(run_dir: str | Path, epoch: int, out_dir: str | Path) -> None:
     """Expose one checkpoint of a run as an `unlearned/` model folder: hard links (no copy of
     the weights), the run's training log up to that epoch included."""
-    import os
-    import shutil
-
-    from relapse.io import atomic_dir, read_parquet_metadata, write_parquet
+    from relapse.io import atomic_dir, link_or_copy, read_parquet_metadata, write_parquet
 
     source = Path(run_dir) / f"epoch{epoch}"
     if not source.is_dir():
@@ -52,10 +49,7 @@ def select_epoch(run_dir: str | Path, epoch: int, out_dir: str | Path) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, target)
-            except OSError:
-                shutil.copy2(path, target)
+            link_or_copy(path, target)
         log_path = Path(run_dir) / "train_log.parquet"
         log = pd.read_parquet(log_path)
         write_parquet(tmp / "train_log.parquet", log[log.epoch <= epoch],

@@ -18,8 +18,6 @@ counting steps instead of epochs and checkpointing at each k.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -70,14 +68,13 @@ def attack_texts(data_dir: Path, data: str, samples: int, seed: int) -> list[str
 
 def _link_tree(source: Path, target: Path, skip: tuple[str, ...]) -> None:
     """Hard-link the cell's files (no copy of the weights); never link a file we rewrite."""
+    from relapse.io import link_or_copy
+
     target.mkdir(parents=True)
     for path in source.iterdir():
         if path.name in skip or path.is_dir():
             continue
-        try:
-            os.link(path, target / path.name)
-        except OSError:
-            shutil.copy2(path, target / path.name)
+        link_or_copy(path, target / path.name)
 
 
 def _checkpoint(model, lora: bool, source: Path, folder: Path) -> None:
