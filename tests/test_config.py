@@ -96,7 +96,7 @@ def test_two_grid_points_with_one_hp_id_are_rejected(raw):
 def test_the_strict_loader_reads_valid_files_as_pyyaml_does(root):
     from relapse.config import load_yaml
 
-    for name in ("config.yaml", "smollm2.yaml"):
+    for name in ("config.yaml", "smollm2.yaml", "smollm2-full.yaml", "llmeraser.yaml"):
         path = root / "config" / name
         assert load_yaml(path) == yaml.safe_load(path.read_text()), name
 

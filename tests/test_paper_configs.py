@@ -50,3 +50,28 @@ def test_tofu_plan(tmp_path):
             "select_epoch": models, "diagnose": models, "quantize": cells, "evaluate": cells,
             "report": 1, "all": 1}
     assert {k: counts.get(k, 0) for k in want} == want
+
+
+def test_smollm2_full_plans_the_revival_protocol_up_to_the_selection(tmp_path):
+    """config/smollm2-full.yaml ([revival-real]): 4 methods x 3 lr x 2 seeds, full parameters,
+    the paper's alpha and beta; before the select_hps checkpoint only what is known is planned:
+    every unlearned model at full precision, and target and retrain at all 10 quants."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config" / "smollm2-full.yaml").read_text())
+    assert cfg["quantization"]["models"] == "selected"
+    assert set(cfg["methods"]) == {"ga_gdr", "ga_klr", "npo_gdr", "npo_klr"}
+    for name, method in cfg["methods"].items():
+        assert method["params"] == "full" and method["epochs"] == 5 and method["alpha"] == 1
+        assert method["lr"] == [1.0e-5, 3.0e-5, 1.0e-4]
+        assert method.get("beta", 0.1) == 0.1
+    assert cfg["benchmarks"]["smollm2full"]["reference"]["params"] == "full"
+    counts = planned(tmp_path, "smollm2-full.yaml")
+    models = 4 * 3 * len(cfg["seeds"])
+    quants = sum(len(e["bits"]) for e in cfg["quantization"]["schemes"])
+    assert quants == 10
+    want = {"load_gguf": 1, "prepare_data_pretrained": 1, "finetune_reference": 2,
+            "unlearn": models, "select_epoch": models, "select_hps": 1,
+            "quantize": models + 2 * quants, "evaluate": models + 2 * quants, "report": 1}
+    assert {k: counts.get(k, 0) for k in want} == want
+    assert "diagnose" not in counts          # only the selected models', after the checkpoint
