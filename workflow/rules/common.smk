@@ -286,10 +286,6 @@ def one_shot_inputs(w):
 # quantization.models: selected (select.smk): only each method's selected hp is quantized. The
 # selection is a checkpoint, so what the report, the diagnostics and the quantize jobs need is
 # known only once it has run.
-def selection_csv(bench):
-    return f"results/{bench}/selection.csv"
-
-
 def chosen_hps():
     """bench -> {(method, hp)} from the select_hps checkpoints, or None when every hp is
     quantized (quantization.models: all)."""

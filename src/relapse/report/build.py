@@ -74,18 +74,16 @@ def mean_retained(metrics: pd.DataFrame, samples: pd.DataFrame | None, chosen: p
                   retained: list[str], cfg: dict) -> dict[tuple, tuple[float, float]]:
     """(bench, quant, measure name) -> (lo, hi) of the retained table's mean (GDR/KLR) row."""
     from relapse.report.intervals import mean_retained_intervals
-    from relapse.report.measures import RETAINABLE
+    from relapse.report.measures import RETAINABLE, bootstrap_settings, measure_rows
     from relapse.report.paper_tables import mean_row_members
 
-    boot = {"samples": 1000, "seed": 0, **cfg.get("evaluation", {}).get("bootstrap", {})}
+    boot = bootstrap_settings(cfg.get("evaluation", {}).get("bootstrap"))
     members = mean_row_members(chosen)
     out = {}
     for key in retained:
         m = RETAINABLE[key]
-        rows = metrics[(metrics.metric == m.metric) & (metrics.split == m.split)
-                       & (metrics.stat == m.stat)]
-        for (bench, quant), ci in mean_retained_intervals(rows, samples, m, boot,
-                                                          members).items():
+        for (bench, quant), ci in mean_retained_intervals(measure_rows(metrics, m), samples, m,
+                                                          boot, members).items():
             out[(bench, quant, m.name)] = ci
     return out
 

@@ -75,6 +75,17 @@ def measures(retained: list[str] | tuple[str, ...] = (), world: bool = False) ->
     return out
 
 
+def bootstrap_settings(bootstrap: dict | None) -> dict:
+    """The intervals' bootstrap: config `evaluation.bootstrap` over the defaults."""
+    return {"samples": 1000, "seed": 0, **(bootstrap or {})}
+
+
+def measure_rows(metrics: pd.DataFrame, m: Measure) -> pd.DataFrame:
+    """The metrics rows of one measure (its metric, split and statistic)."""
+    return metrics[(metrics.metric == m.metric) & (metrics.split == m.split)
+                   & (metrics.stat == m.stat)]
+
+
 def wide(metrics: pd.DataFrame, retained: list[str] | tuple[str, ...] = ("knowmem_forget",),
          samples: pd.DataFrame | None = None, bootstrap: dict | None = None) -> pd.DataFrame:
     """One row per (bench, method, hp, quant): the seed mean of each measure (NaN when the run
@@ -82,12 +93,11 @@ def wide(metrics: pd.DataFrame, retained: list[str] | tuple[str, ...] = ("knowme
     intervals.py), and `retained <name>` with its `lo`/`hi` for each retained key. `samples`:
     the per-item scores (inputs.read_samples), without which retained has no interval;
     `bootstrap`: {samples, seed}. KnowMem_world is a column when the run measured it."""
-    boot = {"samples": 1000, "seed": 0, **(bootstrap or {})}
+    boot = bootstrap_settings(bootstrap)
     wanted = measures(retained, world=has_world(metrics))
 
     def rows_of(m: Measure) -> pd.DataFrame:
-        return metrics[(metrics.metric == m.metric) & (metrics.split == m.split)
-                       & (metrics.stat == m.stat)]
+        return measure_rows(metrics, m)
 
     frames = []
     for m in wanted:

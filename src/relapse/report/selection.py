@@ -57,7 +57,6 @@ def select_hps(wide: pd.DataFrame, selection: dict | None = None) -> pd.DataFram
                                        "floor_KnowMem_r", "meets_floor", "candidates"])
 
 
-
 def write_selection(metrics_paths: list[str], cfg: dict, out: str) -> pd.DataFrame:
     """The selection as its own step (`quantization.models: selected`, the workflow's
     `select_hps` checkpoint): read the selection quant's metrics of the target and every
