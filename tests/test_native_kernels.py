@@ -160,7 +160,6 @@ def test_kernels_default_to_dequantized_and_native_accepts_schemes_with_kernels(
 @pytest.mark.parametrize("scheme, words", [
     ({"scheme": "rtn", "bits": [4]}, r"schemes\[1\] \(rtn\) cannot run natively on cpu: rtn "
                                      "is fake quantization"),
-    ({"scheme": "gguf", "bits": [4]}, r"\(gguf\) cannot run natively on cpu: llama.cpp"),
 ])
 def test_native_refuses_schemes_without_a_native_kernel(default_config, scheme, words):
     raw = _config(default_config, "native", [scheme])
@@ -257,3 +256,168 @@ def test_native_gptq_and_awq_run_gptqmodel_kernels_on_the_cpu(tmp_path, trained_
         diff, scale, same, n = _compare(dequantized, native, tok, prompts)
         assert 0 < diff < 0.01 * scale, (scheme, diff, scale)
         assert same >= 0.75 * n, (scheme, same, n)
+
+
+# --- gguf: llama.cpp itself (llama-cpp-python, the optional `.[llamacpp]` extra) ----------------
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    """llama-cpp-python; CI installs it (`make test`), so there a missing one fails."""
+    import os
+
+    try:
+        import llama_cpp
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python is missing, and CI must run the llama.cpp tests: "
+                        "`make test` installs it (.[llamacpp])")
+        pytest.skip("llama-cpp-python is not installed (make setup-llamacpp)")
+    return llama_cpp
+
+
+@pytest.fixture(scope="module")
+def lm64_f32_gguf(tmp_path_factory, trained_lm64):
+    from relapse.quantize.export_gguf import export_gguf
+
+    folder, _, _ = trained_lm64
+    file = tmp_path_factory.mktemp("gguf") / "lm64-f32.gguf"
+    export_gguf(folder, file, "f32")
+    return file
+
+
+def _few_shot(prompts):
+    """Prompts that share a long prefix, as KnowMem's few-shot prompts do."""
+    return [" ".join(prompts[:3]) + " " + p for p in prompts]
+
+
+@pytest.mark.parametrize("batch_tokens", [512, 16])
+def test_llamacpp_computes_what_transformers_computes_at_f32(llama_cpp, trained_lm64,
+                                                            lm64_f32_gguf, batch_tokens):
+    """The same f32 weights in llama.cpp and in transformers: the runtime's handling of padding
+    (left and right), of rows packed into one call and split across calls (batch_tokens 16 cuts
+    every row), and of shared prefixes is checked against transformers' own."""
+    from relapse.models.generation import greedy_generate
+    from relapse.models.io import load_model
+    from relapse.models.llamacpp import LlamaCppCausalLM, LlamaCppRunner
+
+    folder, tok, prompts = trained_lm64
+    reference = load_model(folder)
+    runtime = LlamaCppCausalLM(LlamaCppRunner(lm64_f32_gguf, threads=1, gpu=False,
+                                              batch_tokens=batch_tokens))
+    assert runtime.runner.n_vocab == reference.config.vocab_size
+    texts = [p * (1 + i % 3) for i, p in enumerate(prompts[:8])]     # unequal lengths
+    for side in ("right", "left"):
+        tok.padding_side = side
+        batch = tok(texts, return_tensors="pt", padding=True)
+        mask = batch.attention_mask.bool()
+        with torch.no_grad():
+            a = reference(**batch).logits
+        b = runtime(**batch).logits
+        # f32 weights; llama.cpp's KV cache is f16. Measured: 1.5e-4 of a max |logit| 0.7
+        # (random weights), and the pads' positions are zero, not another row's numbers.
+        assert float((a[mask] - b[mask]).abs().max()) < 2e-3 * float(a.abs().max())
+        assert not b[~mask].any()
+    tok.padding_side = "right"
+    few_shot = _few_shot(prompts)
+    for batch in (prompts, few_shot):
+        for stops in ((), (".",)):
+            assert (greedy_generate(runtime, tok, batch, 16, batch_size=8, stop_strings=stops)
+                    == greedy_generate(reference, tok, batch, 16, batch_size=8,
+                                       stop_strings=stops))
+
+
+@pytest.mark.parametrize("type_name", ["q4_0", "q4_1", "q8_0"])
+def test_native_gguf_runs_llamacpp_on_the_cells_codes(llama_cpp, tmp_path, trained_lm64,
+                                                     type_name):
+    """A gguf cell with native kernels is the cell written at its type and run by llama.cpp:
+    same codes, llama.cpp's arithmetic (its q4_0 / q8_0 dot products quantize the activations
+    to 8 bits). Measured against the dequantized float32 path: see the asserts' comments."""
+    from relapse.models.llamacpp import LlamaCppCausalLM
+
+    folder, tok, prompts = trained_lm64
+    bits = int(type_name[1])
+    quantize_model(folder, tmp_path / "q", "gguf", bits, {"type": type_name})
+    dequantized = load_quantized_model(tmp_path / "q")
+    native = load_quantized_model(tmp_path / "q", native=True)
+    assert isinstance(native, LlamaCppCausalLM)
+    assert native.info["gguf_type"] == type_name and native.info["extra_buffer_types"] is False
+    # Measured: max |logit difference| 0.034 (q4_0) / 0.030 (q4_1) / 0.035 (q8_0) of a max
+    # |logit| 7.2; greedy 16-token continuations equal on 19 / 19 / 20 of 20 (a 60-step model:
+    # 0.057 / 0.054 / 0.046 of 9.2, and 19 / 20 / 19).
+    diff, scale, same, n = _compare(dequantized, native, tok, prompts)
+    assert 0 < diff < 0.02 * scale, (diff, scale)
+    assert same >= 0.75 * n, (same, n)
+    # the temporary file lives as long as the model, and goes with it
+    file = native.runner.path
+    assert file.exists()
+    native.runner.close()
+    native._keep.cleanup()
+    assert not file.parent.exists()
+
+
+def test_llamacpp_refuses_cuda_without_gpu_offload_and_bad_masks(llama_cpp, lm64_f32_gguf):
+    from relapse.models.llamacpp import LlamaCppCausalLM, LlamaCppRunner
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama-cpp-python was built with GPU offload")
+    with pytest.raises(RuntimeError, match="built without GPU offload.*GGML_CUDA=on"):
+        LlamaCppRunner(lm64_f32_gguf, gpu=True)
+    runtime = LlamaCppCausalLM(LlamaCppRunner(lm64_f32_gguf))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with pytest.raises(ValueError, match="contiguous run of ones"):
+        runtime(input_ids=ids, attention_mask=torch.tensor([[1, 0, 1, 1]]))
+    with pytest.raises(ValueError, match="greedy decoding only"):
+        runtime.generate(ids, max_new_tokens=2, do_sample=True)
+
+
+def test_native_gguf_validation(default_config, monkeypatch):
+    """Accepted where llama-cpp-python is installed; else refused with the install command;
+    refused under lora_merge: adapter (one GGUF file holds no adapter)."""
+    import importlib.util
+
+    schemes = [{"scheme": "gguf", "bits": [4, 8]}]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "llama_cpp" else real(name, *a))
+    for device in ("cpu", "cuda"):
+        raw = _config(default_config, "native", schemes)
+        raw["device"] = device
+        assert validate(raw)["evaluation"]["kernels"] == "native"
+    with pytest.raises(ConfigError, match=r"\(gguf\) cannot run natively.*lora_merge: adapter"):
+        validate(_config(default_config, "native", schemes, lora_merge="adapter"))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"\(gguf\) cannot run natively on cpu: llama.cpp's "
+                                          r"runtime needs llama-cpp-python.*\[llamacpp\]"):
+        validate(_config(default_config, "native", schemes))
+
+
+def test_gguf_metrics_rows_record_llamacpp(llama_cpp, tmp_path, trained_lm64):
+    import pyarrow.parquet as pq
+
+    from relapse.data.prepare import prepare
+    from relapse.evaluate.stage import evaluate_model
+
+    folder, _, _ = trained_lm64
+    data = tmp_path / "data"
+    prepare("t", {"kind": "synthetic", "people": 20, "seed": 0}, data)
+    quantize_model(folder, tmp_path / "q", "gguf", 4, {"type": "q4_0"})
+    cfg = {"metrics": ["knowmem", "verbmem", "privleak"], "batch_size": 8,
+           "bootstrap": {"samples": 0}, "privleak": {"reference": ["matched"]},
+           "knowmem": {"shots": 2, "max_new_tokens": 8, "max_items": 6},
+           "verbmem": {"max_items": 4, "max_new_tokens": 8}}
+    keys = {"bench": "t", "method": "retrain", "hp": "default", "params": "none", "seed": 0,
+            "quant": "gguf-w4", "quant_scheme": "gguf", "bits": 4}
+    frames = {}
+    for kernels in ("dequantized", "native"):
+        frames[kernels] = evaluate_model(tmp_path / "q", data, keys, {**cfg, "kernels": kernels},
+                                         tmp_path / f"{kernels}.parquet",
+                                         tmp_path / f"{kernels}-s.parquet")
+        assert (frames[kernels].kernels == kernels).all()
+        assert (frames[kernels].dtype == "float32").all()
+    meta = pq.read_schema(tmp_path / "native.parquet").metadata
+    assert b"llama.cpp" in b"".join(meta.values()) and b"q4_0" in b"".join(meta.values())
+    # the same metrics on the same cell; only the kernels' arithmetic differs
+    both = frames["dequantized"].merge(frames["native"], on=["metric", "split", "stat"])
+    assert len(both) == len(frames["native"]) > 0

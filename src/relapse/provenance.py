@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 _PACKAGES = ("relapse", "torch", "transformers", "peft", "tokenizers", "numpy", "pyarrow",
-             "snakemake", "rouge-score", "bitsandbytes", "gptqmodel")
+             "snakemake", "rouge-score", "bitsandbytes", "gptqmodel", "gguf", "llama-cpp-python")
 
 
 def config_hash(cfg: dict) -> str:

