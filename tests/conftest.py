@@ -74,3 +74,17 @@ def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "data"
     prepare("t", {"kind": "synthetic", "people": 20, "seed": 0}, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama-cpp-python (the optional `llamacpp` extra). CI installs it (`make test`), so there a
+    missing one fails instead of skipping the llama.cpp tests."""
+    try:
+        import llama_cpp
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python is missing, and CI must run the llama.cpp tests: "
+                        "`make test` installs it (.[llamacpp])")
+        pytest.skip("llama-cpp-python is not installed (make setup-llamacpp)")
+    return llama_cpp

@@ -291,20 +291,12 @@ def test_export_of_a_model_trained_here_round_trips(gguf_package, tiny_lm, tmp_p
 # --- llama.cpp itself (evaluation.kernels: native) --------------------------------------------
 
 
-def test_smollm2_release_and_its_native_cell_run_in_llamacpp(smollm2, tmp_path):
+def test_smollm2_release_and_its_native_cell_run_in_llamacpp(llama_cpp, smollm2, tmp_path):
     """SmolLM2's own Q4_1 release, run by llama.cpp, against the same weights dequantized in
     transformers; then the pipeline's q4_1 cell of that base with native kernels. With
     llama.cpp's extra CPU buffer types on, the first decode of this file segfaulted here."""
-    import os
-
     import torch
 
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the llama.cpp tests: `make test` installs llama-cpp-python")
-        pytest.skip("llama-cpp-python is not installed (make setup-llamacpp)")
     from relapse.models.gguf import find_gguf
     from relapse.models.llamacpp import LlamaCppCausalLM, LlamaCppRunner
     from relapse.quantize.runtime import load_quantized_model

@@ -262,21 +262,6 @@ def test_native_gptq_and_awq_run_gptqmodel_kernels_on_the_cpu(tmp_path, trained_
 
 
 @pytest.fixture(scope="module")
-def llama_cpp():
-    """llama-cpp-python; CI installs it (`make test`), so there a missing one fails."""
-    import os
-
-    try:
-        import llama_cpp
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("llama-cpp-python is missing, and CI must run the llama.cpp tests: "
-                        "`make test` installs it (.[llamacpp])")
-        pytest.skip("llama-cpp-python is not installed (make setup-llamacpp)")
-    return llama_cpp
-
-
-@pytest.fixture(scope="module")
 def lm64_f32_gguf(tmp_path_factory, trained_lm64):
     from relapse.quantize.export_gguf import export_gguf
 

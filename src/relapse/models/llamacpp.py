@@ -28,6 +28,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from relapse.models.generation import shared_prefix_length
+
 INSTALL_HINT = ("pip install -c constraints.txt -e '.[llamacpp]' (or `make setup-llamacpp`); it "
                 "compiles llama.cpp from source, about 5 minutes on 2 cores")
 _ALL_LAYERS = 0x7FFFFFFF          # n_gpu_layers meaning "every layer", as llama-cpp-python uses
@@ -198,7 +200,7 @@ class LlamaCppRunner:
         if n > MAX_SEQUENCES:
             raise ValueError(f"llama.cpp generates at most {MAX_SEQUENCES} rows at once, got {n}; "
                              "lower evaluation.batch_size")
-        shared = _shared_prefix(rows) if n > 1 else 0
+        shared = shared_prefix_length(rows) if n > 1 else 0
         self._fresh_context(sum(len(r) for r in rows) - (n - 1) * shared + n * max_new_tokens, n)
         lib = self.lib
         if shared:
@@ -224,16 +226,6 @@ class LlamaCppRunner:
             last = self._decode([(generated[seq][-1], len(rows[seq]) + step, seq, True)
                                  for seq in active])
         return generated
-
-
-def _shared_prefix(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens common to the start of every row, leaving each row at least one token of its own
-    (its last token's logits start the generation)."""
-    shortest = min(len(r) for r in rows)
-    n = 0
-    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    return n
 
 
 def real_rows(input_ids, attention_mask) -> list[tuple[int, list[int]]]:
