@@ -96,9 +96,8 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         # A runtime that keeps its own KV cache (llama.cpp) shares prefixes itself.
-        own_cache = not getattr(model, "takes_past_key_values", True)
-        shared = shared_prefix_length([encoded[i] for i in idx]) if share_prefix else 0
-        shared = 0 if own_cache else shared
+        shared = (shared_prefix_length([encoded[i] for i in idx])
+                  if share_prefix and getattr(model, "takes_past_key_values", True) else 0)
         shared = shared if shared >= MIN_SHARED_PREFIX else 0
         rest = [encoded[i][shared:] for i in idx]
         # The shared prefix, then each row's remainder left-padded: pads sit between the two,

@@ -31,6 +31,12 @@ NATIVE_DEVICES = {"none": ("cpu", "cuda"), "bnb": ("cpu", "cuda"), "gptq": ("cpu
 _NO_NATIVE = {
     "rtn": "rtn is fake quantization in torch and has no packed kernel",
 }
+# schemes whose packed model cannot carry `lora_merge: adapter`'s LoRA adapter, and why
+_NO_ADAPTER = {
+    "gptq": "relapse does not load a peft adapter over GPTQModel's packed modules",
+    "awq": "relapse does not load a peft adapter over GPTQModel's packed modules",
+    "gguf": "one GGUF file cannot hold it",
+}
 
 
 def native_kernel_problem(scheme: str, device: str, lora_merge: str = "merged") -> str | None:
@@ -40,19 +46,17 @@ def native_kernel_problem(scheme: str, device: str, lora_merge: str = "merged") 
     devices = NATIVE_DEVICES.get(scheme, ())
     if device not in devices:
         return f"its native kernels run on {', '.join(devices) or 'no device'}, not {device}"
-    if scheme in ("gptq", "awq") and lora_merge == "adapter":
-        return ("lora_merge: adapter keeps a LoRA adapter over the quantized base, and relapse "
-                "does not load a peft adapter over GPTQModel's packed modules")
+    if scheme in _NO_ADAPTER and lora_merge == "adapter":
+        return ("lora_merge: adapter keeps a LoRA adapter over the quantized base, and "
+                f"{_NO_ADAPTER[scheme]}")
     if scheme == "gguf":
-        if lora_merge == "adapter":
-            return ("lora_merge: adapter keeps a LoRA adapter over the quantized base, which one "
-                    "GGUF file cannot hold")
         from importlib.util import find_spec
 
         if find_spec("llama_cpp") is None:
             from relapse.models.llamacpp import INSTALL_HINT
 
-            return f"llama.cpp's runtime needs llama-cpp-python, which is not installed: {INSTALL_HINT}"
+            return ("llama.cpp's runtime needs llama-cpp-python, which is not installed: "
+                    f"{INSTALL_HINT}")
     return None
 
 
@@ -136,6 +140,5 @@ def load_llamacpp(model_dir: Path, type_name: str, device: str):
     file = Path(folder.name) / f"model-{type_name}.gguf"
     export_gguf(model_dir, file, type_name)
     runner = LlamaCppRunner(file, threads=torch.get_num_threads(), gpu=device == "cuda")
-    model = LlamaCppCausalLM(runner, keep=folder)
-    model.info = {**runner.info, "gguf_type": type_name}
-    return model
+    runner.info["gguf_type"] = type_name
+    return LlamaCppCausalLM(runner, keep=folder)
