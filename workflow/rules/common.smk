@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 
 from relapse import grid
 from relapse.config import ConfigError, check_device, gpu_count, load_yaml, validate
+from relapse.fingerprint import local_fingerprint
 from relapse.quantize.registry import get_quantizer
 from relapse.quantize import plan as quantize_plan
 
@@ -128,6 +129,32 @@ def model_settings(**settings):
 
 
 ENV = "../../envs/relapse.yaml"
+
+
+# A local source (model folder, GGUF file, dataset snapshot) is not an output of this workflow,
+# so Snakemake never looks inside it: its content fingerprint is a parameter of the job that
+# reads it, and a change of content reruns that job and everything downstream (relapse.fingerprint).
+def reference_fingerprint(bench, which):
+    from relapse.models.pretrained import model_source
+
+    ref = config["benchmarks"][bench]["reference"]
+    prints = {which: local_fingerprint(model_source(ref, which)[0])}
+    if which == "retrain":     # the retrain folder gets the target's tokenizer
+        prints["tokenizer"] = local_fingerprint(model_source(ref, "target")[0])
+    return as_json(prints)
+
+
+def gguf_fingerprint(bench):
+    from relapse.models.gguf import find_gguf
+
+    try:
+        return local_fingerprint(str(find_gguf(config["benchmarks"][bench]["reference"])))
+    except FileNotFoundError:
+        return ""              # the job itself says what is missing
+
+
+def corpus_fingerprint(bench):
+    return local_fingerprint(grid.resolved_bench(config, bench)["corpus"].get("source"))
 
 
 def quantize_source(w):

@@ -59,6 +59,7 @@ rule prepare_corpus:
         bench=alternatives(HUB_CORPUS),
     params:
         settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+        source=lambda w: corpus_fingerprint(w.bench),
     log:
         "logs/prepare_data/{bench}.log",
     benchmark:

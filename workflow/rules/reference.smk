@@ -86,6 +86,7 @@ rule load_gguf:
         settings=lambda w: as_json({"reference": {
             k: v for k, v in config["benchmarks"][w.bench]["reference"].items()
             if k in ("kind", "path", "package", "file")}}),
+        source=lambda w: gguf_fingerprint(w.bench),
     log:
         "logs/load_gguf/{bench}.log",
     benchmark:
@@ -140,6 +141,7 @@ rule fetch_pretrained:
         ref="target|retrain",
     params:
         settings=lambda w: as_json({"reference": config["benchmarks"][w.bench]["reference"]}),
+        source=lambda w: reference_fingerprint(w.bench, w.ref),
     log:
         "logs/fetch_pretrained/{bench}/{ref}.log",
     benchmark:

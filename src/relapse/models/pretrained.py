@@ -105,6 +105,7 @@ def fetch_reference(ref_cfg: dict, which: str, out_dir: str | Path) -> dict[str,
     resolved snapshot and every file."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from relapse.fingerprint import local_fingerprint
     from relapse.io import atomic_dir, link_or_copy, write_json
     from relapse.provenance import provenance
 
@@ -128,6 +129,10 @@ def fetch_reference(ref_cfg: dict, which: str, out_dir: str | Path) -> dict[str,
         manifest = {
             "which": which, "kind": "pretrained", "source": source, "revision": revision,
             "snapshot": str(folder), "local": is_local(source),
+            # A local folder is pinned by its content, a hub id by the commit it resolved to
+            # (hub snapshots live in .../snapshots/<commit>): a rerun never mixes two silently.
+            "source_sha256": local_fingerprint(source) if is_local(source) else None,
+            "resolved_revision": None if is_local(source) else folder.name,
             "architecture": (config.architectures or [config.model_type])[0],
             "files": {p.name: p.stat().st_size for p in files},
             "tokenizer_from": tok_source, "pad_token_added": pad,

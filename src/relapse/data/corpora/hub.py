@@ -104,6 +104,10 @@ class Source:
     def record(self) -> dict[str, Any]:
         """What the manifest keeps: source, requested revision, and every resolved file (hub
         files are `hf://` paths that carry the resolved commit)."""
-        return {"source": self.source, "revision": self.revision, "local": is_local(self.source),
+        from relapse.fingerprint import local_fingerprint
+
+        local = is_local(self.source)
+        return {"source": self.source, "revision": self.revision, "local": local,
+                "source_sha256": local_fingerprint(self.source) if local else None,
                 "files": {f"{name}/{split}": files for name, splits in self._splits.items()
                           for split, files in splits.items()}}
