@@ -95,3 +95,17 @@ def local_fingerprint(source: str | None, cache: str | os.PathLike | None = CACH
     if not source or not Path(source).expanduser().exists():
         return ""
     return fingerprint(source, cache)["sha256"]
+
+
+def weight_hashes(folder: str | os.PathLike, pattern: str = "model*.safetensors",
+                  cache: str | os.PathLike | None = CACHE) -> dict[str, str]:
+    """name -> SHA-256 of the folder's files matching `pattern`, through the hash cache (the
+    fingerprint of a local reference has hashed them already)."""
+    cache = Path(cache) if cache is not None else None
+    entries, out = _load_cache(cache), {}
+    for file in sorted(Path(folder).expanduser().glob(pattern)):
+        st = file.stat()
+        known = entries.get(str(file.resolve()))
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        out[file.name] = known[1] if known is not None and known[0] == stamp else file_sha256(file)
+    return out

@@ -37,6 +37,10 @@ except ConfigError as err:
 config.clear()
 config.update(_validated)
 
+# Every job re-reads the Snakefile, so this reaches local and SLURM jobs alike.
+if not config.get("integrity", {}).get("verify_weights", True):
+    os.environ["RELAPSE_VERIFY_WEIGHTS"] = "0"
+
 # Jobs run `relapse`: from the rule's conda env, the activated venv, or else the environment
 # whose Python runs Snakemake (`.venv/bin/snakemake` without activating the venv).
 if shutil.which("relapse") is None:

@@ -191,9 +191,9 @@ def compare_states(states: list[np.ndarray], ref_states: list[np.ndarray],
 
 
 def _texts(data_dir: Path, split: str, n: int) -> list[str]:
-    from relapse.data.prepare import load_split
+    from relapse.data.prepare import has_split, load_split
 
-    name = "retain_eval" if split == "retain" and (data_dir / "retain_eval.parquet").exists() \
+    name = "retain_eval" if split == "retain" and has_split(data_dir, "retain_eval") \
         else split
     return list(load_split(data_dir, name).text)[:n]
 

@@ -147,9 +147,43 @@ def prepare_corpus(bench: str, corpus: dict, out_dir: str | Path,
             "splits": {name: len(frame) for name, frame in splits.items()}, **meta})
 
 
+def listed_splits(data_dir: str | Path) -> dict[str, int] | None:
+    """The splits the data stage wrote (name -> rows), from its manifest; None without one."""
+    manifest = Path(data_dir) / "manifest.json"
+    if not manifest.exists():
+        return None
+    import json
+
+    return json.loads(manifest.read_text()).get("splits", {})
+
+
+def _missing(data_dir: Path, name: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{data_dir / (name + '.parquet')}: split {name!r} is listed in {data_dir}/manifest.json "
+        f"but the file is missing: the prepared data is incomplete; delete {data_dir} and rerun "
+        "the data stage (Snakemake does not look inside an output folder)")
+
+
+def has_split(data_dir: str | Path, name: str) -> bool:
+    """Whether the prepared data holds split `name`. Decided by the manifest, never by looking
+    for the file: a deleted file must stop the stage, not silently drop a metric."""
+    data_dir = Path(data_dir)
+    listed = listed_splits(data_dir)
+    if listed is None:
+        return (data_dir / f"{name}.parquet").exists()
+    if name not in listed:
+        return False
+    if not (data_dir / f"{name}.parquet").exists():
+        raise _missing(data_dir, name)
+    return True
+
+
 def load_split(data_dir: str | Path, name: str) -> pd.DataFrame:
     path = Path(data_dir) / f"{name}.parquet"
     if not path.exists():
+        listed = listed_splits(data_dir)
+        if listed is not None and name in listed:
+            raise _missing(Path(data_dir), name)
         raise FileNotFoundError(f"split {name!r} not found in {data_dir}; run the data stage")
     from relapse.io import read_parquet
 

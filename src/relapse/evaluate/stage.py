@@ -85,6 +85,27 @@ def self_references(keys: dict[str, Any]) -> frozenset[str]:
     return frozenset({"matched", "full"} if keys.get("quant_scheme") == "none" else {"matched"})
 
 
+def cell_name(keys: dict[str, Any]) -> str:
+    name = "/".join(str(keys[k]) for k in ("bench", "method", "hp") if k in keys)
+    name += f"/s{keys['seed']}" if "seed" in keys else ""
+    name += f"/{keys['quant']}" if "quant" in keys else ""
+    attack = {k: v for k, v in keys.items() if k.startswith("attack") and v is not None}
+    return name + (f" {attack}" if attack else "")
+
+
+def require_finite(rows: list[dict], keys: dict[str, Any]) -> None:
+    """A NaN or infinite metric means broken weights or a broken metric, never a result: stop
+    the job, naming the cell and each bad metric, instead of writing it into the tables."""
+    import math
+
+    bad = [f"{r['metric']}/{r['split']}/{r['stat']} = {r['value']}" for r in rows
+           if not math.isfinite(float(r["value"]))]
+    if bad:
+        raise FloatingPointError(f"cell {cell_name(keys)}: non-finite metric value(s): "
+                                 f"{'; '.join(bad)}. The model's weights may be corrupt or "
+                                 "diverged; nothing was written")
+
+
 def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, Any],
                    eval_cfg: dict, metrics_out: str | Path, samples_out: str | Path,
                    device: str = "cpu", threads: int = 1,
@@ -149,6 +170,7 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
                          **result.columns, "seconds": time.time() - start})
             samples += [{**keys, "metric": result.metric, "split": result.split, **item}
                         for item in result.samples]
+    require_finite(rows, keys)
     meta = provenance(eval_cfg, keys=keys, quantization=quant,
                       runtime=getattr(model, "info", None))
     metrics = pd.DataFrame(rows)

@@ -113,6 +113,7 @@ def load_gguf_reference(ref_cfg: dict, out_dir: str | Path, threads: int = 1) ->
     from importlib.metadata import version
 
     from relapse.io import atomic_dir, write_json
+    from relapse.models.io import seal_weights
     from relapse.provenance import provenance
     from relapse.seeding import seed_everything
 
@@ -130,6 +131,7 @@ def load_gguf_reference(ref_cfg: dict, out_dir: str | Path, threads: int = 1) ->
             digest.update(chunk)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        seal_weights(tmp)
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / GGUF_TOKENIZER, read_tokenizer_fields(path))
         manifest = {

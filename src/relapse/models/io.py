@@ -65,6 +65,64 @@ class CorruptModelError(ValueError):
     """A model folder whose files are truncated or unreadable (e.g. a copy cut short)."""
 
 
+# The SHA-256 of each weight file, written with the weights: a file changed in place afterwards
+# (a bad disk, a stray write into a hard-linked copy) keeps its size and its safetensors header,
+# loads fine, and would silently yield garbage metrics. Reading a file costs what loading it
+# costs; RELAPSE_VERIFY_WEIGHTS=0 (config `integrity.verify_weights: false`) skips it.
+WEIGHT_HASHES = "weights.sha256.json"
+WEIGHT_GLOB = "model*.safetensors"
+_verified: set = set()
+
+
+def seal_weights(folder: str | Path, known: dict[str, str] | None = None) -> None:
+    """Record the SHA-256 of the folder's weight files (`known`: name -> hash already computed,
+    e.g. by the source's fingerprint)."""
+    from relapse.fingerprint import file_sha256
+    from relapse.io import write_json
+
+    folder = Path(folder)
+    known = known or {}
+    hashes = {p.name: known.get(p.name) or file_sha256(p) for p in sorted(folder.glob(WEIGHT_GLOB))}
+    write_json(folder / WEIGHT_HASHES, hashes)
+
+
+def verify_weights(path: str | Path) -> None:
+    """Check each weight file against the hash recorded when it was written (folders without a
+    record, e.g. written before relapse kept one, are not checked). Once per file per process."""
+    import os
+
+    from relapse.fingerprint import file_sha256
+
+    if os.environ.get("RELAPSE_VERIFY_WEIGHTS", "1") == "0":
+        return
+    path = Path(path)
+    record = path / WEIGHT_HASHES
+    if not record.exists():
+        return
+    expected = json.loads(record.read_text())
+    for file in sorted(path.glob(WEIGHT_GLOB)):
+        if file.name not in expected:
+            raise CorruptModelError(f"{file}: a weight file that {record} does not list; the "
+                                    "folder was changed after it was written: delete it and "
+                                    "rerun the rule that writes it")
+    for name, digest in expected.items():
+        file = path / name
+        if not file.exists():
+            raise CorruptModelError(f"{file}: listed in {record} but missing: delete the model "
+                                    "folder and rerun the rule that writes it")
+        st = file.stat()
+        stamp = (str(file.resolve()), st.st_size, st.st_mtime_ns, digest)
+        if stamp in _verified:
+            continue
+        actual = file_sha256(file)
+        if actual != digest:
+            raise CorruptModelError(
+                f"{file}: its content changed after it was written (SHA-256 {actual[:16]}…, "
+                f"recorded {digest[:16]}…); the weights are corrupt: delete the model folder "
+                "and rerun the rule that writes it")
+        _verified.add(stamp)
+
+
 def check_model_files(path: str | Path) -> None:
     """Read the config and every safetensors header of a model folder, so that a truncated or
     corrupt file fails here, naming the file, instead of deep inside transformers. Opening a
@@ -93,12 +151,14 @@ def check_model_files(path: str | Path) -> None:
             raise CorruptModelError(
                 f"{file}: not a readable safetensors file ({size} bytes: {err}); it is truncated "
                 "or corrupt: delete the model folder and rerun the rule that writes it") from None
+    verify_weights(path)
 
 
 def save_model(model, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> None:
     """Write weights as safetensors, and copy the tokenizer files beside them."""
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    seal_weights(out_dir)
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out_dir)
 

@@ -105,7 +105,8 @@ def fetch_reference(ref_cfg: dict, which: str, out_dir: str | Path) -> dict[str,
     resolved snapshot and every file."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from relapse.fingerprint import local_fingerprint
+    from relapse.fingerprint import local_fingerprint, weight_hashes
+    from relapse.models.io import seal_weights
     from relapse.io import atomic_dir, link_or_copy, write_json
     from relapse.provenance import provenance
 
@@ -126,6 +127,7 @@ def fetch_reference(ref_cfg: dict, which: str, out_dir: str | Path) -> dict[str,
         for path in files:
             link_or_copy(path, tmp / path.name)
         tokenizer.save_pretrained(str(tmp))
+        seal_weights(tmp, weight_hashes(folder) if is_local(source) else None)
         manifest = {
             "which": which, "kind": "pretrained", "source": source, "revision": revision,
             "snapshot": str(folder), "local": is_local(source),

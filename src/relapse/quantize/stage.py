@@ -70,12 +70,14 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             used = base_manifest.get("settings", {})
             manifest_extra["base_quant"] = str(base)
         elif quantizer.is_identity:
+            from relapse.models.io import WEIGHT_HASHES
+
             # The source's own files, hard-linked: the full-precision cell needs neither torch nor
             # a load/save round trip, nor a second copy of the weights on disk. Every weight file
             # (a published 7B reference is sharded: model-0000k-of-0000n.safetensors + index).
             names = MODEL_FILES + TOKENIZER_FILES + tuple(
                 sorted(p.name for p in source_dir.glob("model-*-of-*.safetensors"))) + (
-                "model.safetensors.index.json",)
+                "model.safetensors.index.json", WEIGHT_HASHES)
             for name in names:
                 if (source_dir / name).exists():
                     link_or_copy(source_dir / name, tmp / name)

@@ -12,6 +12,7 @@ should not touch.
 
 from __future__ import annotations
 
+from relapse.data.prepare import has_split
 from relapse.data.prompts import STOPS, few_shot_prompt
 from relapse.evaluate.registry import MetricResult, register_metric
 from relapse.evaluate.rouge import rouge_l
@@ -43,9 +44,10 @@ def knowmem(ctx) -> list[MetricResult]:
     cfg = ctx.cfg["knowmem"]
     results = []
     # `world` (benchmarks on a pretrained base): real facts the base answers, a utility split.
-    world = ("world",) if (ctx.data_dir / "knowmem_world_qa.parquet").exists() else ()
-    # MUSE has no holdout QA (its holdout is raw text): a split the corpus lacks is skipped.
-    present = tuple(s for s in SPLITS if (ctx.data_dir / f"knowmem_{s}_qa.parquet").exists())
+    world = ("world",) if has_split(ctx.data_dir, "knowmem_world_qa") else ()
+    # MUSE has no holdout QA (its holdout is raw text): a split the corpus lacks (by the data
+    # manifest) is skipped; a listed split whose file is gone stops the evaluation.
+    present = tuple(s for s in SPLITS if has_split(ctx.data_dir, f"knowmem_{s}_qa"))
     for split in present + world:
         qa = ctx.split(f"knowmem_{split}_qa", cfg.get("max_items"))
         icl = ctx.split(f"knowmem_{split}_qa_icl")
