@@ -125,3 +125,20 @@ def test_the_caption_check_catches_a_substitution(tmp_path, default_config):
     bad.write_text("mean |ΔW| over the quantization step\n")
     with pytest.raises(AssertionError, match="Undefined substitution"):
         render_caption(bad, default_config)
+
+    # A bad cell table stops the run in check_cells, naming the file, before the report job
+    # starts: the previous tables stay (Snakemake removes a job's outputs when it starts).
+    summary = (tmp_path / "results" / "tables" / "summary.md").read_text()
+    cells = sorted((tmp_path / "results" / "tiny").glob("*/*/s0/*/metrics.parquet"))
+    victim, other = cells[0], next(c for c in cells if c.parent.parent != cells[0].parent.parent)
+    for bad, why in ((b"\0garbage" * 512, "not a readable Parquet file"),
+                     (other.read_bytes(), "another cell")):
+        victim_bytes = victim.read_bytes()
+        victim.write_bytes(bad)
+        proc = run_watched([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+                            "-d", str(tmp_path), "--cores", "2", "--configfile", str(config)],
+                           stall_s=600, progress=snakemake_progress(tmp_path))
+        log = (tmp_path / "logs" / "report" / "check_cells.log").read_text()
+        assert proc.returncode != 0 and str(victim.relative_to(tmp_path)) in log and why in log
+        assert (tmp_path / "results" / "tables" / "summary.md").read_text() == summary
+        victim.write_bytes(victim_bytes)

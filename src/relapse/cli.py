@@ -252,6 +252,16 @@ def cmd_report(args) -> None:
         raise SystemExit(f"relapse report: {err}") from None
 
 
+def cmd_check_cells(args) -> None:
+    from relapse.report.cells import CellTableError, write_cell_check
+
+    try:
+        table = write_cell_check(args.inputs, args.out)
+    except CellTableError as err:
+        raise SystemExit(f"relapse check-cells: {err}") from None
+    print(f"[check-cells] {len(table)} cell tables, {int(table.rows.sum())} rows: ok")
+
+
 def cmd_select(args) -> None:
     from relapse.report.selection import write_selection
 
@@ -363,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "over seeds and items and for knowledge retained's")
     p.add_argument("inputs", nargs="+", help="metrics.parquet files")
 
+    p = sub.add_parser("check-cells", help="check every cell's metrics.parquet (readable, one "
+                                           "cell, the cell its path names, no cell twice)")
+    p.add_argument("--out", required=True, help="the list of checked cells (.csv)")
+    p.add_argument("inputs", nargs="+", help="metrics.parquet files")
+    p.set_defaults(func=cmd_check_cells)
+
     p = sub.add_parser("export-gguf", help="write a model folder of the grid as a GGUF file "
                                            "(llama.cpp, ollama)")
     p.add_argument("--model", required=True, help="a model folder, e.g. results/smollm2/npo_gdr/"
@@ -385,7 +401,8 @@ RESOURCE_STAGE = {
     "unlearn": "unlearn", "unlearn-one-shot": "unlearn", "select-epoch": "unlearn",
     "attack": "unlearn", "quantize": "quantize", "evaluate": "evaluate",
     "diagnose": "diagnose", "represent": "diagnose", "report": "report",
-    "attack-tables": "report", "durability": "report", "llmeraser-table": "report"}
+    "attack-tables": "report", "durability": "report", "llmeraser-table": "report",
+    "check-cells": "report"}
 OUT_OF_MEMORY = 3
 NO_KERNEL = 4
 # What torch and the kernel libraries say when an operation has no kernel for this device.

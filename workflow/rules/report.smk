@@ -17,8 +17,29 @@ REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, whe
 
 
 
+# Every input of the report, checked in a job of its own: Snakemake removes a job's old outputs
+# when it starts, so a bad input found by the report itself would cost the previous tables.
+rule check_cells:
+    input:
+        report_metrics,
+    output:
+        f"{report_plan.TABLES_DIR}/cells.csv",
+    log:
+        "logs/report/check_cells.log",
+    benchmark:
+        "results/benchmarks/report/check_cells.tsv"
+    threads: 1
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    shell:
+        "relapse check-cells --out {output} {input} > {log} 2>&1"
+
+
 rule report:
     input:
+        checked=rules.check_cells.output,
         metrics=report_metrics,
         # Per-item scores: the intervals resample seeds and items, and pair the items of an
         # unlearned model with the target's for knowledge retained.

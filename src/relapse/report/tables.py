@@ -23,7 +23,13 @@ RETAINED_CAPTION = ("Knowledge retained = unlearned / target at matched quantiza
 
 
 def concat_metrics(paths: list[str | Path]) -> pd.DataFrame:
-    frames = [pd.read_parquet(p) for p in paths]
+    frames = []
+    for path in paths:
+        try:
+            frames.append(pd.read_parquet(path))
+        except Exception as err:     # name the file: the report reads hundreds of them
+            raise ValueError(f"{path}: not a readable metrics table ({err}); delete it and "
+                             "rerun the evaluation that writes it") from None
     frame = pd.concat(frames, ignore_index=True)
     hp_cols = pd.DataFrame([parse_hp_id(h) for h in frame.hp]).add_prefix("hp_")
     return pd.concat([frame, hp_cols], axis=1)
