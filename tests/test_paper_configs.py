@@ -36,7 +36,7 @@ def test_muse_plan(tmp_path):
     models = (8 * 2 + 4) * 4 * 2 * 2
     cells = (models + 2 * 2) * QUANTS  # + target and retrain of each corpus
     want = {"fetch_pretrained": 4, "prepare_corpus": 2, "unlearn": runs, "select_epoch": models,
-            "diagnose": models, "quantize": cells, "evaluate": cells, "report": 1, "all": 1}
+            "diagnose": models, "quantize": cells, "evaluate": cells, "check_cells": 1, "report": 1, "all": 1}
     assert {k: counts.get(k, 0) for k in want} == want
     assert counts["total"] == sum(want.values()) + sum(
         v for k, v in counts.items() if k not in want and k != "total")
@@ -48,7 +48,7 @@ def test_tofu_plan(tmp_path):
     cells = (models + 2) * QUANTS
     want = {"fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": models,
             "select_epoch": models, "diagnose": models, "quantize": cells, "evaluate": cells,
-            "report": 1, "all": 1}
+            "check_cells": 1, "report": 1, "all": 1}
     assert {k: counts.get(k, 0) for k in want} == want
 
 

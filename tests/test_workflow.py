@@ -61,7 +61,7 @@ def test_dry_run_of_the_default_plans_the_grid(tmp_path):
         # x (none-w16, rtn-w4) x (relearn, prune); relearn forget-k20 and holdout-k20, prune
         # s0.5 evaluated; represent: one per unlearned model at none-w16
         "attack": 12, "evaluate_attack": 18, "represent": 2, "attack_tables": 1, "durability": 1,
-        "report": 1, "all": 1, "total": 153}
+        "check_cells": 1, "report": 1, "all": 1, "total": 154}
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -195,7 +195,7 @@ def test_small_config_end_to_end(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     counts = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(config)))
     assert counts == {"unlearn": 2, "select_epoch": 2, "quantize": 6, "evaluate": 6,
-                      "diagnose": 2, "report": 1, "all": 1, "total": 20}
+                      "diagnose": 2, "check_cells": 1, "report": 1, "all": 1, "total": 21}
 
 
 def test_every_planned_shell_command_parses_with_the_cli(tmp_path):
