@@ -446,9 +446,18 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     pd.concat([pd.read_parquet(p) for p in metrics.values()]).to_parquet(tables / "metrics.parquet")
     assert main(["durability", "--settings", "{}", "--attacks", str(tables / "attacks.parquet"),
                  "--metrics", str(tables / "metrics.parquet"), "--out",
-                 str(tables / "durability"), "--labels", str(tables / "labels.csv")]) == 0
+                 str(tables / "durability"), "--labels", str(tables / "labels.csv"),
+                 "--samples", *[str(p.parent / "samples.parquet")
+                                for p in [*metrics.values(), *attacked]]]) == 0
     labels = pd.read_csv(tables / "labels.csv")
-    assert len(labels) == 1 and labels.label.iloc[0] == "undetermined"   # no --samples
+    # The item scores were read and paired. "npo" is the target's own weights here: it keeps
+    # all (U/T = 1 on every resample), unless the random tiny model knows nothing at all.
+    r = labels.iloc[0]
+    assert len(labels) == 1 and r.n_items > 0
+    if r.km_target > 0:
+        assert r.label == "not forgotten" and r.kept == r.kept_ci_high == 1.0
+    else:
+        assert r.label == "undetermined" and "knows nothing" in r.reason
     assert "relearn_k3" in pd.read_csv(tables / "durability.csv").columns
     curves = pd.read_parquet(tables / "relearn.parquet")
     assert sorted(set(curves.step)) == [0, 3]
