@@ -256,7 +256,9 @@ def test_attack_slice_follows_the_config(default_config):
     cells = plan.attack_cells(cfg)
     per_model = len(cfg["attacks"]["relearn"]["data"]) * len(cfg["attacks"]["relearn"]["steps"]) \
         + len(cfg["attacks"]["prune"]["sparsity"])
-    assert len(cells) == len(models) * 2 * per_model
+    # ... and the target pruned at each quant: pruning divides by it (matched)
+    pruned_target = len(cfg["attacks"]["prune"]["sparsity"]) * 2
+    assert len(cells) == len(models) * 2 * per_model + pruned_target
     cfg["attacks"]["quants"] = ["gptq-w4"]
     with pytest.raises(ValueError, match="attacks.quants: gptq-w4"):
         plan.check(cfg)
@@ -333,21 +335,6 @@ def _row(method, quant, value, attack="none", data=None, steps=None, sparsity=No
             "attack": attack, "attack_data": data, "attack_steps": steps, "sparsity": sparsity}
 
 
-def test_label_rule():
-    from relapse.report.durability import label
-
-    assert label(80, 10, 60, 15) == "reversible"
-    assert label(80, 10, 30, 12) == "irreversible"        # recovers < 50% of the target
-    assert label(80, 10, 60, 40) == "irreversible"        # the control recovers 30 >= 0.5 x 50
-    assert label(80, 10, 60, float("nan")) == "undetermined"
-    assert label(0, 0, 0, 0) == "undetermined"
-    assert label(80, 10, 60, 15, {"min_recovery": 0.8}) == "irreversible"
-    # relearning teaches a never-trained model too: hidden knowledge must come back beyond that
-    assert label(80, 10, 60, 15, retrain=70) == "irreversible"
-    assert label(80, 10, 60, 15, retrain=50) == "reversible"
-    assert label(80, 10, 60, 15, {"beyond_retrain": False}, retrain=70) == "reversible"
-
-
 def test_durability_table_side_by_side():
     from relapse.report.durability import durability_table, to_markdown
 
@@ -365,21 +352,20 @@ def test_durability_table_side_by_side():
     table = durability_table(attacks, metrics, selection)
     assert len(table) == 1
     r = table.iloc[0]
-    assert r.selected and r.label == "reversible"
+    # the verdict needs per-item scores (test_report_verdict.py); these rows have none
+    assert r.selected and r.label == "undetermined"
     assert r.full == pytest.approx(10 / 80)
     assert r.worst_4bit_quant == "rtn-w4" and r.worst_4bit == pytest.approx(35 / 70)
     assert r.relearn_k20 == pytest.approx(60 / 80) and r.control_k20 == pytest.approx(15 / 80)
-    assert r["prune_s0.5"] == pytest.approx(8 / 80)
+    # no pruned target in these rows: the matched ratio is missing, the un-pruned one is not
+    assert np.isnan(r["prune_s0.5"]) and r["prune_s0.5_vs_unpruned"] == pytest.approx(8 / 80)
     assert r.relearn_k20_ci_low == pytest.approx(58 / 80)
     assert r.retrain_relearn == pytest.approx(40 / 80)
     text = to_markdown(table)
-    assert "reversible" in text and "75.0 [72.5, 77.5]" in text
-    # At k = 5 the forget run brings back 30 < 40: irreversible within 5 steps; with no
-    # control run at a k, no label.
-    assert durability_table(attacks, metrics, selection, {"steps": 7}).iloc[0].label == \
-        "undetermined"
-    assert durability_table(attacks, metrics, selection, {"steps": 5}).iloc[0].label == \
-        "irreversible"
+    assert "undetermined" in text and "75.0 [72.5, 77.5]" in text
+    # at k = 5: the k = 5 runs
+    assert durability_table(attacks, metrics, selection, {"steps": 5}).iloc[0].relearn_k5 == \
+        pytest.approx(30 / 80)
 
 
 def test_collect_and_curves(tmp_path):
@@ -460,10 +446,18 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     pd.concat([pd.read_parquet(p) for p in metrics.values()]).to_parquet(tables / "metrics.parquet")
     assert main(["durability", "--settings", "{}", "--attacks", str(tables / "attacks.parquet"),
                  "--metrics", str(tables / "metrics.parquet"), "--out",
-                 str(tables / "durability"), "--labels", str(tables / "labels.csv")]) == 0
+                 str(tables / "durability"), "--labels", str(tables / "labels.csv"),
+                 "--samples", *[str(p.parent / "samples.parquet")
+                                for p in [*metrics.values(), *attacked]]]) == 0
     labels = pd.read_csv(tables / "labels.csv")
-    assert len(labels) == 1 and labels.label.iloc[0] in ("reversible", "irreversible",
-                                                          "undetermined")
+    # The item scores were read and paired. "npo" is the target's own weights here: it keeps
+    # all (U/T = 1 on every resample), unless the random tiny model knows nothing at all.
+    r = labels.iloc[0]
+    assert len(labels) == 1 and r.n_items > 0
+    if r.km_target > 0:
+        assert r.label == "not forgotten" and r.kept == r.kept_ci_high == 1.0
+    else:
+        assert r.label == "undetermined" and "knows nothing" in r.reason
     assert "relearn_k3" in pd.read_csv(tables / "durability.csv").columns
     curves = pd.read_parquet(tables / "relearn.parquet")
     assert sorted(set(curves.step)) == [0, 3]

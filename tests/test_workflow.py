@@ -59,9 +59,10 @@ def test_dry_run_of_the_default_plans_the_grid(tmp_path):
         "diagnose": 10,                   # one per unlearned model, over rtn-w8 and rtn-w4
         # attacks: synthbio's retrain + 2 unlearned models (the selected hp and the strongest)
         # x (none-w16, rtn-w4) x (relearn, prune); relearn forget-k20 and holdout-k20, prune
-        # s0.5 evaluated; represent: one per unlearned model at none-w16
-        "attack": 12, "evaluate_attack": 18, "represent": 2, "attack_tables": 1, "durability": 1,
-        "check_cells": 1, "report": 1, "all": 1, "total": 154}
+        # s0.5 evaluated, and the target pruned at s0.5 at both quants (the matched reference
+        # of pruning); represent: one per unlearned model at none-w16
+        "attack": 14, "evaluate_attack": 20, "represent": 2, "attack_tables": 1, "durability": 1,
+        "check_cells": 1, "report": 1, "all": 1, "total": 158}
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

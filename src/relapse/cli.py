@@ -212,8 +212,9 @@ def cmd_attack_tables(args) -> None:
 def cmd_durability(args) -> None:
     from relapse.report.durability import write_durability
 
+    s = _settings(args)
     write_durability(args.attacks, args.metrics, args.selection, args.out, args.labels,
-                     _settings(args).get("label", {}))
+                     s.get("label", {}), args.samples, s.get("bootstrap"))
 
 
 def cmd_llmeraser_table(args) -> None:
@@ -355,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same models' un-attacked cells' metrics.parquet (step 0)")
     p = stage("durability", cmd_durability, "attacks", "metrics", "out", "labels")
     p.add_argument("--selection", default=None, help="the report's selection.csv")
+    p.add_argument("--samples", nargs="*", default=[],
+                   help="samples.parquet of the attacked and un-attacked cells: the per-item "
+                        "scores the verdict pairs")
     p = stage("llmeraser-table", cmd_llmeraser_table, "table", "markdown")
     p.add_argument("--unlearned", nargs="+", required=True, help="llmeraser unlearned/ folders")
     p.add_argument("--samples", nargs="+", required=True,

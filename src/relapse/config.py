@@ -142,6 +142,7 @@ def validate(cfg: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     with open(schema_path) as handle:
         schema = yaml.safe_load(handle)
     cfg = copy.deepcopy(cfg)
+    _check_removed(cfg)
     validator = _fill_defaults(Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.path)))
     if errors:
@@ -157,6 +158,29 @@ def validate(cfg: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
         raise ConfigError(f"unlearning.micro_batch_size: {unl['micro_batch_size']} does not divide "
                           f"unlearning.batch_size {unl['batch_size']}")
     return cfg
+
+
+# Keys that once existed: a config that still sets one learns what replaced it (the schema
+# alone would only call it unknown).
+REMOVED_KEYS = {
+    ("attacks", "label", "min_recovery"):
+        "removed: the verdict now asks that relearning's recovery be established by its paired "
+        "interval (lo((F-U)/T) > 0) and that it beat the retrain model's; see "
+        "attacks.label.forget_margin, control_ratio, retrain_margin",
+    ("attacks", "label", "beyond_retrain"):
+        "removed: the verdict always compares with the retrain model relearned the same way "
+        "(keep `retrain` in attacks.baselines); see attacks.label.retrain_margin",
+}
+
+
+def _check_removed(cfg: dict) -> None:
+    for path, why in REMOVED_KEYS.items():
+        node = cfg
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            raise ConfigError(f"{'.'.join(path)}: {node[path[-1]]!r} is no longer allowed; "
+                              f"{why}")
 
 
 def _check_benchmarks(cfg: dict) -> None:

@@ -109,6 +109,20 @@ def bootstrap_seeds_items(scores, reference=None, samples: int = 1000, seed: int
     return (value, *_percentiles(stats, level))
 
 
+def paired_item_means(scores, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Resampled means of k models' scores on the same n items (a k x n matrix, column j: item j
+    for every model): each resample draws the n items once, with replacement, and uses that draw
+    for all k models, so any statistic of the k means (a difference, a ratio) is paired.
+    Returns a (samples x k) array; `samples` = 0 gives an empty (0 x k) one."""
+    x = np.atleast_2d(np.asarray(scores, dtype=float))
+    k, n = x.shape
+    if samples <= 0 or n == 0:
+        return np.empty((0, k))
+    rng = np.random.default_rng(seed)
+    counts = _counts(rng.integers(0, n, size=(samples, n)), n)
+    return counts @ x.T / n
+
+
 def bootstrap_mean_ratio(members: Sequence, reference, samples: int = 1000, seed: int = 0,
                          level: float = 0.95) -> tuple[float, float, float]:
     """(value, low, high) of the mean over `members` (seeds x items matrices, one per method) of

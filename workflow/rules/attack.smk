@@ -196,12 +196,15 @@ rule durability:
         attacks=attack_plan.ATTACKS_TABLE,
         metrics="results/tables/metrics.parquet",
         selection="results/tables/selection.csv",
+        # per-item scores: the verdict pairs the models' answers item by item
+        samples=attack_plan.durability_samples(config),
     output:
         md=f"{attack_plan.DURABILITY_STEM}.md",
         csv=f"{attack_plan.DURABILITY_STEM}.csv",
         labels=attack_plan.LABELS_TABLE,
     params:
-        settings=as_json({"label": config["attacks"]["label"]}),
+        settings=as_json({"label": config["attacks"]["label"],
+                          "bootstrap": config["evaluation"]["bootstrap"]}),
     log:
         "logs/durability/durability.log",
     benchmark:
@@ -214,4 +217,5 @@ rule durability:
     shell:
         "relapse durability --settings {params.settings:q} --attacks {input.attacks} "
         "--metrics {input.metrics} --selection {input.selection} "
-        f"--out {attack_plan.DURABILITY_STEM} --labels {{output.labels}} > {{log}} 2>&1"
+        f"--out {attack_plan.DURABILITY_STEM} --labels {{output.labels}} "
+        "--samples {input.samples} > {log} 2>&1"

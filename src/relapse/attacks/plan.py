@@ -7,7 +7,8 @@ unlearned models whose hp matches `hps` (key -> value or list of values; {} matc
 or any one of a list of such points (the DAG is static: the report's hp selection is not known
 when it is planned, so a config lists the hp it expects to be selected beside the others).
 With `represent.attacked`, the representation diagnostics also run on every attacked model
-folder of an unlearned model at each represented quant that is attacked.
+folder of an unlearned model at each represented quant that is attacked. Pruning also runs on
+the target of each attacked bench (`matched_models`): the durability table divides by it.
 """
 
 from __future__ import annotations
@@ -108,6 +109,20 @@ def check(cfg: dict) -> None:
                          f"{', '.join(acfg.get('quants', [])) or 'none'})")
 
 
+def matched_models(cfg: dict, attack: str) -> list[tuple[str, str, str, int]]:
+    """The attacked models, and for `prune` the target of every attacked bench with an attacked
+    unlearned model even where `baselines` leaves it out: knowledge retained after pruning at s
+    divides by the target pruned at s (matched, as a quantized model's by the target at its
+    quant), so the target is pruned as the retrain model is relearned."""
+    models = attacked_models(cfg)
+    if attack != "prune":
+        return models
+    benches = dict.fromkeys(b for b, m, _, _ in models if m not in grid.BASELINES)
+    extra = [(b, "target", "default", grid.reference_seed(cfg, b)) for b in benches
+             if (b, "target", "default", grid.reference_seed(cfg, b)) not in models]
+    return models + extra
+
+
 def attack_cells(cfg: dict) -> list[AttackCell]:
     from relapse.attacks.registry import get_attack
 
@@ -115,7 +130,7 @@ def attack_cells(cfg: dict) -> list[AttackCell]:
     out = []
     for name in enabled_attacks(cfg):
         variants = list(get_attack(name).variants(acfg[name]))
-        for bench, method, hp, seed in attacked_models(cfg):
+        for bench, method, hp, seed in matched_models(cfg, name):
             for quant in acfg.get("quants", []):
                 out += [AttackCell(bench, method, hp, seed, quant, name, v) for v in variants]
     return out
@@ -136,6 +151,18 @@ def represent_files(cfg: dict) -> list[str]:
         out += [f"{c.root}/{c.attack}/{c.variant}/repr.parquet" for c in attack_cells(cfg)
                 if c.method not in grid.BASELINES and c.quant in quants]
     return out
+
+
+def durability_samples(cfg: dict) -> list[str]:
+    """The samples.parquet the durability verdict pairs by item: every attacked cell's, the
+    attacked models' un-attacked cells', and the target's at each attacked quant."""
+    quants = cfg.get("attacks", {}).get("quants", [])
+    out = [c.samples for c in attack_cells(cfg)]
+    out += [f"{c.root}/{c.quant}/samples.parquet" for c in baseline_cells(cfg)]
+    benches = dict.fromkeys(m[0] for m in attacked_models(cfg))
+    out += [f"results/{b}/target/default/s{grid.reference_seed(cfg, b)}/{q}/samples.parquet"
+            for b in benches for q in quants]
+    return list(dict.fromkeys(out))
 
 
 def baseline_cells(cfg: dict) -> Iterable[grid.Cell]:

@@ -1,22 +1,20 @@
-"""The durability table and the reversible / irreversible label (reads Parquet only).
+"""The durability table and the reversibility verdict (reads Parquet only).
 
-Per attacked unlearned model (bench, method, hp; `selected` marks the hp the paper tables show),
-knowledge retained = KnowMem_f(model, q, attack) / KnowMem_f(target, q), the target
+Per attacked unlearned model (bench, method, hp, seed; `selected` marks the hp the paper tables
+show), knowledge retained = KnowMem_f(model, q, attack) / KnowMem_f(target, q), the target
 un-attacked at the same quant q, side by side: at full precision, after the worst 4-bit scheme
 (the one retaining most), after k steps of relearning on forget data, after the same k on the
-control data, after pruning at sparsity s. The interval of each is the cell's bootstrap 95% CI
-over items divided by the target's mean (the target held fixed).
+control data, after pruning at sparsity s. Pruning is matched as quantization is:
+`prune_s{s}` divides by the target pruned at the same s (the plan prunes it,
+attacks.plan.matched_models), `prune_s{s}_vs_unpruned` by the un-pruned target. The interval of
+each is the cell's bootstrap 95% CI over items divided by the reference's mean (held fixed).
 
-The label (config `attacks.label`), at quant q (default: full precision) and k steps (default:
-the largest relearned): with T the target's KnowMem_f, U the unlearned model's, F after relearning
-on forget data, C after relearning on the control data,
-    reversible   iff  F ≥ min_recovery · T  and  (C − U) < control_ratio · (F − U)  and  F > R
-i.e. a few steps on the forget set bring back at least half of the target's knowledge, while
-unrelated data of the same form brings back less than half as much: the knowledge was hidden.
-R is the retrain model's KnowMem_f after the same relearning (`retrain_relearn`): relearning on
-the forget set teaches its facts to a model that never saw them too, so knowledge that was only
-hidden must come back beyond that (`beyond_retrain`, on by default; skipped when the retrain
-model was not attacked). Otherwise irreversible; `undetermined` when a needed cell is missing.
+The label (config `attacks.label`) is relapse.report.verdict's, at quant q (default: full
+precision) and k steps (default: the largest relearned), from the models' per-item scores
+(samples.parquet) paired by item: not forgotten, reversible, irreversible, inconclusive or
+undetermined; every number and interval behind it is a column of the row. The forget split the
+verdict reads (`split`, default `forget`: the KnowMem_f questions) is a parameter, so that a
+second split of the same models can be judged the same way.
 """
 
 from __future__ import annotations
@@ -25,9 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-LABEL_DEFAULTS = {"steps": None, "min_recovery": 0.5, "control_ratio": 0.5,
-                  "control": "holdout", "quant": None, "beyond_retrain": True}
+from relapse.report.verdict import QUANTITIES, VERDICT_DEFAULTS, verdict, verdict_rule
+
+LABEL_DEFAULTS = {"steps": None, "control": "holdout", "quant": None, **VERDICT_DEFAULTS}
 KEYS = ["bench", "method", "hp", "seed"]
+SCORE = ("rougeL_f1", 100.0)     # KnowMem's per-item column in samples.parquet, and its scale
 
 
 def _ratio(value: float, target: float) -> float:
@@ -35,8 +35,8 @@ def _ratio(value: float, target: float) -> float:
     return value / target if target and not pd.isna(target) else float("nan")
 
 
-def _knowmem_f(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[(frame.metric == "knowmem") & (frame.split == "forget")
+def _knowmem(frame: pd.DataFrame, split: str = "forget") -> pd.DataFrame:
+    return frame[(frame.metric == "knowmem") & (frame.split == split)
                  & (frame.stat == "rougeL_f1")]
 
 
@@ -45,34 +45,47 @@ def full_quant(quants) -> str:
     return "none-w16" if "none-w16" in quants else sorted(quants)[0]
 
 
+def settings(cfg: dict | None) -> dict:
+    """attacks.label over the defaults; a key it does not have (e.g. the removed min_recovery,
+    beyond_retrain: relapse.config.REMOVED_KEYS says why) is an error, not ignored."""
+    unknown = sorted(set(cfg or {}) - set(LABEL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"attacks.label: unknown key(s) {', '.join(unknown)}; allowed: "
+                         f"{', '.join(LABEL_DEFAULTS)}")
+    return {**LABEL_DEFAULTS, **(cfg or {})}
+
+
 def label_rule(cfg: dict | None = None) -> str:
-    c = {**LABEL_DEFAULTS, **(cfg or {})}
-    return (f"reversible iff relearning on forget data recovers >= {c['min_recovery']:g} x the "
-            f"target's KnowMem_f and the {c['control']} control recovers < "
-            f"{c['control_ratio']:g} x as much (over the unlearned model's KnowMem_f)"
-            + (", and beyond what the same relearning teaches the retrain model (when it was "
-               "attacked)" if c["beyond_retrain"] else ""))
+    c = settings(cfg)
+    return (f"at k relearning steps, control data {c['control']}: " + verdict_rule(c))
 
 
-def label(target: float, unlearned: float, forget: float, control: float,
-          cfg: dict | None = None, retrain: float = float("nan")) -> str:
-    c = {**LABEL_DEFAULTS, **(cfg or {})}
-    if any(pd.isna(v) for v in (target, unlearned, forget, control)) or target <= 0:
-        return "undetermined"     # a missing cell, or a target that knows nothing to recover
-    hidden = forget >= c["min_recovery"] * target and \
-        (control - unlearned) < c["control_ratio"] * (forget - unlearned)
-    if c["beyond_retrain"] and not pd.isna(retrain):
-        hidden = hidden and forget > retrain
-    return "reversible" if hidden else "irreversible"
+def _item_scores(samples: pd.DataFrame | None, split: str, bench: str, method: str, hp: str,
+                 quant: str, seed: int | None = None, attack: str = "none",
+                 data: str = "none", steps: float = 0.0) -> pd.Series | None:
+    """One cell's per-item scores (mean over seeds where `seed` is None), indexed by item."""
+    if samples is None:
+        return None
+    hit = samples[(samples.split == split) & (samples.bench == bench)
+                  & (samples.method == method) & (samples.hp == hp) & (samples.quant == quant)
+                  & (samples.attack == attack) & (samples.attack_data == data)
+                  & (samples.attack_steps == steps)]
+    if seed is not None:
+        hit = hit[hit.seed == seed]
+    hit = hit.dropna(subset=[SCORE[0]])
+    return hit.groupby("item")[SCORE[0]].mean() * SCORE[1] if len(hit) else None
 
 
 def durability_table(attacks: pd.DataFrame, metrics: pd.DataFrame,
-                     selection: pd.DataFrame | None = None,
-                     cfg: dict | None = None) -> pd.DataFrame:
-    """One row per attacked unlearned model (see the module docstring)."""
-    c = {**LABEL_DEFAULTS, **(cfg or {})}
-    att = _knowmem_f(attacks)
-    cells = _knowmem_f(metrics)
+                     selection: pd.DataFrame | None = None, cfg: dict | None = None,
+                     samples: pd.DataFrame | None = None, boot: dict | None = None,
+                     split: str = "forget") -> pd.DataFrame:
+    """One row per attacked unlearned model (see the module docstring). `samples`: per-item
+    KnowMem scores of the cells (inputs.read_item_scores), which the verdict pairs; `boot`:
+    evaluation.bootstrap; `split`: the KnowMem split measured and judged."""
+    c = settings(cfg)
+    att = _knowmem(attacks, split)
+    cells = _knowmem(metrics, split)
     q0 = c["quant"] or full_quant(att.quant)
     relearned = att[att.attack == "relearn"]
     k = int(c["steps"] or (relearned.attack_steps.max() if len(relearned) else 0))
@@ -89,6 +102,10 @@ def durability_table(attacks: pd.DataFrame, metrics: pd.DataFrame,
             return (float("nan"),) * 3
         return float(frame.value.mean()), float(frame.ci_low.mean()), float(frame.ci_high.mean())
 
+    def relearn_rows(frame, data):
+        return frame[(frame.attack == "relearn") & (frame.attack_data == data)
+                     & (frame.attack_steps == k)]
+
     rows = []
     models = att[~att.method.isin(["target", "retrain"])][KEYS].drop_duplicates()
     for bench, method, hp, seed in models.itertuples(index=False):
@@ -98,7 +115,8 @@ def durability_table(attacks: pd.DataFrame, metrics: pd.DataFrame,
                     & (cells.seed == seed)]
         t0 = target(bench, q0)
         row = {"bench": bench, "method": method, "hp": hp, "seed": seed,
-               "selected": (bench, method, hp) in chosen, "quant": q0, "target": t0}
+               "selected": (bench, method, hp) in chosen, "quant": q0, "split": split,
+               "target": t0}
 
         def put(name, value_low_high, t):
             v, lo, hi = value_low_high
@@ -117,59 +135,88 @@ def durability_table(attacks: pd.DataFrame, metrics: pd.DataFrame,
         put("worst_4bit", one(worst[2]) if worst else (float("nan"),) * 3,
             target(bench, worst[0]) if worst else float("nan"))
         at_q0 = mine[mine.quant == q0]
-        forget = one(at_q0[(at_q0.attack == "relearn") & (at_q0.attack_data == "forget")
-                           & (at_q0.attack_steps == k)])
-        control = one(at_q0[(at_q0.attack == "relearn") & (at_q0.attack_data == c["control"])
-                            & (at_q0.attack_steps == k)])
-        put(f"relearn_k{k}", forget, t0)
-        put(f"control_k{k}", control, t0)
-        for s in sparsities:
-            put(f"prune_s{s:g}", one(at_q0[(at_q0.attack == "prune") & (at_q0.sparsity == s)]), t0)
-        retrain = att[(att.bench == bench) & (att.method == "retrain") & (att.quant == q0)
-                      & (att.attack == "relearn") & (att.attack_data == "forget")
-                      & (att.attack_steps == k)]
+        put(f"relearn_k{k}", one(relearn_rows(at_q0, "forget")), t0)
+        put(f"control_k{k}", one(relearn_rows(at_q0, c["control"])), t0)
+        for sp in sparsities:
+            pruned = one(at_q0[(at_q0.attack == "prune") & (at_q0.sparsity == sp)])
+            ref = att[(att.bench == bench) & (att.method == "target") & (att.quant == q0)
+                      & (att.attack == "prune") & (att.sparsity == sp)]
+            # matched: the target pruned at the same sparsity (NaN when it was not pruned)
+            put(f"prune_s{sp:g}", pruned, float(ref.value.mean()) if len(ref) else float("nan"))
+            put(f"prune_s{sp:g}_vs_unpruned", pruned, t0)
+        retrain = relearn_rows(att[(att.bench == bench) & (att.method == "retrain")
+                                   & (att.quant == q0)], "forget")
         row["retrain_relearn"] = _ratio(float(retrain.value.mean()), t0) if len(retrain) \
             else float("nan")
-        row["label"] = label(t0, base[0], forget[0], control[0], c,
-                             float(retrain.value.mean()) if len(retrain) else float("nan"))
+
+        def items(m, h, s=None, **attack):
+            return _item_scores(samples, split, bench, m, h, q0, s, **attack)
+
+        relearn = {"attack": "relearn", "steps": float(k)}
+        row.update(verdict({
+            "target": items("target", "default"),
+            "unlearned": items(method, hp, seed),
+            "relearned": items(method, hp, seed, data="forget", **relearn),
+            "control": items(method, hp, seed, data=c["control"], **relearn),
+            "retrain_relearned": items("retrain", "default", data="forget", **relearn),
+        }, c, boot))
         row["rule"] = label_rule(c)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _cell(r, m) -> str:
+    return f"{100 * r[m]:.1f} [{100 * r[m + '_ci_low']:.1f}, {100 * r[m + '_ci_high']:.1f}]"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """Values with their intervals as `v [lo, hi]`, knowledge retained in %."""
+    """Values with their intervals as `v [lo, hi]`, knowledge retained in %; then the verdict's
+    quantities (% of the target's KnowMem, paired intervals), the label and why."""
     if table.empty:
         return "(no attacked unlearned model)\n"
-    measures = [c for c in table.columns if f"{c}_ci_low" in table.columns]
-    head = ["bench", "method", "hp", "selected"] + measures + ["retrain_relearn", "label"]
+    measures = [c for c in table.columns if f"{c}_ci_low" in table.columns
+                and c not in QUANTITIES]
+    head = ["bench", "method", "hp", "selected"] + measures + ["retrain_relearn"] + \
+        [f"verdict: {q}" for q in QUANTITIES] + ["label", "why"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         cells = [str(r.bench), str(r.method), str(r.hp), "yes" if r.selected else ""]
-        cells += [f"{100 * r[m]:.1f} [{100 * r[m + '_ci_low']:.1f}, {100 * r[m + '_ci_high']:.1f}]"
-                  for m in measures]
-        cells += [f"{100 * r.retrain_relearn:.1f}", str(r.label)]
+        cells += [_cell(r, m) for m in measures]
+        cells += [f"{100 * r.retrain_relearn:.1f}"] + [_cell(r, q) for q in QUANTITIES]
+        cells += [str(r.label), str(r.reason)]
         lines.append("| " + " | ".join(cells) + " |")
     rule = table.rule.iloc[0]
-    return ("Knowledge retained (% of the target's KnowMem_f at the same quant, 95% CI over "
-            f"items). Label: {rule}.\n\n" + "\n".join(lines) + "\n")
+    return ("Knowledge retained (% of the target's KnowMem_f at the same quant; pruned: of the "
+            "target pruned at the same sparsity, and `_vs_unpruned` of the un-pruned target; "
+            "95% CI over items). Verdict quantities (% of T, 95% paired bootstrap over items): "
+            "kept U/T, recovery (F-U)/T, beyond_control (r(F-U)-(C-U))/T, beyond_retrain "
+            f"(F-R)/T. Label: {rule}.\n\n" + "\n".join(lines) + "\n")
 
 
 def write_durability(attacks_path, metrics_path, selection_path, stem, labels_out,
-                     cfg: dict | None = None) -> pd.DataFrame:
+                     cfg: dict | None = None, samples: list[str] | None = None,
+                     boot: dict | None = None) -> pd.DataFrame:
+    """`samples`: the samples.parquet of the attacked and un-attacked cells the verdict pairs
+    (attacks.plan.durability_samples)."""
     from relapse.io import atomic_file
+    from relapse.report.inputs import read_item_scores
 
     selection = pd.read_csv(selection_path) if selection_path and Path(selection_path).exists() \
         else None
+    split = "forget"
+    items = read_item_scores(samples or [], "knowmem", {split}, SCORE[0])
     table = durability_table(pd.read_parquet(attacks_path), pd.read_parquet(metrics_path),
-                             selection, cfg)
+                             selection, cfg, items, boot, split)
     with atomic_file(f"{stem}.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_file(f"{stem}.md") as tmp:
         Path(tmp).write_text(to_markdown(table))
-    keep = ["bench", "method", "hp", "seed", "quant", "target", "full"] + \
+    verdict_columns = ["n_items"] + [c for c in table.columns if c.startswith("km_")] + \
+        [f"{q}{end}" for q in QUANTITIES for end in ("", "_ci_low", "_ci_high")]
+    keep = ["bench", "method", "hp", "seed", "quant", "split", "target", "full"] + \
         [c for c in table.columns if c.startswith(("relearn_k", "control_k"))
-         and not c.endswith(("_ci_low", "_ci_high"))] + ["retrain_relearn", "label", "rule"]
+         and not c.endswith(("_ci_low", "_ci_high"))] + ["retrain_relearn"] + \
+        verdict_columns + ["label", "reason", "rule"]
     with atomic_file(labels_out) as tmp:
         table.reindex(columns=keep).to_csv(tmp, index=False)
     return table

@@ -74,6 +74,42 @@ def read_samples(paths: list[str | Path], metrics: set[str], splits: set[str],
     return frame if len(frame) else None
 
 
+ATTACK_KEYS = ("attack", "attack_data", "attack_steps", "sparsity")
+
+
+def read_item_scores(paths: list[str | Path], metric: str, splits: set[str], score: str
+                     ) -> pd.DataFrame | None:
+    """Per-item `score` of `metric` on `splits` from samples.parquet files of un-attacked and
+    attacked cells alike: the key columns, the attack's key columns (attack `none` for an
+    un-attacked cell) and `score`. None when no file has any such row."""
+    import pyarrow.parquet as pq
+
+    frames = []
+    for path in paths:
+        if not Path(path).exists():
+            continue
+        names = set(pq.read_schema(path).names)
+        if not set(SAMPLE_KEYS) <= names or score not in names:
+            continue
+        columns = list(SAMPLE_KEYS) + [k for k in ATTACK_KEYS if k in names] + [score]
+        frame = pq.read_table(path, columns=columns,
+                              filters=[("metric", "=", metric),
+                                       ("split", "in", sorted(splits))]).to_pandas()
+        frames.append(frame)
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return None
+    out = pd.concat(frames, ignore_index=True)
+    for key in ATTACK_KEYS:
+        if key not in out:
+            out[key] = None
+    out["attack"] = out.attack.fillna("none")
+    out["attack_data"] = out.attack_data.fillna("none")
+    out["attack_steps"] = pd.to_numeric(out.attack_steps).fillna(0.0)
+    out["sparsity"] = pd.to_numeric(out.sparsity)
+    return out
+
+
 def read_relearn(path: str | Path | None) -> pd.DataFrame | None:
     if not path or not Path(path).exists():
         return None
