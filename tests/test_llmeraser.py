@@ -14,7 +14,7 @@ from relapse.data.synthetic import ATTRIBUTES, QUESTIONS
 from relapse.unlearn.oneshot.llmeraser import effective_updates, llmeraser
 from relapse.unlearn.registry import get_method, method_names
 
-LORA = {"steps": 150, "lr": 1e-2, "lora": {"r": 4, "alpha": 8}, "seed": 0}
+LORA = {"steps": 150, "lr": 1e-2, "lora": {"r": 4, "alpha": 8}, "seed": 0, "l2": 0.01}
 
 
 def _people():
@@ -114,7 +114,8 @@ def setting(tmp_path_factory, tiny_lm):
 def test_llmeraser_is_a_registered_one_shot_method():
     assert "llmeraser" in method_names()
     method = get_method("llmeraser")
-    assert method.one_shot and {"solver", "damping", "iterations", "tol", "batch"} <= method.hparam_names()
+    assert method.one_shot and {"solver", "iterations", "tol", "batch"} <= method.hparam_names()
+    assert "damping" not in method.hparam_names(), "the damping is the fit's λ, not a knob"
 
 
 def test_effective_update_is_what_merging_adds_to_the_base(setting):
@@ -130,7 +131,7 @@ def test_effective_update_is_what_merging_adds_to_the_base(setting):
 
 def test_removal_moves_the_edited_instances_toward_the_gold(setting, tmp_path):
     out = tmp_path / "run"
-    manifest = llmeraser({"solver": "cg", "damping": 0.01, "iterations": 150, "tol": 1e-4}, 0,
+    manifest = llmeraser({"solver": "cg", "iterations": 200, "tol": 1e-4}, 0,
                          setting / "base", setting / "target", setting / "items", out,
                          gold_dir=setting / "retrain", keys={"bench": "t", "hp": "h"})
     folder = out / "epoch0"
@@ -138,7 +139,15 @@ def test_removal_moves_the_edited_instances_toward_the_gold(setting, tmp_path):
     log = pd.read_parquet(folder / "solver_log.parquet")
     assert log.iteration.tolist() == list(range(len(log))) and log.residual.iloc[0] == 1.0
     assert log.residual.iloc[-1] <= 1e-4 and (log.solver == "cg").all()
-    agree = pd.read_parquet(folder / "agreement.parquet").set_index(["metric", "model"]).value
+    assert manifest["logged_residual"] == log.residual.iloc[-1]
+    # The damping is the fit's λ, from the target's manifest, and rows carry it.
+    fit = json.loads((setting / "target" / "reference_manifest.json").read_text())
+    assert fit["l2"] == LORA["l2"] and manifest["damping"] == LORA["l2"]
+    table = pd.read_parquet(folder / "agreement.parquet")
+    assert (table.damping == LORA["l2"]).all()
+    agree = table.set_index(["metric", "model"]).value
+    # The residual the rows record is the manifest's, recomputed from x (not the log's row).
+    assert agree["solver_residual"]["llmeraser"] == manifest["residual"]
     nll = agree["nll_edited"]
     acc = agree["qa_accuracy_edited"]
     assert nll["target"] < nll["gold"], "the target must know the forget QA better than the gold"
@@ -151,7 +160,7 @@ def test_removal_moves_the_edited_instances_toward_the_gold(setting, tmp_path):
     assert (folder / "model.safetensors").exists() and (folder / "adapter").is_dir()
     assert (folder / "tokenizer.json").exists()
     written = json.loads((folder / "unlearn_manifest.json").read_text())
-    assert written["solver"] == "cg" and written["hp"]["damping"] == 0.01 and written["hp_id"] == "h"
+    assert written["solver"] == "cg" and "damping" not in written["hp"] and written["hp_id"] == "h"
     assert (pd.read_parquet(out / "train_log.parquet").epoch == 0).all()
 
 
@@ -165,6 +174,66 @@ def test_an_unconverged_solve_says_so_and_fails_when_strict(setting, tmp_path):
         llmeraser({"solver": "adam", "iterations": 3, "tol": 1e-8, "strict": True}, 0,
                   setting / "base", setting / "target", setting / "items", tmp_path / "strict")
     assert not (tmp_path / "strict").exists()
+
+
+def test_the_update_refuses_a_damping_of_its_own_and_a_fit_without_or_with_another_l2(tmp_path):
+    from relapse.unlearn.oneshot.llmeraser import fit_l2
+
+    with pytest.raises(ValueError, match="damping is not a hyperparameter"):
+        llmeraser({"damping": 1.0}, 0, tmp_path, tmp_path, tmp_path, tmp_path / "x")
+    for name, manifest in (("target", {"l2": 0.01}), ("gold", {"l2": 0.1}), ("old", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "reference_manifest.json").write_text(json.dumps(manifest))
+    assert fit_l2(tmp_path / "target", tmp_path / "target") == 0.01
+    with pytest.raises(ValueError, match="target fit with l2 0.01 but gold with 0.1"):
+        fit_l2(tmp_path / "target", tmp_path / "gold")
+    with pytest.raises(ValueError, match="fit without the L2 term"):
+        fit_l2(tmp_path / "old")
+    with pytest.raises(ValueError, match="fit without the L2 term"):
+        fit_l2(tmp_path / "target", tmp_path / "old")
+
+
+def test_the_fit_minimises_the_data_term_plus_the_l2_term():
+    """fit_regularised on least squares (1/n)Σ½(xᵀw − y)² + (λ/2)‖w‖²: it lands on the closed-form
+    ridge solution (numpy), not least squares, and the gradient norm it reports is the full
+    objective's, λw included. The bound is strong convexity's, ‖w − w*‖ ≤ ‖∇‖ / μ_min."""
+    import numpy as np
+
+    from relapse.models.lora_setting import fit_regularised
+
+    rng = np.random.default_rng(0)
+    n, d, l2 = 40, 4, 0.5
+    x = rng.normal(size=(n, d))
+    y = x @ rng.normal(size=d) + 0.1 * rng.normal(size=n)
+    model = torch.nn.Linear(d, 1, bias=False).double()
+    xt, yt = torch.tensor(x), torch.tensor(y)
+
+    def losses():
+        yield 0.5 * ((model(xt)[:, 0] - yt) ** 2).sum()
+
+    log, grad_norm = fit_regularised(model, [model.weight], losses, n,
+                                     {"steps": 2000, "lr": 0.05, "l2": l2})
+    w = model.weight.detach().numpy()[0]
+    hessian = x.T @ x / n + l2 * np.eye(d)
+    ridge = np.linalg.solve(hessian, x.T @ y / n)
+    gradient = x.T @ (x @ w - y) / n + l2 * w
+    assert grad_norm == pytest.approx(np.linalg.norm(gradient), rel=1e-6, abs=1e-12)
+    assert np.linalg.norm(w - ridge) <= grad_norm / np.linalg.eigvalsh(hessian).min() + 1e-12
+    least_squares = np.linalg.lstsq(x, y, rcond=None)[0]
+    assert np.linalg.norm(w - least_squares) > 10 * np.linalg.norm(w - ridge)
+    assert log[-1]["l2_term"] == pytest.approx(l2 / 2 * (w @ w))
+    with pytest.raises(ValueError, match="lora_setting.l2: -1"):
+        fit_regularised(model, [model.weight], losses, n, {"l2": -1})
+
+
+def test_the_configured_l2_default_is_the_codes(root):
+    import yaml
+
+    from relapse.models.lora_setting import L2
+
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    lora = schema["properties"]["benchmarks"]["additionalProperties"]["properties"]["lora_setting"]
+    assert lora["properties"]["l2"]["default"] == L2
 
 
 def test_llmeraser_refuses_full_params_by_name(setting, tmp_path):
@@ -248,7 +317,7 @@ def test_llmeraser_workflow_plans_one_shot_runs(root, tmp_path):
                           "--directory", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     stats = out.stdout + out.stderr
-    for rule, count in (("unlearn_one_shot", 12), ("train_lora_reference", 6), ("train_lora_base", 3),
+    for rule, count in (("unlearn_one_shot", 9), ("train_lora_reference", 6), ("train_lora_base", 3),
                         ("prepare_lora_setting", 3)):
         assert any(line.split() == [rule, str(count)] for line in stats.splitlines()), rule
     assert not any(line.split()[:1] == ["unlearn"] for line in stats.splitlines())

@@ -8,8 +8,9 @@ import pytest
 
 from relapse.report import llmeraser as report
 
-HP = "damping=1_iterations=200_params=lora_solver=cg_tol=0.0001"
-HP2 = "damping=0.01_iterations=200_params=lora_solver=cg_tol=0.0001"
+# The damping is no hp (it is the fit's λ, in agreement.parquet): rows differ by iterations here.
+HP = "iterations=200_params=lora_solver=cg_tol=0.0001"
+HP2 = "iterations=50_params=lora_solver=cg_tol=0.0001"
 
 
 def _items():
@@ -42,7 +43,7 @@ def _samples():
     return pd.DataFrame(rows)
 
 
-def _agreement(hp, seconds, to_gold):
+def _agreement(hp, seconds, to_gold, damping, residual):
     values = {("qa_accuracy_edited", "target"): 1.0, ("nll_edited", "target"): 0.5,
               ("qa_accuracy_edited", "gold"): 0.0, ("nll_edited", "gold"): 3.0,
               ("qa_accuracy_edited", "llmeraser"): 0.5, ("nll_edited", "llmeraser"): 1.0,
@@ -50,10 +51,11 @@ def _agreement(hp, seconds, to_gold):
               ("delta_w_l2_to_gold", "gold"): 0.0, ("delta_w_l2", "gold"): 9.0,
               ("delta_w_l2_to_gold", "llmeraser"): to_gold, ("delta_w_l2", "llmeraser"): 11.0,
               ("seconds", "llmeraser"): seconds, ("seconds", "gold"): 30.0,
-              ("time_ratio_gold_over_llmeraser", "llmeraser"): 30.0 / seconds}
+              ("time_ratio_gold_over_llmeraser", "llmeraser"): 30.0 / seconds,
+              ("solver_residual", "llmeraser"): residual}
     return pd.DataFrame([{"metric": m, "model": who, "value": v, "bench": "b",
                           "method": "llmeraser", "hp": hp, "seed": 0, "solver": "cg",
-                          "task": "removal"} for (m, who), v in values.items()])
+                          "damping": damping, "task": "removal"} for (m, who), v in values.items()])
 
 
 def _log(hp, residuals, status):
@@ -64,7 +66,9 @@ def _log(hp, residuals, status):
 
 @pytest.fixture
 def table():
-    agreement = pd.concat([_agreement(HP, 2.0, 3.0), _agreement(HP2, 10.0, 5.0)])
+    # The recorded (recomputed) residuals differ from the logs' last rows, as CG's recursive
+    # residual can drift from the true one.
+    agreement = pd.concat([_agreement(HP, 2.0, 3.0, 1.0, 3e-5), _agreement(HP2, 10.0, 5.0, 0.01, 0.15)])
     logs = pd.concat([_log(HP, [1.0, 0.1, 1e-5], "converged"),
                       _log(HP2, [1.0, 0.5, 0.2, 0.1], "max_iterations")])
     return report.collect(agreement, logs, _samples(), {"b": _items()})
@@ -100,7 +104,8 @@ def test_knowmem_on_the_edited_items_is_the_evaluations_against_target_and_gold(
 def test_solve_time_and_weight_agreement_columns(table):
     r = _row(table, HP, "none-w16")
     assert (r.solver, r.damping, r.task) == ("cg", 1.0, "removal")
-    assert (r.solver_status, r.iterations, r.residual) == ("converged", 2, pytest.approx(1e-5))
+    assert (r.solver_status, r.iterations, r.residual) == ("converged", 2, pytest.approx(3e-5))
+    assert r.logged_residual == pytest.approx(1e-5)
     assert (r.seconds, r.gold_seconds, r.time_ratio) == (2.0, 30.0, pytest.approx(15.0))
     # teacher-forced columns kept beside KnowMem
     assert (r.qa_accuracy_edited_target, r.qa_accuracy_edited_llmeraser,
@@ -112,7 +117,7 @@ def test_solve_time_and_weight_agreement_columns(table):
     assert "delta_w_l2_to_gold_gold" not in table
     s = _row(table, HP2, "none-w16")
     assert (s.damping, s.solver_status, s.iterations, s.residual) == \
-        (0.01, "max_iterations", 3, pytest.approx(0.1))
+        (0.01, "max_iterations", 3, pytest.approx(0.15))
     assert s.delta_w_gap_closed == pytest.approx(1 - 5 / 4)
     # HP2 was not evaluated at rtn-w4 in these samples: only its full-precision row
     assert list(table[table.hp == HP2].quant) == ["none-w16"]
@@ -123,7 +128,7 @@ def test_markdown_reads_target_to_llmeraser_with_gold_in_parentheses(table):
     first, second = text.split("**KnowMem on the edited items at each quant**")
     row = next(line for line in first.splitlines() if "| cg | 1 |" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:10] == ["b", "removal", "cg", "1", "converged", "1e-05", "2", "2.0", "30", "15.0"]
+    assert cells[:10] == ["b", "removal", "cg", "1", "converged", "3e-05", "2", "2.0", "30", "15.0"]
     assert cells[10:] == ["75.0 → 50.0 (0.0)", "0.33", "1.00 → 0.50 (0.00)",
                           "0.50 → 1.00 (3.00)", "4.00 → 3.00"]
     # only full-precision rows in the first table; every quant in the second
@@ -144,9 +149,9 @@ def test_plan_lists_llmeraser_models_their_cells_and_the_baselines(root):
 
     cfg = load_config(root / "config" / "llmeraser.yaml")
     got = report.plan(cfg, list(cfg["benchmarks"]))
-    assert len(got["unlearned"]) == 12 and all(p.endswith("/unlearned") for p in got["unlearned"])
-    # 12 llmeraser models + 3 targets + 3 golds, each at none-w16 and rtn-w4
-    assert len(got["samples"]) == (12 + 6) * 2
+    assert len(got["unlearned"]) == 9 and all(p.endswith("/unlearned") for p in got["unlearned"])
+    # 9 llmeraser models (cg, lissa, adam per bench) + 3 targets + 3 golds, at none-w16 and rtn-w4
+    assert len(got["samples"]) == (9 + 6) * 2
     assert sorted(got["lora_setting"]) == [f"results/lora-{t}/lora_setting"
                                            for t in ("query", "removal", "response")]
     assert report.plan(cfg, []) == {}
@@ -159,7 +164,7 @@ def test_cli_writes_parquet_and_markdown_from_the_stage_folders(tmp_path):
 
     unlearned = tmp_path / "unlearned"
     unlearned.mkdir()
-    _agreement(HP, 2.0, 3.0).to_parquet(unlearned / "agreement.parquet")
+    _agreement(HP, 2.0, 3.0, 0.01, 3e-5).to_parquet(unlearned / "agreement.parquet")
     _log(HP, [1.0, 1e-5], "converged").drop(columns=["bench", "method", "hp", "seed"]).to_parquet(
         unlearned / "solver_log.parquet")
     (tmp_path / "ls").mkdir()
@@ -192,7 +197,9 @@ def test_llmeraser_config_plans_the_table_and_attacks_on_llmeraser_cells(root, t
     text = out.stdout + out.stderr
     lines = text.splitlines()
     assert any(line.split() == ["llmeraser_table", "1"] for line in lines)
-    # prune and relearn on the llmeraser cell of CG at damping 1, the target and the gold, per bench
+    # prune and relearn on the llmeraser cell of CG, the target and the gold, per bench
     assert any(line.split() == ["attack", "18"] for line in lines)
-    assert f"results/lora-query/llmeraser/{HP}/s0/none-w16/prune/models" in text
-    assert f"results/lora-query/llmeraser/{HP2}/s0/none-w16/prune/models" not in text
+    cg = "iterations=200_params=lora_solver=cg_tol=0.0001"
+    adam = "adam_lr=0.001_iterations=200_params=lora_scale=100_solver=adam_tol=0.0001"
+    assert f"results/lora-query/llmeraser/{cg}/s0/none-w16/prune/models" in text
+    assert f"results/lora-query/llmeraser/{adam}/s0/none-w16/prune/models" not in text

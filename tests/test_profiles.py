@@ -70,7 +70,7 @@ def every_rule_configs(tmp_path: Path) -> list[Path]:
 
     lora = load("llmeraser.yaml")
     lora["benchmarks"] = dict(list(lora["benchmarks"].items())[:1])
-    lora["methods"] = {"llmeraser": {"params": "lora", "solver": "cg", "damping": 1.0,
+    lora["methods"] = {"llmeraser": {"params": "lora", "solver": "cg",
                                      "iterations": 20, "tol": 1e-4}}
     lora["quantization"]["schemes"] = [{"scheme": "none", "bits": [16]}]
 

@@ -2,10 +2,14 @@
 people) plus a LoRA adapter fine-tuned on a set of QA instances (relapse.data.edits): the
 *target* on what was trained, the *gold* on what should have been.
 
-The objective is the mean over instances of each instance's mean token NLL, the same ℓ_i that
-the influence update (relapse.unlearn.oneshot.llmeraser) differentiates, and it is minimised
-full-batch to a small gradient, since an influence function assumes ∇L(θ*) ≈ 0. Both use the
-same seed, hence the same adapter initialisation, so target and gold differ only by the data.
+The objective is L(θ) = (1/n) Σ_i ℓ_i(θ) + (λ/2)‖θ‖² over the adapter's parameters θ, ℓ_i
+each instance's mean token NLL (the same ℓ_i that the influence update,
+relapse.unlearn.oneshot.llmeraser, differentiates) and n the fit's own instance count. The L2
+term is the one the update's damping stands for: the update is one Newton step on the gold's
+L(θ), whose Hessian is H/n + λI, so target, gold and update share one λ (`lora_setting.l2`,
+recorded in each reference's manifest). It is minimised full-batch to a small gradient, since
+an influence function assumes ∇L(θ*) ≈ 0. Both use the same seed, hence the same adapter
+initialisation, so target and gold differ only by the data.
 """
 
 from __future__ import annotations
@@ -17,6 +21,27 @@ from typing import Iterator, Sequence
 import pandas as pd
 
 ROLES = {"target": "target_text", "retrain": "gold_text"}
+
+# λ of the fit's (λ/2)‖θ‖² and of the influence update's damping (schema default of
+# benchmarks.NAME.lora_setting.l2). Chosen for the solve's conditioning alone, never by agreement
+# with the gold: the Gauss-Newton curvature G/n of config/llmeraser.yaml's targets has its top
+# eigenvalue at ~23 (removal) to >60 (query), so λ = 0.01 caps the condition number of G/n + λI
+# near 6e3, where CG reached tol 1e-4 in 44-189 iterations on every task (measured at damping
+# 0.01 before the fit had this term). A larger λ conditions better but pulls both adapters
+# toward zero: it changes what target and gold learn, not only the solve.
+L2 = 0.01
+
+
+def l2_weight(cfg: dict) -> float:
+    """`cfg`'s λ (lora_setting.l2), checked: a positive finite number."""
+    import math
+
+    value = cfg.get("l2", L2)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not value > 0:
+        raise ValueError(f"lora_setting.l2: {value!r} must be a positive number (λ of the fit's "
+                         "(λ/2)‖θ‖², which the influence update's damping assumes)")
+    return float(value)
 
 
 def eager_attention(model):
@@ -95,39 +120,55 @@ def with_lora(model, lora_cfg: dict):
 
 
 def fit_lora(model, tokenizer, texts: Sequence[str], cfg: dict, device: str = "cpu"):
-    """Full-batch AdamW on mean ℓ_i over `texts` for `steps` steps (cosine to 0). Returns
-    (log rows, final gradient norm)."""
+    """Full-batch AdamW on (1/n)Σℓ_i + (λ/2)‖θ‖² over `texts` (module docstring; λ = cfg's l2)
+    for `steps` steps (cosine to 0). Returns (log rows, final gradient norm)."""
+    batch = int(cfg.get("batch", 64))
+    return fit_regularised(model, adapter_params(model),
+                           lambda: item_nll_sums(model, tokenizer, texts, batch, device),
+                           len(texts), cfg)
+
+
+def fit_regularised(model, params: Sequence, losses, n: int, cfg: dict):
+    """Minimise (1/n)Σℓ + (λ/2)‖θ‖² over `params` by full-batch AdamW (`steps`, `lr`,
+    `schedule`; λ = cfg's l2). `losses()` yields Σℓ per micro-batch. The L2 term is in the loss,
+    not AdamW's decoupled weight decay (which is no term of any objective), so the optimum is
+    where the influence update assumes ∇L = 0. Returns (log rows: step, loss = the data term,
+    l2_term, seconds; ‖∇L(θ)‖ at the end, L2 term included)."""
     import torch
 
     from relapse.models.training import TrainingLoop
     from relapse.schedule import lr_schedule
 
-    params = adapter_params(model)
-    steps, batch = int(cfg.get("steps", 300)), int(cfg.get("batch", 64))
+    l2 = l2_weight(cfg)
+    steps = int(cfg.get("steps", 300))
     opt = torch.optim.AdamW(params, lr=float(cfg.get("lr", 3e-3)), weight_decay=0.0)
     scheduler = lr_schedule(opt, cfg.get("schedule", "cosine"), steps, warmup=0.0)
     # No clipping and no guard: the fit has always run without them.
     loop = TrainingLoop(model, params, opt, scheduler, grad_clip=None, guard=False)
     log = []
 
-    def step(_, loop):
+    def backward() -> tuple[float, float]:
         total = 0.0
-        for loss in item_nll_sums(model, tokenizer, texts, batch, device):
-            (loss / len(texts)).backward()
+        for loss in losses():
+            (loss / n).backward()
             total += float(loss.detach())
-        return total
+        penalty = l2 / 2 * sum(p.pow(2).sum() for p in params)
+        penalty.backward()
+        return total / n, float(penalty.detach())
 
-    def after_step(_, total, grad_norm):
+    def after_step(_, terms, grad_norm):
         if loop.step % 10 == 0 or loop.step == steps:
-            log.append({"step": loop.step, "loss": total / len(texts), "seconds": loop.seconds()})
+            log.append({"step": loop.step, "loss": terms[0], "l2_term": terms[1],
+                        "seconds": loop.seconds()})
 
-    loop.run(range(steps), step, after_step)
+    loop.run(range(steps), lambda _, loop: backward(), after_step)
     model.eval()
-    model.zero_grad(set_to_none=True)
-    for loss in item_nll_sums(model, tokenizer, texts, batch, device):
-        (loss / len(texts)).backward()
+    for p in params:
+        p.grad = None
+    backward()
     grad_norm = float(torch.sqrt(sum(p.grad.pow(2).sum() for p in params)))
-    model.zero_grad(set_to_none=True)
+    for p in params:
+        p.grad = None
     return log, grad_norm
 
 
@@ -136,7 +177,7 @@ def train_lora_reference(which: str, base_dir: str | Path, items_dir: str | Path
     """`which` = target (the instances the adapter was trained on) or retrain (the gold: the
     edited instances removed or corrected). Writes a merged model folder, the adapter in
     `adapter/`, train_log.parquet and reference_manifest.json (with the wall time, which the
-    influence update is compared against)."""
+    influence update is compared against, and `l2`, the λ its update must damp with)."""
     import copy
 
     from relapse.io import atomic_dir, write_json, write_parquet
@@ -149,6 +190,7 @@ def train_lora_reference(which: str, base_dir: str | Path, items_dir: str | Path
         raise ValueError(f"LoRA-setting reference {which!r}: expected one of {', '.join(ROLES)}")
     items = pd.read_parquet(Path(items_dir) / "items.parquet")
     texts = list(items[ROLES[which]].dropna())
+    l2_weight(cfg)      # a bad λ fails before the fit
     seed_everything(int(cfg.get("seed", 0)), threads)
     tokenizer = load_tokenizer(base_dir)
     start = time.time()
@@ -161,4 +203,5 @@ def train_lora_reference(which: str, base_dir: str | Path, items_dir: str | Path
         write_parquet(tmp / "train_log.parquet", pd.DataFrame(log), provenance(cfg))
         write_json(tmp / "reference_manifest.json", {
             "which": which, "lora_setting": True, "items": len(texts), "seconds": seconds,
-            "final_loss": log[-1]["loss"], "final_grad_norm": grad_norm, **provenance(cfg)})
+            "final_loss": log[-1]["loss"], "final_grad_norm": grad_norm, "l2": l2_weight(cfg),
+            **provenance(cfg)})

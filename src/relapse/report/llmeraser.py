@@ -1,16 +1,19 @@
 """LLMEraser's agreement with the gold LoRA, one table for the run (results/tables/llmeraser.*).
 
 Inputs, all Parquet: each llmeraser model's `agreement.parquet` (QA accuracy and NLL of the edited
-instances' correct QA, teacher-forced, ΔW = BA distances, wall times; written by
-relapse.unlearn.oneshot.llmeraser) and `solver_log.parquet` (the solve's relative residual per
-iteration); every cell's `samples.parquet` of the LoRA-setting benches; and each bench's
+instances' correct QA, teacher-forced, ΔW = BA distances, wall times, the residual the solve
+really reached; written by relapse.unlearn.oneshot.llmeraser) and `solver_log.parquet` (the
+solve's relative residual per iteration); every cell's `samples.parquet` of the LoRA-setting benches; and each bench's
 `lora_setting/items.parquet` (which instances were edited). KnowMem on the edited items is the
 evaluation's own (few-shot greedy answers, ROUGE-L F1 ×100) of the llmeraser cell, the gold
 (`retrain`) and the `target` at the same quant, on the edited items' correct question and answer.
 
 One row per llmeraser model × quant. Columns: keys (bench, task, method, hp, seed, solver,
-damping, quant, quant_scheme, bits); solve (solver_status, residual, iterations, seconds,
-gold_seconds, time_ratio = gold's retraining seconds / llmeraser's); per model m in target,
+damping = the λ target and gold were fit with and the update used, quant, quant_scheme, bits);
+solve (solver_status; residual = ‖(H/n + λI)x − b‖/‖b‖ recomputed from the final x, as
+agreement.parquet records it; logged_residual = the solver log's last row, which for CG is its
+recursive estimate; iterations, seconds, gold_seconds, time_ratio = gold's retraining seconds /
+llmeraser's); per model m in target,
 gold, llmeraser: knowmem_edited_m, qa_accuracy_edited_m, nll_edited_m, delta_w_l2_m (‖ΔW_m‖_F)
 and, for target and llmeraser, delta_w_l2_to_gold_m; and the agreement summaries
   knowmem_gap_closed = (KnowMem_llmeraser − KnowMem_target) / (KnowMem_gold − KnowMem_target)
@@ -59,20 +62,24 @@ def _agreement_wide(agreement: pd.DataFrame) -> pd.DataFrame:
     """One row per llmeraser model: `{metric}_{model}` columns from the long agreement rows."""
     a = agreement.copy()
     a["column"] = a.metric + "_" + a.model
-    keys = ["bench", "method", "hp", "seed", "task"]
+    keys = ["bench", "method", "hp", "seed", "task", "damping"]
     wide = a.pivot_table(index=keys, columns="column", values="value", aggfunc="first")
     wide = wide.reset_index()
     wide.columns.name = None
     renames = {"seconds_llmeraser": "seconds", "seconds_gold": "gold_seconds",
-               "time_ratio_gold_over_llmeraser_llmeraser": "time_ratio"}
+               "time_ratio_gold_over_llmeraser_llmeraser": "time_ratio",
+               "solver_residual_llmeraser": "residual"}
     return wide.rename(columns=renames).drop(columns=["delta_w_l2_to_gold_gold"], errors="ignore")
 
 
 def _solve(logs: pd.DataFrame) -> pd.DataFrame:
-    """Final status, relative residual and iteration count of each solve (its log's last row)."""
+    """Final status, iteration count and last logged residual of each solve (its log's last
+    row; the residual x really reaches is agreement.parquet's `solver_residual`)."""
     last = logs.sort_values("iteration").groupby(["bench", "method", "hp", "seed"]).tail(1)
-    return last.rename(columns={"status": "solver_status", "iteration": "iterations"})[
-        ["bench", "method", "hp", "seed", "solver", "solver_status", "residual", "iterations"]]
+    return last.rename(columns={"status": "solver_status", "iteration": "iterations",
+                                "residual": "logged_residual"})[
+        ["bench", "method", "hp", "seed", "solver", "solver_status", "logged_residual",
+         "iterations"]]
 
 
 def edited_knowmem(samples: pd.DataFrame, items: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -120,14 +127,14 @@ def collect(agreement: pd.DataFrame, solver_logs: pd.DataFrame, samples: pd.Data
     LoRA-setting bench's instance table."""
     wide = _agreement_wide(agreement).merge(_solve(solver_logs),
                                             on=["bench", "method", "hp", "seed"], how="left")
-    wide["damping"] = [grid.parse_hp_id(h).get("damping", math.nan) for h in wide.hp]
     wide["delta_w_gap_closed"] = 1 - wide.delta_w_l2_to_gold_llmeraser / wide.delta_w_l2_to_gold_target
     know = _knowmem_rows(edited_knowmem(samples, items))
     out = wide.merge(know, on=["bench", "method", "hp", "seed"], how="left")
     out["knowmem_gap_closed"] = [
         _closed(r.knowmem_edited_llmeraser, r.knowmem_edited_target, r.knowmem_edited_gold)
         for r in out.itertuples()]
-    first = KEYS + ["quant", "quant_scheme", "bits", "solver_status", "residual", "iterations",
+    first = KEYS + ["quant", "quant_scheme", "bits", "solver_status", "residual",
+                    "logged_residual", "iterations",
                     "seconds", "gold_seconds", "time_ratio"]
     first = [c for c in first if c in out]
     out = out[first + sorted(c for c in out if c not in first)]

@@ -157,8 +157,9 @@ SOLVERS = {"cg": conjugate_gradient, "lissa": lissa, "adam": adam_quadratic}
 
 def solve(matvec: Callable, b, solver: str, iterations: int, tol: float, **settings) -> Solve:
     """Run one solver; settings: `scale` (lissa), `lr` (adam). The returned residual is
-    recomputed from the final x (one more product), so a solver's own bookkeeping cannot
-    report convergence it did not reach."""
+    ‖A x − b‖/‖b‖ recomputed from the final x with `matvec` (one more product), whatever the
+    status, so a solver's own bookkeeping (CG's recursive residual, the last logged row) cannot
+    report convergence it did not reach. The log keeps the iterates' values."""
     if solver not in SOLVERS:
         raise ValueError(f"solver {solver!r} is unknown; allowed: {', '.join(SOLVERS)}")
     if iterations < 1:
@@ -171,8 +172,9 @@ def solve(matvec: Callable, b, solver: str, iterations: int, tol: float, **setti
         raise ValueError(f"solver {solver}: missing setting(s) {', '.join(missing)}")
     out = SOLVERS[solver](matvec, b, iterations, tol, **{k: settings[k] for k in wanted})
     b_norm = float(b.norm())
-    if b_norm > 0 and out.status != "diverged":
-        out.residual = float((matvec(out.x) - b).norm()) / b_norm
+    if b_norm > 0:
+        finite = bool(out.x.isfinite().all())
+        out.residual = float((matvec(out.x) - b).norm()) / b_norm if finite else math.inf
         if out.status == "converged" and out.residual > tol:
             out.status = "max_iterations"   # recursive residual drifted below the true one
     return out

@@ -1,12 +1,18 @@
 """LLMEraser (arXiv 2412.00383): instance-wise unlearning of a LoRA adapter in one step.
 
-The target adapter θ* was fit on n QA instances (relapse.data.edits). Edited instances
-(removed, or replaced by a corrected query or response) move it by the influence update
-Δθ = −(H + λI)⁻¹ (Σ∇ℓ(edited) − Σ∇ℓ(original)) / n over the LoRA parameters alone
-(relapse.unlearn.influence), with H by double backprop. Unlike the released code, the solve is
-checked: its relative residual per iteration goes to solver_log.parquet, and a solve that misses
-`tol` says so in the manifest (and fails the job with `strict: true`). The updated adapter is
-saved (`adapter/`) beside merged weights, like every other method's checkpoint.
+The target adapter θ* was fit on n QA instances (relapse.data.edits) with an L2 term
+(λ/2)‖θ‖² (relapse.models.lora_setting). Edited instances (removed, or replaced by a corrected
+query or response) move it by the influence update, one Newton step on the gold's objective,
+Δθ = −(H'/n' + λI)⁻¹ b over the LoRA parameters alone (relapse.unlearn.influence), with H' by
+double backprop or Gauss-Newton products. The damping λ is not a hyperparameter here: it is the
+λ the target and gold were fit with (`lora_setting.l2`, read from their manifests), since an
+update damped with a λ the fit did not have is biased; a target and gold fit with different λ,
+or without one, are refused. Unlike the released code, the solve is checked: its relative
+residual per iteration goes to solver_log.parquet, the residual ‖(H'/n' + λI)x − b‖/‖b‖ that x
+really reaches (recomputed after the solve with the same products, not the solver's last
+logged value) goes to the manifest and agreement.parquet, and a solve that misses `tol` says so
+(and fails the job with `strict: true`). The updated adapter is saved (`adapter/`) beside merged
+weights, like every other method's checkpoint.
 """
 
 from __future__ import annotations
@@ -21,11 +27,10 @@ from relapse.unlearn.oneshot import register_one_shot
 
 HPARAMS = {
     "solver": "cg",        # cg | lissa | adam (the paper's: Adam on ½xᵀAx − bᵀx)
-    "damping": 1.0,        # λ (measured on the tiny LoRA setting: 0.01 overshoots corrections)
     "iterations": 100,
     "tol": 1e-4,           # relative residual ‖(H + λI)x − b‖ / ‖b‖
     "batch": 64,           # instances per forward in gradients and Hessian-vector products
-    "scale": 50.0,         # lissa: must exceed half of the largest eigenvalue of H + λI
+    "scale": 50.0,         # lissa: must exceed half of the largest eigenvalue of H/n + λI
     "adam_lr": 1e-3,       # adam
     "hessian": "edited",   # edited: H of the edited objective (exact on quadratics) | original
     "curvature": "gauss_newton",   # gauss_newton (PSD) | exact (∇² by double backprop)
@@ -36,6 +41,9 @@ HPARAMS = {
 def _check(hp: dict) -> None:
     from relapse.unlearn.solvers import SOLVERS
 
+    if "damping" in hp:
+        raise ValueError("llmeraser: damping is not a hyperparameter; the update damps with the λ "
+                         "its target and gold were fit with (benchmarks.NAME.lora_setting.l2)")
     if hp["params"] != "lora":
         raise ValueError(f"llmeraser: params {hp['params']!r} is not supported; it updates a LoRA "
                          "adapter (params: lora)")
@@ -50,17 +58,38 @@ def _check(hp: dict) -> None:
     for key in ("iterations", "tol", "batch", "scale", "adam_lr"):
         if not float(hp[key]) > 0:
             raise ValueError(f"llmeraser: {key} {hp[key]!r} must be positive")
-    if not float(hp["damping"]) >= 0:
-        raise ValueError(f"llmeraser: damping {hp['damping']!r} must be ≥ 0")
 
 
 def edit_sets(items: pd.DataFrame, hessian: str) -> dict[str, list[str]]:
     """The texts of the update: `original` (what the target saw of the edited instances),
-    `edited` (what should replace them; none for removal), `hessian` (the set H sums over)."""
+    `edited` (what should replace them; none for removal), `hessian` (the set H sums over),
+    `trained` and `gold` (the target's and the gold's training sets)."""
     edited = items[items.edited]
     return {"original": list(edited.target_text.dropna()), "edited": list(edited.gold_text.dropna()),
             "hessian": list(items.gold_text.dropna() if hessian == "edited" else items.target_text.dropna()),
-            "trained": list(items.target_text.dropna())}
+            "trained": list(items.target_text.dropna()), "gold": list(items.gold_text.dropna())}
+
+
+def fit_l2(target_dir: str | Path, gold_dir: str | Path | None = None) -> float:
+    """λ of the target's fit (its reference_manifest.json's `l2`), the update's damping. Refuses
+    a target fit without the L2 term, and a gold fit with another λ: the update would then
+    approximate a refit of a different objective than the one it is compared with."""
+    from relapse.io import read_json
+
+    def l2_of(folder, role):
+        manifest = read_json(Path(folder) / "reference_manifest.json")
+        if manifest.get("l2") is None:
+            raise ValueError(f"llmeraser: the {role} {folder} was fit without the L2 term "
+                             "(λ/2)‖θ‖² that the update's damping assumes (no `l2` in its "
+                             "reference_manifest.json); refit it with lora_setting.l2")
+        return float(manifest["l2"])
+
+    l2 = l2_of(target_dir, "target")
+    if gold_dir is not None and l2_of(gold_dir, "gold") != l2:
+        raise ValueError(f"llmeraser: target fit with l2 {l2!r} but gold with "
+                         f"{l2_of(gold_dir, 'gold')!r}; the update damps with the fit's λ, so "
+                         "both must share one lora_setting.l2")
+    return l2
 
 
 def effective_updates(adapter_dir: str | Path) -> dict[str, "torch.Tensor"]:
@@ -166,6 +195,7 @@ def llmeraser(hp: dict, seed: int, base_dir, target_dir, items_dir, out_dir, gol
     if not (target_dir / "adapter").is_dir():
         raise FileNotFoundError(f"llmeraser: {target_dir} has no adapter/; its target must be a "
                                 "LoRA-setting reference (benchmarks.NAME.lora_setting)")
+    l2 = fit_l2(target_dir, gold_dir)
     items = pd.read_parquet(Path(items_dir) / "items.parquet")
     sets = edit_sets(items, hp["hessian"])
     batch = int(hp["batch"])
@@ -186,15 +216,16 @@ def llmeraser(hp: dict, seed: int, base_dir, target_dir, items_dir, out_dir, gol
     delta, result = influence_update(
         params, len(sets["trained"]), hessian=losses(sets["hessian"]),
         original=losses(sets["original"]), edited=losses(sets["edited"]),
-        damping=float(hp["damping"]), solver=hp["solver"], iterations=int(hp["iterations"]),
+        damping=l2, solver=hp["solver"], iterations=int(hp["iterations"]),
         tol=float(hp["tol"]), curvature=gauss_newton if hp["curvature"] == "gauss_newton" else None,
-        scale=float(hp["scale"]), lr=float(hp["adam_lr"]))
+        n_edited=len(sets["gold"]), n_hessian=len(sets["hessian"]), scale=float(hp["scale"]),
+        lr=float(hp["adam_lr"]))
     status = (f"llmeraser: {hp['solver']} solve {result.status} at relative residual "
               f"{result.residual:.3g} (tol {float(hp['tol']):g}) after {result.log[-1]['iteration']} "
               "iterations")
     print(status, flush=True)
     if hp["strict"] and not result.converged:
-        raise RuntimeError(status + "; raise iterations or damping, or set strict: false")
+        raise RuntimeError(status + "; raise iterations or lora_setting.l2, or set strict: false")
     with torch.no_grad():
         for p, d in zip(params, unflatten(delta.to(params[0].device), params)):
             p.add_(d)
@@ -206,7 +237,8 @@ def llmeraser(hp: dict, seed: int, base_dir, target_dir, items_dir, out_dir, gol
         **keys, "hp_id": keys.get("hp"), "method": "llmeraser", "hp": hp, "params": "lora",
         "seed": seed,
         "solver": hp["solver"], "solver_status": result.status, "converged": result.converged,
-        "residual": result.residual, "tol": float(hp["tol"]),
+        "residual": result.residual, "logged_residual": float(result.log[-1]["residual"]),
+        "tol": float(hp["tol"]), "damping": l2,
         "iterations": int(result.log[-1]["iteration"]), "seconds": seconds,
         "instances": len(sets["trained"]), "edited": int(items.edited.sum()),
         "update_norm": float(delta.norm()), "lora_parameters": int(sum(p.numel() for p in params)),
@@ -221,7 +253,10 @@ def llmeraser(hp: dict, seed: int, base_dir, target_dir, items_dir, out_dir, gol
             task = manifest["items_manifest"].get("lora_setting", {}).get("task", "")
             frame = _against_gold(model, tokenizer, items, target_dir, Path(gold_dir), folder,
                                   seconds, batch, device)
-            for key, value in {**keys, "seed": seed, "solver": hp["solver"], "task": task}.items():
+            frame.loc[len(frame)] = {"metric": "solver_residual", "model": "llmeraser",
+                                     "value": result.residual}
+            for key, value in {**keys, "seed": seed, "solver": hp["solver"], "damping": l2,
+                               "task": task}.items():
                 frame[key] = value
             write_parquet(folder / "agreement.parquet", frame, meta)
             manifest["agreement"] = {f"{r.metric}/{r.model}": r.value for r in frame.itertuples()}
