@@ -80,7 +80,8 @@ ASSUMPTIONS = {
     "padding_factor": {"news": 1.5, "books": 1.0, "tofu": 1.3},
     "padding_note": "encode() pads each micro-batch of 4 to its longest text: News articles "
                     "(~920 tokens, varying) and TOFU QA pairs are padded ~1.5x / ~1.3x (guess); "
-                    "Books chunks are all 2048",
+                    "Books chunks are all 2048. MUSE with corpus.packing: stream (the default) "
+                    "trains on windows that are all max_length long: no padding",
     "tofu_qa_tokens": 80,
     "tofu_qa_note": "one 'Question: …\\nAnswer: …' text (guess from TOFU's 1-3 sentence answers)",
     "verbmem_news_like_books": "MUSE-News verbmem bytes not on the card: taken as Books' "
@@ -136,22 +137,31 @@ METHOD_PARTS = {  # forget objective, regularizer; what each step computes beyon
     "npo": ("npo", None), "npo_gdr": ("npo", "gdr"), "npo_klr": ("npo", "klr")}
 
 
-def corpora(A: dict) -> dict:
+def corpora(A: dict, packing: dict[str, str]) -> dict:
+    """Training samples per epoch and their lengths. MUSE (`packing[bench]`, corpus.packing):
+    `stream` is MUSE's windows of max_len tokens (BOS + max_len - 1 stream tokens; the texts
+    joined by a blank line, 2 bytes each; the short last window filled up to max_len);
+    `article` one sample per article, cut into chunks of at most max_len."""
     bpt = A["bytes_per_token"]
     news, books, tofu = INPUTS["muse_news"], INPUTS["muse_books"], INPUTS["tofu_forget10"]
 
-    def chunks(bytes_, docs, max_len=2048):
+    def chunks(bytes_, docs, mode, max_len=2048):
+        if mode == "stream":
+            n = math.ceil((bytes_ + 2 * (docs - 1)) / bpt / (max_len - 1))
+            return n, max_len, n * max_len
         tokens = bytes_ / bpt
         per_doc = tokens / docs
         n = docs * max(1, math.ceil(per_doc / (max_len - 1)))
-        return n, tokens / n
+        return n, tokens / n, tokens
 
     out = {}
     for name, src, pad in (("news", news, A["padding_factor"]["news"]),
                            ("books", books, A["padding_factor"]["books"])):
-        f_n, f_len = chunks(*src["forget"])
-        r_n, r_len = chunks(*src["retain1"])
-        out[name] = {"forget_chunks": f_n, "forget_tokens": src["forget"][0] / bpt,
+        mode = packing.get(name, "stream")
+        pad = 1.0 if mode == "stream" else pad
+        f_n, f_len, f_tokens = chunks(*src["forget"], mode)
+        r_n, r_len, _ = chunks(*src["retain1"], mode)
+        out[name] = {"packing": mode, "forget_chunks": f_n, "forget_tokens": f_tokens,
                      "forget_seq": min(2048, f_len * pad), "retain_seq": min(2048, r_len * pad),
                      "mean_forget_chunk_tokens": f_len, "mean_retain_chunk_tokens": r_len}
     q = A["tofu_qa_tokens"]
@@ -360,7 +370,8 @@ def main() -> None:
     args = parser.parse_args()
     A, m7 = ASSUMPTIONS, INPUTS["model_7b"]
     P = llama_params(m7)
-    C = corpora(A)
+    muse = yaml.safe_load((ROOT / "config/muse.yaml").read_text())["benchmarks"]
+    C = corpora(A, {b: e["corpus"].get("packing", "stream") for b, e in muse.items()})
     result = {"inputs": INPUTS, "assumptions": A, "params_7b": P, "corpora": C, "grids": {}}
     for grid, path in (("muse", "config/muse.yaml"), ("tofu", "config/tofu.yaml")):
         cfg = yaml.safe_load((ROOT / path).read_text())

@@ -52,14 +52,182 @@ def test_muse_maps_onto_the_contract(tmp_path, tokenizer, old_names):
     assert list(splits["verbmem_forget"].columns) == ["pid", "prompt", "gt"]
     assert list(splits["knowmem_retain_qa"].columns) == ["pid", "question", "answer"]
     assert splits["knowmem_retain_qa"].question[0] == "What is retain 0?"
-    # 4 forget texts of 40 words are cut into chunks; each document is rebuilt from its chunks.
-    forget = splits["forget"]
-    assert len(forget) > 4 and set(forget.doc) == {0, 1, 2, 3}
-    assert "".join(forget[forget.doc == 2].text) == " ".join(f"f2w{j}" for j in range(40))
-    assert record["chunks"]["forget"] == {"documents": 4, "chunks": len(forget), "max_length": 16}
+    # packing: stream (the default) -- windows of the joined texts, checked in detail below
+    assert list(splits["forget"].columns) == ["pid", "doc", "doc_last", "wrapped", "text",
+                                              "input_ids"]
+    assert record["packing"]["mode"] == "stream"
+    assert record["packing"]["forget"]["windows"] == len(splits["forget"])
     used = record["splits_used"]
     assert used["knowmem_retain_qa"] == ("knowmem/retain2_qa" if old_names else "knowmem/retain_qa")
     assert any(f.endswith("retain1-00000-of-00001.parquet") for f in record["files"]["raw/retain1"])
+
+
+def test_article_packing_keeps_one_sample_per_article_cut_at_max_length(tmp_path, tokenizer):
+    source = muse_snapshot(tmp_path / "MUSE-News")
+    cfg = {"kind": "muse", "source": str(source), "max_length": 16, "packing": "article"}
+    splits, record = get_corpus("muse").build(cfg, tokenizer)
+    # 4 forget texts of 40 words are cut into chunks; each document is rebuilt from its chunks.
+    forget = splits["forget"]
+    assert "input_ids" not in forget.columns  # tokenized at training time, with BOS and EOS
+    assert len(forget) > 4 and set(forget.doc) == {0, 1, 2, 3}
+    assert "".join(forget[forget.doc == 2].text) == " ".join(f"f2w{j}" for j in range(40))
+    per_article = [len(tokenizer(" ".join(f"f{i}w{j}" for j in range(40)),
+                                 add_special_tokens=False)["input_ids"]) for i in range(4)]
+    assert len(forget) == sum(-(-n // 15) for n in per_article)  # 15 text tokens + BOS
+    assert record["packing"] == {
+        "mode": "article", "max_length": 16,
+        "forget": {"documents": 4, "windows": len(forget)},
+        "retain": {"documents": 6, "windows": len(splits["retain"])}}
+
+
+def _stream_ids(tokenizer, n_texts, prefix):
+    """The texts of the snapshot's raw split joined as MUSE's load_data.py writes its .txt file
+    (a blank line between texts), and their token ids without special tokens."""
+    stream = "\n\n".join(" ".join(f"{prefix}{i}w{j}" for j in range(40)) for i in range(n_texts))
+    return stream, tokenizer(stream, add_special_tokens=False)["input_ids"]
+
+
+def test_stream_packing_cuts_muse_windows(tmp_path, tokenizer):
+    """MUSE's DefaultDataset on raw/forget.txt, counted by hand: windows of 15 stream tokens,
+    each after a BOS, so 16 tokens; the short last window is filled up with the first window's
+    start (its BOS included); the windows' texts are the stream, in order."""
+    source = muse_snapshot(tmp_path / "MUSE-News")
+    cfg = {"kind": "muse", "source": str(source), "max_length": 16}
+    splits, record = get_corpus("muse").build(cfg, tokenizer)
+    bos = tokenizer.bos_token_id
+    for name, n_texts, prefix in (("forget", 4, "f"), ("retain", 6, "r")):
+        stream, ids = _stream_ids(tokenizer, n_texts, prefix)
+        n = len(ids)
+        full, rest = divmod(n, 15)
+        assert rest  # this snapshot's streams end in a short window (the case MUSE fills up)
+        split = splits[name]
+        windows = [list(w) for w in split.input_ids]
+        assert len(windows) == full + 1 and list(split.pid) == list(range(full + 1))
+        for k in range(full):
+            assert windows[k] == [bos] + ids[15 * k:15 * (k + 1)]
+        # the last: BOS, the last `rest` tokens, then BOS and the stream's first 16-2-rest tokens
+        assert windows[-1] == [bos] + ids[15 * full:] + [bos] + ids[:16 - 2 - rest]
+        assert all(len(w) == 16 for w in windows)
+        assert list(split.wrapped) == [0] * full + [16 - 1 - rest]
+        # texts: the stream exactly, then the filled-in tokens' text
+        joined = "".join(split.text)
+        assert joined.startswith(stream)
+        head = joined[len(stream):]
+        assert stream.startswith(head)
+        assert tokenizer(head, add_special_tokens=False)["input_ids"] == ids[:16 - 2 - rest]
+        # every article boundary lies in some window; the first and last articles are where
+        # the stream starts and ends
+        assert split.doc.iloc[0] == 0 and split.doc_last.iloc[-1] == n_texts - 1
+        assert list(split.doc) == sorted(split.doc) and set(split.doc) | set(split.doc_last) \
+            == set(range(n_texts))
+        assert record["packing"][name] == {"documents": n_texts, "tokens": n,
+                                           "wrapped": 16 - 1 - rest, "windows": full + 1}
+    assert record["packing"]["mode"] == "stream" and record["packing"]["joiner"] == "\n\n"
+
+
+def test_stream_packing_edges_as_muse(tokenizer):
+    """A stream that fills its windows exactly is not filled up; one shorter than a window is
+    filled up with itself, as MUSE's code does (`concat([w[-1], w[0]])[:max_len]`)."""
+    from relapse.data.corpora.chunking import pack_stream
+
+    texts = ["f1w1 f1w2 f1w3", "f2w1"]
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    bos, n = tokenizer.bos_token_id, len(ids)
+    windows, tokens = pack_stream(texts, tokenizer, n + 1)
+    assert tokens == n and [w["input_ids"] for w in windows] == [[bos] + ids]
+    assert windows[0]["wrapped"] == 0 and windows[0]["text"] == "f1w1 f1w2 f1w3\n\nf2w1"
+    windows, _ = pack_stream(texts, tokenizer, n + 4)
+    assert [w["input_ids"] for w in windows] == [[bos] + ids + [bos] + ids[:2]]
+    assert windows[0]["wrapped"] == 3
+    assert pack_stream([], tokenizer, 16) == ([], 0)
+    with pytest.raises(ValueError, match="max_length: 1 leaves no room"):
+        pack_stream(texts, tokenizer, 1)
+
+
+def test_window_texts_do_not_tokenize_back_with_a_llama_style_tokenizer():
+    """Why the windows are stored as ids: Llama-2's tokenizer (MUSE's targets) marks a word's
+    start with "▁" and prefixes one to a text's first word. A window that starts inside a word
+    ("5" of "f2w35") would train on "▁5" if its text were tokenized again."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from relapse.data.corpora.chunking import pack_stream
+
+    texts = [" ".join(f"f{i}w{j}" for j in range(40)) for i in range(4)]
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    core.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", core.token_to_id("<s>"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    windows, _ = pack_stream(texts, tok, 16)
+    ids = tok("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    assert [t for w in windows[:-1] for t in w["input_ids"][1:]] == ids[:15 * (len(windows) - 1)]
+    inside_a_word = [w for w in windows[:-1] if not w["text"][0].isspace()][1:]  # not the first
+    assert inside_a_word
+    for w in inside_a_word:
+        again = tok(w["text"])["input_ids"]
+        assert again != w["input_ids"]
+        assert tok.convert_ids_to_tokens(again[1]) == "▁"
+
+
+def test_packed_windows_are_what_training_and_relearning_feed(tmp_path, tiny_lm):
+    """The stored ids reach the model verbatim: no BOS or EOS added, and an unlearning epoch is
+    ceil(windows / batch_size) optimizer steps over exactly the windows' tokens. The old path
+    tokenized each window's text again and appended EOS, which changes the ids."""
+    import math
+
+    from relapse.attacks.kinds.relearn import attack_sample
+    from relapse.data.prepare import prepare
+    from relapse.models.batching import training_rows
+    from relapse.unlearn.trainer import unlearn
+
+    folder, _, tok = tiny_lm
+    data = tmp_path / "d"
+    prepare("news", {"kind": "muse", "source": str(muse_snapshot(tmp_path / "m")),
+                     "max_length": 32}, data, tokenizer_dir=folder)
+    forget = pd.read_parquet(data / "forget.parquet")
+    stored = [[int(i) for i in w] for w in forget.input_ids]
+    assert training_rows(tok, forget) == stored
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["source"]["packing"]["forget"]["windows"] == len(forget)
+    sample = attack_sample(data, "forget", 3, 0)
+    assert training_rows(tok, sample) == [stored[p] for p in sample.pid]
+
+    cfg = {"batch_size": 4, "grad_clip": 1.0, "loss_variant": "paper"}
+    unlearn("ga", {"lr": 1e-4, "epochs": 1, "params": "full"}, 0, folder, data, cfg,
+            tmp_path / "run")
+    log = pd.read_parquet(tmp_path / "run" / "train_log.parquet")
+    assert len(log) == math.ceil(len(forget) / 4)
+    assert int(log.tokens.sum()) == sum(len(w) for w in stored) == 32 * len(forget)
+
+
+def test_packing_is_validated(tmp_path):
+    from relapse.config import ConfigError, validate
+
+    source = str(muse_snapshot(tmp_path / "m"))
+    ref = {"kind": "pretrained", "target": "muse-bench/MUSE-News_target",
+           "retrain": "muse-bench/MUSE-News_retrain"}
+
+    def cfg(corpus, reference=ref):
+        from pathlib import Path
+
+        import yaml
+
+        default = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+        return {**yaml.safe_load(default.read_text()),
+                "benchmarks": {"news": {"corpus": corpus, "reference": reference}}}
+
+    with pytest.raises(ConfigError, match=r"corpus.packing: 'window' is not allowed; allowed: "
+                                          r"stream, article"):
+        validate(cfg({"kind": "muse", "source": source, "packing": "window"}))
+    with pytest.raises(ConfigError, match=r"corpus.packing: only read with kind: muse, not kind: "
+                                          r"synthetic"):
+        validate(cfg({"kind": "synthetic", "packing": "stream"}, {"kind": "train"}))
+    assert "packing" not in validate(cfg({"kind": "muse", "source": source}))["benchmarks"][
+        "news"]["corpus"]  # the default lives in the corpus kind (muse.PACKING), not the config
 
 
 def test_muse_missing_split_names_source_config_split_and_what_exists(tmp_path):
@@ -176,7 +344,7 @@ def test_muse_end_to_end_on_a_snapshot_with_a_tiny_llama(tmp_path, tiny_lm):
     assert ("knowmem", "holdout") not in set(zip(metrics.metric, metrics.split))  # MUSE has none
     manifest = json.loads((tmp_path / "run" / "results/news/data/manifest.json").read_text())
     assert manifest["source"]["source"] == str(source)
-    assert manifest["source"]["chunks"]["forget"]["chunks"] > 4
+    assert manifest["source"]["packing"]["forget"]["windows"] > 4
 
 
 def test_muse_splits_run_through_knowmem_and_verbmem(tmp_path, tiny_lm):

@@ -261,6 +261,9 @@ def _check_corpus(name: str, corpus: dict, ref: dict) -> None:
         raise ConfigError(f"benchmarks.{name}.reference.kind: {ref.get('kind', 'train')!r} with "
                           f"corpus kind {corpus['kind']}; allowed: pretrained (the published "
                           "target and retrain models, whose tokenizer reads the corpus)")
+    if "packing" in corpus and corpus["kind"] != "muse":
+        raise ConfigError(f"benchmarks.{name}.corpus.packing: only read with kind: muse, not "
+                          f"kind: {corpus['kind']}")
     try:
         kind.check(corpus)
     except ValueError as err:

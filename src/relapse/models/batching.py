@@ -35,9 +35,33 @@ def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: 
         rows = [r + [tokenizer.eos_token_id] for r in rows]
     if max_length is not None:
         rows = [r[:max_length] for r in rows]
-    ids, mask = pad_rows(rows, tokenizer.pad_token_id)
+    return batch_rows(rows, tokenizer.pad_token_id)
+
+
+def batch_rows(rows: Sequence[Sequence[int]], pad_id: int):
+    """Right-padded input_ids, attention_mask and labels (-100 on padding) of token-id rows."""
+    ids, mask = pad_rows(rows, pad_id)
     labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def training_rows(tokenizer, frame, eos: bool = True) -> list[list[int]]:
+    """The token ids that train on a split's rows. A split with an `input_ids` column (MUSE's
+    packed windows, relapse.data.corpora.chunking) is used verbatim: those ids are the model
+    input, BOS included, and their text would not tokenize back to them. Otherwise each `text`
+    is tokenized with the tokenizer's special tokens, and EOS appended (`eos`) so that a
+    document's end is learned."""
+    if "input_ids" not in frame.columns:
+        rows = [tokenizer(str(t), add_special_tokens=True)["input_ids"] for t in frame.text]
+        return [r + [tokenizer.eos_token_id] for r in rows] if eos else rows
+    rows = [[int(i) for i in r] for r in frame.input_ids]
+    vocab = len(tokenizer)
+    top = max((max(r) for r in rows if len(r)), default=-1)
+    if top >= vocab:
+        raise ValueError(f"a split's stored token id {top} is outside the tokenizer's vocabulary "
+                         f"({vocab}): the split was prepared with another tokenizer; rerun the "
+                         "data stage with this model's")
+    return rows
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:

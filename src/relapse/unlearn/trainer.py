@@ -40,7 +40,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     import torch
 
     from relapse.io import atomic_dir, write_json, write_parquet
-    from relapse.models.batching import encode
+    from relapse.models.batching import batch_rows, training_rows
     from relapse.models.io import load_model
     from relapse.models.modules import make_trainable
     from relapse.models.tokenizer import load_tokenizer
@@ -72,18 +72,20 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     from relapse.io import read_parquet, require_rows
 
     forget_file, retain_file = Path(data_dir) / "forget.parquet", Path(data_dir) / "retain.parquet"
-    forget_texts = list(require_rows(read_parquet(forget_file), forget_file, "forget split").text)
-    retain_texts = list(read_parquet(retain_file).text)
+    # Token ids per sample: MUSE's packed windows as stored, texts tokenized (+ EOS) otherwise.
+    forget_rows = training_rows(
+        tokenizer, require_rows(read_parquet(forget_file), forget_file, "forget split"))
+    retain_rows = training_rows(tokenizer, read_parquet(retain_file))
     if method.regularizer is not None:
-        require_rows(retain_texts, retain_file, f"retain split ({method_name} regularizes on it)")
+        require_rows(retain_rows, retain_file, f"retain split ({method_name} regularizes on it)")
     batch_size = int(unlearning_cfg.get("batch_size", 8))
     micro = int(unlearning_cfg.get("micro_batch_size") or batch_size)
     if batch_size % micro:
         raise ValueError(f"unlearning.batch_size {batch_size} is not a multiple of "
                          f"micro_batch_size {micro}")
 
-    def tensors(texts):
-        return {k: v.to(device) for k, v in encode(tokenizer, texts, eos=True).items()}
+    def tensors(rows):
+        return {k: v.to(device) for k, v in batch_rows(rows, tokenizer.pad_token_id).items()}
 
     is_lora = hp["params"] == "lora"
     needs_ref_model = method.needs_reference or loss_variant == "muse"
@@ -95,11 +97,11 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
 
     ref_seq_logp = None
     if method.forget.needs_ref_seq_logp:
-        chunks = [tensors(forget_texts[i:i + micro]) for i in range(0, len(forget_texts), micro)]
+        chunks = [tensors(forget_rows[i:i + micro]) for i in range(0, len(forget_rows), micro)]
         ref_seq_logp = _ref_seq_logprobs(model, chunks, autocast)
 
     def forget_batch(indices):
-        batch = tensors([forget_texts[i] for i in indices])
+        batch = tensors([forget_rows[i] for i in indices])
         if ref_seq_logp is not None:
             batch["ref_seq_logp"] = ref_seq_logp[indices]
         return batch
@@ -114,7 +116,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             model, method.trainable_layers(hp, n_layers), modules)
     if method.forget.setup is not None or method.saliency:
         # both at θ₀, over the whole forget set
-        everything = list(range(len(forget_texts)))
+        everything = list(range(len(forget_rows)))
         batches = [forget_batch(everything[i:i + micro]) for i in range(0, len(everything), micro)]
         if method.forget.setup is not None:
             extra[method.forget.name] = method.forget.setup(ctx, batches, hp)
@@ -125,7 +127,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     dtypes = {"dtype": dtype, "trainable_dtype": ", ".join(sorted(
         {str(p.dtype).removeprefix("torch.") for p in trainable}))}
     opt = torch.optim.AdamW(trainable, lr=float(hp["lr"]), weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(forget_texts) / batch_size)
+    steps_per_epoch = math.ceil(len(forget_rows) / batch_size)
     scheduler = lr_schedule(opt, unlearning_cfg.get("schedule", "constant"),
                             epochs * steps_per_epoch, warmup=unlearning_cfg.get("warmup", 0.0))
     generator = torch.Generator().manual_seed(seed)
@@ -135,7 +137,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     meta = provenance({"method": method_name, "hp": hp, "seed": seed, "unlearning": unlearning_cfg})
 
     def epoch_batches(epoch):
-        order = torch.randperm(len(forget_texts), generator=generator).tolist()
+        order = torch.randperm(len(forget_rows), generator=generator).tolist()
         for b in range(steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
             # Gradient accumulation: the effective batch is `batch_size` whatever fits in memory.
@@ -143,8 +145,8 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             retain_parts = None
             if method.regularizer is not None:
                 # drawn for the whole batch, so that the split into micro-batches changes nothing
-                ridx = torch.randint(len(retain_texts), (len(idx),), generator=generator).tolist()
-                retain_parts = [tensors([retain_texts[i] for i in ridx[m:m + micro]])
+                ridx = torch.randint(len(retain_rows), (len(idx),), generator=generator).tolist()
+                retain_parts = [tensors([retain_rows[i] for i in ridx[m:m + micro]])
                                 for m in range(0, len(idx), micro)]
             yield forget_parts, retain_parts
 

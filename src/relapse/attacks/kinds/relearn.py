@@ -1,7 +1,8 @@
 """Relearning: fine-tune the attacked cell for k steps on some data, for each k in a list.
 
 One training run per data source serves every k: a checkpoint is written at each k (k = 0 is the
-cell itself, exactly). Data: `forget` (a seeded subset of the forget texts: in-domain), and as
+cell itself, exactly). Data: `forget` (a seeded subset of the forget split's samples, trained
+on exactly as unlearning trains on them, MUSE's packed windows included: in-domain), and as
 controls `retain` and `holdout` (biographies of people no model was trained on: unrelated).
 
 Parameters: `params: full` trains the decoder Linear weights, `lora` an adapter. From a
@@ -53,17 +54,22 @@ def relearn_method():
     return Method("relearn", Objective("relearn_nll", _nll, reduction="token"))
 
 
-def attack_texts(data_dir: Path, data: str, samples: int, seed: int) -> list[str]:
-    """`samples` texts of a data source, a seeded subset (all of them when fewer)."""
+def attack_sample(data_dir: Path, data: str, samples: int, seed: int):
+    """`samples` rows of a data source's split, a seeded subset (all of them when fewer)."""
     import numpy as np
 
     from relapse.data.prepare import load_split
 
     if data not in DATA:
         raise ValueError(f"relearn data {data!r} is not one of {', '.join(DATA)}")
-    texts = list(load_split(data_dir, DATA[data]).text)
-    order = np.random.default_rng(seed).permutation(len(texts))
-    return [texts[i] for i in order[:samples]]
+    frame = load_split(data_dir, DATA[data])
+    order = np.random.default_rng(seed).permutation(len(frame))
+    return frame.iloc[order[:samples]].reset_index(drop=True)
+
+
+def attack_texts(data_dir: Path, data: str, samples: int, seed: int) -> list[str]:
+    """The texts of `attack_sample`."""
+    return list(attack_sample(data_dir, data, samples, seed).text)
 
 
 def _link_tree(source: Path, target: Path, skip: tuple[str, ...]) -> None:
@@ -106,7 +112,7 @@ def relearn(job: AttackJob) -> None:
     import torch
 
     from relapse.io import write_parquet
-    from relapse.models.batching import encode
+    from relapse.models.batching import batch_rows, training_rows
     from relapse.models.tokenizer import load_tokenizer
     from relapse.attacks.cells import load_cell
     from relapse.seeding import seed_everything
@@ -125,7 +131,9 @@ def relearn(job: AttackJob) -> None:
     log = []
     for data in cfg["data"]:
         seed_everything(int(cfg["seed"]) + job.seed, job.threads)
-        texts = attack_texts(Path(job.data_dir), data, int(cfg["samples"]), int(cfg["seed"]))
+        # Token ids as unlearning trains on them: MUSE's packed windows verbatim, texts + EOS.
+        rows = training_rows(tokenizer, attack_sample(Path(job.data_dir), data,
+                                                      int(cfg["samples"]), int(cfg["seed"])))
         # Plain Linear modules holding exactly the quantized values, frozen under a LoRA below.
         model = load_cell(source, device=job.device, adapter=False)
         model = make_trainable(model, params, job.lora)
@@ -146,7 +154,7 @@ def relearn(job: AttackJob) -> None:
             model.train()
             write_variant_manifest(folder, columns("relearn", attack_data=data, attack_steps=step),
                                    source, params=params, lr=float(cfg["lr"]),
-                                   batch_size=batch_size, samples=len(texts),
+                                   batch_size=batch_size, samples=len(rows),
                                    seconds=time.time() - start)
 
         def batches():
@@ -154,10 +162,10 @@ def relearn(job: AttackJob) -> None:
             for _ in range(steps[-1]):
                 # Epochs over the subset, reshuffled each time: every text is seen equally often.
                 while len(order) < batch_size:
-                    order += torch.randperm(len(texts), generator=generator).tolist()
+                    order += torch.randperm(len(rows), generator=generator).tolist()
                 idx, order = order[:batch_size], order[batch_size:]
-                yield [{k: v.to(job.device) for k, v in
-                        encode(tokenizer, [texts[i] for i in idx[m:m + micro]], eos=True).items()}
+                yield [{k: v.to(job.device) for k, v in batch_rows(
+                            [rows[i] for i in idx[m:m + micro]], tokenizer.pad_token_id).items()}
                        for m in range(0, len(idx), micro)]
 
         def step(parts, loop):
