@@ -19,12 +19,22 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "targets": "all-linear"}
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from relapse.data.prepare import build_splits
+    """The data stage's folder (every split, and the relearning split in its manifest)."""
+    from relapse.data.prepare import prepare
 
-    splits, _ = build_splits({"people": 20, "seed": 0})
-    folder = tmp_path_factory.mktemp("data")
-    for name, split in splits.items():     # every split: KnowMem reads the QA ones
-        split.to_parquet(folder / f"{name}.parquet", index=False)
+    folder = tmp_path_factory.mktemp("data") / "data"
+    prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def in_sample_dir(tmp_path_factory):
+    """The same corpus with nothing held out (attacks.relearn.heldout: 0): relearning draws from
+    every forget person, as MUSE's protocol does."""
+    from relapse.data.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("data") / "data"
+    prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, folder, heldout=0)
     return folder
 
 
@@ -114,6 +124,36 @@ def test_relearn_zero_steps_is_the_cell_exactly(tiny_lm, data_dir, tmp_path, par
     assert list(log.step) == [1, 2]
 
 
+def test_relearned_rows_say_recovery_and_knowmem_scores_the_heldout_people(qa_lm, data_dir,
+                                                                            tmp_path):
+    """A relearned variant's keys carry `recovery` from the data stage; KnowMem's forget_heldout
+    rows are its forget items of the held-out people (pid in knowmem_forget_heldout_qa), the
+    same per-item scores, so their mean is the mean over those items."""
+    from relapse.evaluate.metrics.knowmem import knowmem
+    from relapse.evaluate.stage import EvalContext
+    from relapse.models.io import save_model
+
+    model, tok = qa_lm
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    tok.save_pretrained(str(folder))
+    save_model(model, folder)
+    out = tmp_path / "relearn"
+    run_attack("relearn", folder, out, data_dir, {"steps": [0], "data": ["forget"]})
+    keys = json.loads((out / "forget-k0" / "attack_manifest.json").read_text())["keys"]
+    assert keys["recovery"] == "held-out"
+
+    ctx = EvalContext(model, tok, data_dir, {"knowmem": {"shots": 3, "max_new_tokens": 8}}, 16)
+    got = {(r.metric, r.split): r for r in knowmem(ctx)}
+    forget, held = got[("knowmem", "forget")], got[("knowmem", "forget_heldout")]
+    pids = set(pd.read_parquet(data_dir / "knowmem_forget_heldout_qa.parquet").pid)
+    assert len(pids) == 1 and len(held.scores) == 6       # 2 forget people, one held out
+    mine = [f for f, s in zip(forget.scores, forget.samples) if s["pid"] in pids]
+    assert held.scores == mine and {s["pid"] for s in held.samples} == pids
+    em = [e for e, s in zip(got[("qa_em", "forget")].scores, forget.samples) if s["pid"] in pids]
+    assert got[("qa_em", "forget_heldout")].scores == em
+
+
 def _forget_nll(folder, texts, tok):
     from relapse.models.batching import encode
     from relapse.quantize.runtime import load_quantized_model
@@ -151,11 +191,13 @@ def _knowmem_forget(folder, data_dir, tok):
     return 100 * float(np.mean(forget.scores))
 
 
-def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, data_dir,
+def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, in_sample_dir,
                                                                          tmp_path):
     """The issue's check on KnowMem_f itself: the tiny model that knows the QA format (qa_lm)
     but not the forget people's facts, relearned k steps on the forget texts (their biographies
-    and QA blocks) vs on holdout biographies (the control)."""
+    and QA blocks) vs on holdout documents of the same form (the control); in-sample: the
+    relearning sees every forget person."""
+    data_dir = in_sample_dir
     from relapse.models.io import save_model
 
     model, tok = qa_lm

@@ -137,6 +137,32 @@ def durability_table(attacks: pd.DataFrame, metrics: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
+# --- Held-out recovery (relapse.data.relearn_split): the same columns, computed on KnowMem split
+# forget_heldout (the forget people the relearning attack never trained on), suffixed
+# `_heldout`, beside the in-sample ones above; `recovery` is what the relearned rows recorded.
+HELDOUT = "forget_heldout"
+
+
+def with_heldout(table: pd.DataFrame, attacks: pd.DataFrame, metrics: pd.DataFrame,
+                 selection: pd.DataFrame | None = None, cfg: dict | None = None) -> pd.DataFrame:
+    def as_forget(frame):
+        return frame[frame.split == HELDOUT].assign(split="forget")
+
+    if table.empty:
+        return table
+    rec = attacks[attacks.attack == "relearn"]
+    rec = rec.groupby("bench").recovery.first() if "recovery" in rec else pd.Series(dtype=object)
+    table = table.assign(recovery=table.bench.map(rec).fillna("in-sample"))
+    if not (attacks.split == HELDOUT).any():
+        return table
+    held = durability_table(as_forget(attacks), as_forget(metrics), selection, cfg)
+    cols = [c for c in held.columns if c.startswith(("target", "full", "relearn_k", "control_k",
+                                                      "retrain_relearn", "label"))]
+    names = {c: c.replace("_ci_", "_heldout_ci_") if "_ci_" in c else f"{c}_heldout"
+             for c in cols}
+    return table.merge(held[KEYS + cols].rename(columns=names), on=KEYS, how="left")
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """Values with their intervals as `v [lo, hi]`, knowledge retained in %."""
     if table.empty:
@@ -151,8 +177,13 @@ def to_markdown(table: pd.DataFrame) -> str:
         cells += [f"{100 * r.retrain_relearn:.1f}", str(r.label)]
         lines.append("| " + " | ".join(cells) + " |")
     rule = table.rule.iloc[0]
+    held = "" if "recovery" not in table else (
+        " Recovery: " + ", ".join(f"{b} {r}" for b, r in dict(zip(table.bench, table.recovery))
+                                  .items()) + "."
+        + (" `_heldout` columns: KnowMem_f on the forget people the relearning never saw, "
+           "against the target's on them." if "target_heldout" in table else ""))
     return ("Knowledge retained (% of the target's KnowMem_f at the same quant, 95% CI over "
-            f"items). Label: {rule}.\n\n" + "\n".join(lines) + "\n")
+            f"items). Label: {rule}.{held}\n\n" + "\n".join(lines) + "\n")
 
 
 def write_durability(attacks_path, metrics_path, selection_path, stem, labels_out,
@@ -161,15 +192,18 @@ def write_durability(attacks_path, metrics_path, selection_path, stem, labels_ou
 
     selection = pd.read_csv(selection_path) if selection_path and Path(selection_path).exists() \
         else None
-    table = durability_table(pd.read_parquet(attacks_path), pd.read_parquet(metrics_path),
-                             selection, cfg)
+    attacks, metrics = pd.read_parquet(attacks_path), pd.read_parquet(metrics_path)
+    table = with_heldout(durability_table(attacks, metrics, selection, cfg), attacks, metrics,
+                         selection, cfg)
     with atomic_file(f"{stem}.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_file(f"{stem}.md") as tmp:
         Path(tmp).write_text(to_markdown(table))
     keep = ["bench", "method", "hp", "seed", "quant", "target", "full"] + \
         [c for c in table.columns if c.startswith(("relearn_k", "control_k"))
-         and not c.endswith(("_ci_low", "_ci_high"))] + ["retrain_relearn", "label", "rule"]
+         and not c.endswith(("_ci_low", "_ci_high"))] + ["retrain_relearn", "label", "rule"] + \
+        [c for c in ("recovery", "target_heldout", "full_heldout", "retrain_relearn_heldout",
+                     "label_heldout") if c in table]
     with atomic_file(labels_out) as tmp:
         table.reindex(columns=keep).to_csv(tmp, index=False)
     return table
