@@ -424,6 +424,54 @@ def test_durability_table_side_by_side():
         "irreversible"
 
 
+def test_durability_reports_heldout_recovery_beside_in_sample(tmp_path):
+    """The relearning columns again on split forget_heldout (the forget people the attacker never
+    saw), each against the target's KnowMem on them; `recovery` from the relearned rows, and a
+    MUSE-like run (nothing held out) says in-sample."""
+    from relapse.report.durability import write_durability
+
+    def held(row, value):
+        return {**row, "split": "forget_heldout", "value": value, "ci_low": value - 2,
+                "ci_high": value + 2}
+
+    metrics = [_row("target", "none-w16", 80), _row("npo", "none-w16", 10)]
+    metrics += [held(metrics[0], 64), held(metrics[1], 8)]
+    attacks = [_row("npo", "none-w16", 10), _row("npo", "none-w16", 60, "relearn", "forget", 20),
+               _row("npo", "none-w16", 15, "relearn", "holdout", 20)]
+    attacks += [held(attacks[0], 8), held(attacks[1], 16), held(attacks[2], 9)]
+    attacks = [{**r, "recovery": "held-out" if r["attack"] == "relearn" else None}
+               for r in attacks]
+    paths = {}
+    for name, rows in (("metrics", metrics), ("attacks", attacks)):
+        paths[name] = tmp_path / f"{name}.parquet"
+        pd.DataFrame(rows).to_parquet(paths[name])
+    table = write_durability(paths["attacks"], paths["metrics"], None, tmp_path / "d",
+                             tmp_path / "labels.csv")
+    r = table.iloc[0]
+    assert r.recovery == "held-out"
+    assert r.relearn_k20 == pytest.approx(60 / 80)            # in-sample, as before
+    assert r.target_heldout == pytest.approx(64)
+    assert r.full_heldout == pytest.approx(8 / 64)
+    assert r.relearn_k20_heldout == pytest.approx(16 / 64)
+    assert r.relearn_k20_heldout_ci_low == pytest.approx(14 / 64)
+    assert r.control_k20_heldout == pytest.approx(9 / 64)
+    # 16 < 0.5 x 64: the held-out facts did not come back, whatever the in-sample ones did
+    assert r.label_heldout == "irreversible"
+    text = (tmp_path / "d.md").read_text()
+    assert "Recovery: b held-out" in text and "25.0 [21.9, 28.1]" in text
+    labels = pd.read_csv(tmp_path / "labels.csv")
+    assert labels.relearn_k20_heldout[0] == pytest.approx(0.25)
+
+    in_sample = [{**r, "recovery": "in-sample" if r["attack"] == "relearn" else None}
+                 for r in attacks if r["split"] == "forget"]
+    pd.DataFrame(in_sample).to_parquet(paths["attacks"])
+    pd.DataFrame(metrics[:2]).to_parquet(paths["metrics"])
+    table = write_durability(paths["attacks"], paths["metrics"], None, tmp_path / "d",
+                             tmp_path / "labels.csv")
+    assert table.iloc[0].recovery == "in-sample" and "relearn_k20_heldout" not in table
+    assert "Recovery: b in-sample." in (tmp_path / "d.md").read_text()
+
+
 def test_collect_and_curves(tmp_path):
     from relapse.attacks.tables import collect, relearn_curves
 
