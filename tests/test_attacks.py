@@ -499,7 +499,7 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     data = tmp_path / "data"
     prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, data)
     evaluation = {**default_config["evaluation"], "metrics": ["knowmem", "utility"],
-                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 4}}
+                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 12}}
     root = tmp_path / "results"
     quants = {"none-w16": {"scheme": "none", "bits": 16}, "rtn-w4": {"scheme": "rtn", "bits": 4,
                                                                       "group_size": 16}}
@@ -536,6 +536,8 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     rows = pd.read_parquet(attacked[0])
     assert set(rows.attack) == {"relearn"} and set(rows.attack_data) == {"forget"}
     assert set(rows.attack_steps) == {3}
+    # one of the 2 forget people is held out of the relearning data, and scored on its own
+    assert set(rows.recovery) == {"held-out"} and "forget_heldout" in set(rows.split)
     assert pd.read_parquet(attacked[2]).sparsity.iloc[0] == 0.5
     # QLoRA cell: the quantized base under an adapter, and its manifest says so.
     qlora = json.loads((root / "rtn-w4/relearn/models/forget-k3/quant_manifest.json").read_text())
@@ -554,9 +556,11 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     labels = pd.read_csv(tables / "labels.csv")
     assert len(labels) == 1 and labels.label.iloc[0] in ("reversible", "irreversible",
                                                           "undetermined")
-    assert "relearn_k3" in pd.read_csv(tables / "durability.csv").columns
+    assert {"relearn_k3", "relearn_k3_heldout", "recovery"} <= \
+        set(pd.read_csv(tables / "durability.csv").columns)
     curves = pd.read_parquet(tables / "relearn.parquet")
     assert sorted(set(curves.step)) == [0, 3]
+    assert {"forget", "forget_heldout"} <= set(curves[curves.metric == "knowmem"].split)
 
     s = json.dumps({"represent": {"samples": 8, "fisher_samples": 2}, "device": "cpu"})
     assert main(["represent", "--settings", s, "--bench", "b", "--method", "npo", "--hp",
