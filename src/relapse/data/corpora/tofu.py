@@ -26,8 +26,10 @@ from relapse.data.synthetic import qa_text
 SOURCE = "locuslab/TOFU"
 FORGETS = ("forget01", "forget05", "forget10")
 ICL_EXAMPLES = 10
-# TOFU: 200 fictitious authors with 20 QA pairs each, an author's pairs consecutive; forget01/05/10
-# are 40 / 200 / 400 rows, 2 / 10 / 20 authors. The relearning split is by author (row // 20).
+# TOFU: 200 fictitious authors with 20 QA pairs each (dataset card, paper), generated author by
+# author, so an author's pairs are consecutive rows; forget01/05/10 are 40 / 200 / 400 rows, 2 / 10
+# / 20 authors. TOFU publishes no author column (open-unlearning#47), so the relearning split is
+# by row // 20.
 QA_PER_AUTHOR = 20
 QA = ("question", "answer")
 # TOFU's eval_everything: which answer the truth ratio compares the wrong ones with.
