@@ -119,9 +119,10 @@ def prepare(bench: str, corpus: dict, out_dir: str | Path,
             heldout: float = DEFAULT_HELDOUT) -> None:
     """Write the splits. `heldout` (config attacks.relearn.heldout) is the share of forget
     people (TOFU: authors) whose facts the relearning attack never sees
-    (relapse.data.relearn_split); the manifest's `relearn` record says what was done. `extra_splits` (synthetic corpus only) is called once the splits are
-    built and checked, and returns more splits to write beside them: the CLI passes the world-fact
-    probe of a pretrained base (relapse.models.world: `knowmem_world_qa` + `_icl`, the facts of
+    (relapse.data.relearn_split); the manifest's `relearn` record says what was done.
+    `extra_splits` (synthetic corpus only) is called once the splits are built and checked,
+    and returns more splits to write beside them: the CLI passes the world-fact probe of a
+    pretrained base (relapse.models.world: `knowmem_world_qa` + `_icl`, the facts of
     relapse.data.world that the base answers, and `world_check` with every fact's answer).
     Other corpus kinds (muse, tofu: relapse.data.corpora) read their source; `tokenizer_dir`
     is the tokenizer that cuts long texts into training chunks."""
