@@ -19,12 +19,22 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "targets": "all-linear"}
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from relapse.data.prepare import build_splits
+    """The data stage's folder (every split, and the relearning split in its manifest)."""
+    from relapse.data.prepare import prepare
 
-    splits, _ = build_splits({"people": 20, "seed": 0})
-    folder = tmp_path_factory.mktemp("data")
-    for name, split in splits.items():     # every split: KnowMem reads the QA ones
-        split.to_parquet(folder / f"{name}.parquet", index=False)
+    folder = tmp_path_factory.mktemp("data") / "data"
+    prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def in_sample_dir(tmp_path_factory):
+    """The same corpus with nothing held out (attacks.relearn.heldout: 0): relearning draws from
+    every forget person, as MUSE's protocol does."""
+    from relapse.data.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("data") / "data"
+    prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, folder, heldout=0)
     return folder
 
 
@@ -114,6 +124,36 @@ def test_relearn_zero_steps_is_the_cell_exactly(tiny_lm, data_dir, tmp_path, par
     assert list(log.step) == [1, 2]
 
 
+def test_relearned_rows_say_recovery_and_knowmem_scores_the_heldout_people(qa_lm, data_dir,
+                                                                            tmp_path):
+    """A relearned variant's keys carry `recovery` from the data stage; KnowMem's forget_heldout
+    rows are its forget items of the held-out people (pid in knowmem_forget_heldout_qa), the
+    same per-item scores, so their mean is the mean over those items."""
+    from relapse.evaluate.metrics.knowmem import knowmem
+    from relapse.evaluate.stage import EvalContext
+    from relapse.models.io import save_model
+
+    model, tok = qa_lm
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    tok.save_pretrained(str(folder))
+    save_model(model, folder)
+    out = tmp_path / "relearn"
+    run_attack("relearn", folder, out, data_dir, {"steps": [0], "data": ["forget"]})
+    keys = json.loads((out / "forget-k0" / "attack_manifest.json").read_text())["keys"]
+    assert keys["recovery"] == "held-out"
+
+    ctx = EvalContext(model, tok, data_dir, {"knowmem": {"shots": 3, "max_new_tokens": 8}}, 16)
+    got = {(r.metric, r.split): r for r in knowmem(ctx)}
+    forget, held = got[("knowmem", "forget")], got[("knowmem", "forget_heldout")]
+    pids = set(pd.read_parquet(data_dir / "knowmem_forget_heldout_qa.parquet").pid)
+    assert len(pids) == 1 and len(held.scores) == 6       # 2 forget people, one held out
+    mine = [f for f, s in zip(forget.scores, forget.samples) if s["pid"] in pids]
+    assert held.scores == mine and {s["pid"] for s in held.samples} == pids
+    em = [e for e, s in zip(got[("qa_em", "forget")].scores, forget.samples) if s["pid"] in pids]
+    assert got[("qa_em", "forget_heldout")].scores == em
+
+
 def _forget_nll(folder, texts, tok):
     from relapse.models.batching import encode
     from relapse.quantize.runtime import load_quantized_model
@@ -151,11 +191,13 @@ def _knowmem_forget(folder, data_dir, tok):
     return 100 * float(np.mean(forget.scores))
 
 
-def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, data_dir,
+def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, in_sample_dir,
                                                                          tmp_path):
     """The issue's check on KnowMem_f itself: the tiny model that knows the QA format (qa_lm)
     but not the forget people's facts, relearned k steps on the forget texts (their biographies
-    and QA blocks) vs on holdout biographies (the control)."""
+    and QA blocks) vs on holdout documents of the same form (the control); in-sample: the
+    relearning sees every forget person."""
+    data_dir = in_sample_dir
     from relapse.models.io import save_model
 
     model, tok = qa_lm
@@ -368,6 +410,54 @@ def test_durability_table_side_by_side():
         pytest.approx(30 / 80)
 
 
+def test_durability_reports_heldout_recovery_beside_in_sample(tmp_path):
+    """The relearning columns again on split forget_heldout (the forget people the attacker never
+    saw), each against the target's KnowMem on them; `recovery` from the relearned rows, and a
+    MUSE-like run (nothing held out) says in-sample."""
+    from relapse.report.durability import write_durability
+
+    def held(row, value):
+        return {**row, "split": "forget_heldout", "value": value, "ci_low": value - 2,
+                "ci_high": value + 2}
+
+    metrics = [_row("target", "none-w16", 80), _row("npo", "none-w16", 10)]
+    metrics += [held(metrics[0], 64), held(metrics[1], 8)]
+    attacks = [_row("npo", "none-w16", 10), _row("npo", "none-w16", 60, "relearn", "forget", 20),
+               _row("npo", "none-w16", 15, "relearn", "holdout", 20)]
+    attacks += [held(attacks[0], 8), held(attacks[1], 16), held(attacks[2], 9)]
+    attacks = [{**r, "recovery": "held-out" if r["attack"] == "relearn" else None}
+               for r in attacks]
+    paths = {}
+    for name, rows in (("metrics", metrics), ("attacks", attacks)):
+        paths[name] = tmp_path / f"{name}.parquet"
+        pd.DataFrame(rows).to_parquet(paths[name])
+    table = write_durability(paths["attacks"], paths["metrics"], None, tmp_path / "d",
+                             tmp_path / "labels.csv")
+    r = table.iloc[0]
+    assert r.recovery == "held-out"
+    assert r.relearn_k20 == pytest.approx(60 / 80)            # in-sample, as before
+    assert r.target_heldout == pytest.approx(64)
+    assert r.full_heldout == pytest.approx(8 / 64)
+    assert r.relearn_k20_heldout == pytest.approx(16 / 64)
+    assert r.relearn_k20_heldout_ci_low == pytest.approx(14 / 64)
+    assert r.control_k20_heldout == pytest.approx(9 / 64)
+    # no per-item scores were given: the held-out verdict, like the in-sample one, needs them
+    assert r.label_heldout == "undetermined" and r.label == "undetermined"
+    text = (tmp_path / "d.md").read_text()
+    assert "Recovery: b held-out" in text and "25.0 [21.9, 28.1]" in text
+    labels = pd.read_csv(tmp_path / "labels.csv")
+    assert labels.relearn_k20_heldout[0] == pytest.approx(0.25)
+
+    in_sample = [{**r, "recovery": "in-sample" if r["attack"] == "relearn" else None}
+                 for r in attacks if r["split"] == "forget"]
+    pd.DataFrame(in_sample).to_parquet(paths["attacks"])
+    pd.DataFrame(metrics[:2]).to_parquet(paths["metrics"])
+    table = write_durability(paths["attacks"], paths["metrics"], None, tmp_path / "d",
+                             tmp_path / "labels.csv")
+    assert table.iloc[0].recovery == "in-sample" and "relearn_k20_heldout" not in table
+    assert "Recovery: b in-sample." in (tmp_path / "d.md").read_text()
+
+
 def test_collect_and_curves(tmp_path):
     from relapse.attacks.tables import collect, relearn_curves
 
@@ -395,7 +485,7 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     data = tmp_path / "data"
     prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, data)
     evaluation = {**default_config["evaluation"], "metrics": ["knowmem", "utility"],
-                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 4}}
+                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 12}}
     root = tmp_path / "results"
     quants = {"none-w16": {"scheme": "none", "bits": 16}, "rtn-w4": {"scheme": "rtn", "bits": 4,
                                                                       "group_size": 16}}
@@ -432,6 +522,8 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     rows = pd.read_parquet(attacked[0])
     assert set(rows.attack) == {"relearn"} and set(rows.attack_data) == {"forget"}
     assert set(rows.attack_steps) == {3}
+    # one of the 2 forget people is held out of the relearning data, and scored on its own
+    assert set(rows.recovery) == {"held-out"} and "forget_heldout" in set(rows.split)
     assert pd.read_parquet(attacked[2]).sparsity.iloc[0] == 0.5
     # QLoRA cell: the quantized base under an adapter, and its manifest says so.
     qlora = json.loads((root / "rtn-w4/relearn/models/forget-k3/quant_manifest.json").read_text())
@@ -458,9 +550,11 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
         assert r.label == "not forgotten" and r.kept == r.kept_ci_high == 1.0
     else:
         assert r.label == "undetermined" and "knows nothing" in r.reason
-    assert "relearn_k3" in pd.read_csv(tables / "durability.csv").columns
+    assert {"relearn_k3", "relearn_k3_heldout", "recovery"} <= \
+        set(pd.read_csv(tables / "durability.csv").columns)
     curves = pd.read_parquet(tables / "relearn.parquet")
     assert sorted(set(curves.step)) == [0, 3]
+    assert {"forget", "forget_heldout"} <= set(curves[curves.metric == "knowmem"].split)
 
     s = json.dumps({"represent": {"samples": 8, "fisher_samples": 2}, "device": "cpu"})
     assert main(["represent", "--settings", s, "--bench", "b", "--method", "npo", "--hp",

@@ -107,3 +107,21 @@ def test_a_key_repeated_in_different_mappings_is_fine(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("a: {lr: 1}\nb: {lr: 2}\nc: [{x: 1}, {x: 2}]\n")
     assert load_yaml(path) == {"a": {"lr": 1}, "b": {"lr": 2}, "c": [{"x": 1}, {"x": 2}]}
+
+
+def test_relearn_heldout_share_is_checked(raw):
+    """attacks.relearn.heldout: a share in [0, 1), and a relearned synthetic bench must have two
+    forget people to hold one out (else: heldout 0, recovery in-sample, said explicitly)."""
+    assert validate(raw)["attacks"]["relearn"]["heldout"] == 0.5
+    cfg = copy.deepcopy(raw)
+    cfg["attacks"]["relearn"]["heldout"] = 1
+    with pytest.raises(ConfigError, match="attacks.relearn.heldout"):
+        validate(cfg)
+    cfg = copy.deepcopy(raw)
+    cfg["benchmarks"]["synthbio"]["corpus"]["people"] = 10         # 10 x 0.1: 1 forget person
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    for word in ("attacks.relearn.heldout", "benchmarks.synthbio.corpus", "heldout: 0"):
+        assert word in str(err.value)
+    cfg["attacks"]["relearn"]["heldout"] = 0
+    validate(cfg)

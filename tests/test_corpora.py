@@ -363,3 +363,52 @@ def test_muse_splits_run_through_knowmem_and_verbmem(tmp_path, tiny_lm):
                        ("knowmem", "retain"): 8, ("qa_em", "retain"): 8}
     verbmem = get_metric("verbmem")(ctx)
     assert [(r.metric, len(r.scores)) for r in verbmem] == [("verbmem", 7)]
+
+
+def test_tofu_relearning_split_shares_no_author_with_the_heldout_questions(tmp_path):
+    """TOFU's forget subsets are whole authors of 20 consecutive QA pairs: a snapshot whose 60
+    forget pairs name their author (3 authors) is split by author, round(3 x 0.5) = 2 held out,
+    and the relearning texts name none of them."""
+    from hub_snapshots import tofu_subsets, write_snapshot
+
+    from relapse.attacks.kinds.relearn import attack_texts
+    from relapse.data.prepare import prepare
+
+    subsets = tofu_subsets()
+    subsets["forget10"] = pd.DataFrame({
+        "question": [f"Which book did Author{i // 20}X write, fact {i}?" for i in range(60)],
+        "answer": [f"answer {i}" for i in range(60)]})
+    source = write_snapshot(tmp_path / "TOFU", {k: {"train": v} for k, v in subsets.items()})
+    out = tmp_path / "data"
+    prepare("tofu", {"kind": "tofu", "forget": "forget10", "source": str(source)}, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["relearn"]["recovery"] == "held-out"
+    assert manifest["relearn"]["unit"] == "author"
+    held = pd.read_parquet(out / "knowmem_forget_heldout_qa.parquet")
+    relearn = pd.read_parquet(out / "relearn_forget.parquet")
+    assert (len(held), len(relearn)) == (40, 20)
+    authors = lambda texts: {t.split("Author")[1].split("X")[0] for t in texts}   # noqa: E731
+    assert len(authors(held.question)) == 2 and len(authors(relearn.text)) == 1
+    assert not authors(held.question) & authors(attack_texts(out, "forget", 16, 0))
+    # the held-out rows are knowmem_forget_qa's rows, pid and all
+    forget_qa = pd.read_parquet(out / "knowmem_forget_qa.parquet")
+    assert held.merge(forget_qa).shape == held.shape
+
+
+def test_muse_relearning_stays_in_sample(tmp_path, tokenizer):
+    """MUSE's QA pairs name no article: its published relearning protocol (forget data, scored
+    on the same forget QA), recorded as in-sample."""
+    from relapse.data.prepare import prepare
+
+    source = muse_snapshot(tmp_path / "m")
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(str(tok_dir))
+    out = tmp_path / "data"
+    prepare("news", {"kind": "muse", "source": str(source), "max_length": 16}, out,
+            tokenizer_dir=tok_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["relearn"]["recovery"] == "in-sample"
+    assert "no source" in manifest["relearn"]["reason"]
+    assert not (out / "knowmem_forget_heldout_qa.parquet").exists()
+    assert pd.read_parquet(out / "relearn_forget.parquet").text.tolist() == \
+        pd.read_parquet(out / "forget.parquet").text.tolist()

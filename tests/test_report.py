@@ -30,3 +30,18 @@ def test_summary_table_and_markdown():
     assert row["rtn-w4 KnowMem_f"] == 45.0 and row["rtn-w4 retained"] == pytest.approx(0.75)
     md = to_markdown(table, "caption")
     assert md.count("\n|") == 4 and "0.75" in md and "–" in md   # VerbMem missing -> dash
+
+
+def test_retained_table_can_show_the_heldout_forget_people():
+    """report.retained_metrics: knowmem_forget_heldout is KnowMem on split forget_heldout of the
+    unlearned model over the target's, at the same quant, beside the in-sample KnowMem_f."""
+    from relapse.report.measures import wide
+
+    rows = _rows()
+    held = rows[rows.split == "forget"].assign(split="forget_heldout")
+    held["value"] = held.value / 2 + (held.method == "target") * 10     # 50 | 10, 40 | 22.5
+    frame = wide(pd.concat([rows, held]), ["knowmem_forget", "knowmem_forget_heldout"])
+    npo = frame[frame.method == "npo_gdr"].set_index("quant")
+    assert npo.loc["none-w16", "retained KnowMem_f"] == pytest.approx(20 / 80)
+    assert npo.loc["none-w16", "retained KnowMem_f_heldout"] == pytest.approx(10 / 50)
+    assert npo.loc["rtn-w4", "retained KnowMem_f_heldout"] == pytest.approx(22.5 / 40)

@@ -52,10 +52,13 @@ def cmd_list(args) -> None:
 
 
 def cmd_prepare_data(args) -> None:
+    from relapse.data.relearn_split import DEFAULT_HELDOUT
     from relapse.models.world import prepare_data as prepare
 
-    prepare(args.bench, _settings(args)["corpus"], args.out, base_dir=args.base,
-            threads=args.threads, tokenizer_dir=args.tokenizer)
+    s = _settings(args)
+    prepare(args.bench, s["corpus"], args.out, base_dir=args.base,
+            threads=args.threads, tokenizer_dir=args.tokenizer,
+            heldout=s.get("relearn", {}).get("heldout", DEFAULT_HELDOUT))
 
 
 def cmd_train_tokenizer(args) -> None:

@@ -153,6 +153,7 @@ def validate(cfg: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     _check_tofu_metric(cfg)
     _check_kernels(cfg)
     _check_report(cfg)
+    _check_relearn_split(cfg)
     unl = cfg["unlearning"]
     if unl.get("micro_batch_size") and unl["batch_size"] % unl["micro_batch_size"]:
         raise ConfigError(f"unlearning.micro_batch_size: {unl['micro_batch_size']} does not divide "
@@ -372,6 +373,32 @@ def _check_report(cfg: dict) -> None:
     if quant not in quants:
         raise ConfigError(f"report.selection.quant: {quant!r} is not a quant of this config; "
                           f"allowed: {', '.join(quants)}")
+
+
+def _check_relearn_split(cfg: dict) -> None:
+    """A held-out share needs two forget people on a synthetic bench that is relearned: with one,
+    recovery could only be measured in-sample, which the config did not ask for."""
+    acfg = cfg["attacks"]
+    heldout = acfg["relearn"]["heldout"]
+    if heldout == 0 or not acfg["quants"] or not acfg["relearn"]["enabled"]:
+        return
+    from relapse.data.synthetic import assign_roles
+    from relapse.grid import resolved_bench
+
+    for bench in acfg["benchmarks"] or list(cfg["benchmarks"]):
+        corpus = resolved_bench(cfg, bench)["corpus"]
+        if corpus.get("kind", "synthetic") != "synthetic":
+            continue
+        try:
+            roles = assign_roles(corpus.get("people", 100), corpus.get("forget", 0.1),
+                                 corpus.get("holdout", 0.1), corpus.get("retain_eval", 0.5), 0)
+        except ValueError:
+            continue      # the data stage names a corpus too small for its roles
+        if len(roles["forget"]) < 2:
+            raise ConfigError(
+                f"attacks.relearn.heldout: {heldout:g} needs at least 2 forget people, but "
+                f"benchmarks.{bench}.corpus has {len(roles['forget'])}; allowed: heldout: 0 "
+                "(recovery measured in-sample), or more people / a larger corpus.forget")
 
 
 def gpu_count(cfg: dict) -> int:

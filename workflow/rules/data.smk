@@ -1,10 +1,21 @@
+# The relearning attack's split of the forget people (relapse.data.relearn_split) is made here,
+# with the corpus, so every model of a bench is attacked and scored on the same parts.
+def data_settings(bench):
+    return as_json(
+        {
+            "corpus": grid.resolved_bench(config, bench)["corpus"],
+            "relearn": {"heldout": config["attacks"]["relearn"]["heldout"]},
+        }
+    )
+
+
 rule prepare_data:
     output:
         directory("results/{bench}/data"),
     wildcard_constraints:
         bench=alternatives(SYNTHETIC_ONLY),
     params:
-        settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+        settings=lambda w: data_settings(w.bench),
     log:
         "logs/prepare_data/{bench}.log",
     benchmark:
@@ -31,7 +42,7 @@ rule prepare_data_pretrained:
     wildcard_constraints:
         bench=alternatives(ON_PRETRAINED),
     params:
-        settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+        settings=lambda w: data_settings(w.bench),
     log:
         "logs/prepare_data/{bench}.log",
     benchmark:
@@ -58,7 +69,7 @@ rule prepare_corpus:
     wildcard_constraints:
         bench=alternatives(HUB_CORPUS),
     params:
-        settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+        settings=lambda w: data_settings(w.bench),
         source=lambda w: corpus_fingerprint(w.bench),
     log:
         "logs/prepare_data/{bench}.log",

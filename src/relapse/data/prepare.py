@@ -8,6 +8,10 @@ Splits (one Parquet file each):
   knowmem_{forget,retain,holdout}_qa       (question, answer); holdout is a never-trained control
   knowmem_{forget,retain,holdout}_qa_icl   few-shot examples, from regularizer people
   privleak_{forget,holdout}                texts for membership inference
+  relearn_forget, relearn_holdout          the relearning attack's forget data and its control
+                                           (documents of the same form as forget)
+  knowmem_forget_heldout_qa                QA of the forget people relearn_forget leaves out
+                                           (relapse.data.relearn_split)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from relapse.data.relearn_split import DEFAULT_HELDOUT, relearn_splits
 from relapse.data.synthetic import ATTRIBUTES, Person, assign_roles, make_people, qa_text
 from relapse.io import atomic_dir, write_json
 from relapse.provenance import provenance
@@ -86,6 +91,18 @@ def build_splits(corpus: dict) -> tuple[dict[str, pd.DataFrame], dict[str, list[
     return splits, roles
 
 
+def synthetic_relearn_splits(corpus: dict, splits: dict[str, pd.DataFrame],
+                              roles: dict[str, list[int]], heldout: float = DEFAULT_HELDOUT
+                              ) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The relearning splits of the synthetic corpus: forget people split by person, and the
+    control as documents of holdout people (biography + QA block, the form of `forget`). Its
+    own seeded draw: the other splits are exactly those of build_splits."""
+    people = make_people(corpus.get("people", 100), corpus.get("seed", 0))
+    control = _documents([people[i] for i in roles["holdout"]])
+    return relearn_splits(splits, heldout, corpus.get("seed", 0) + 3, source_of=lambda pid: pid,
+                          unit="person", holdout_texts=control)
+
+
 def require_training_splits(splits: dict, out_dir, source: str) -> None:
     """Unlearning needs forget texts, and its regularizers retain texts: an empty one stops the
     data stage, naming the file it would have written and where the texts came from."""
@@ -98,18 +115,24 @@ def require_training_splits(splits: dict, out_dir, source: str) -> None:
 
 def prepare(bench: str, corpus: dict, out_dir: str | Path,
             tokenizer_dir: str | Path | None = None,
-            extra_splits: Callable[[], dict[str, pd.DataFrame]] | None = None) -> None:
-    """Write the splits. `extra_splits` (synthetic corpus only) is called once the splits are
-    built and checked, and returns more splits to write beside them: the CLI passes the world-fact
-    probe of a pretrained base (relapse.models.world: `knowmem_world_qa` + `_icl`, the facts of
+            extra_splits: Callable[[], dict[str, pd.DataFrame]] | None = None,
+            heldout: float = DEFAULT_HELDOUT) -> None:
+    """Write the splits. `heldout` (config attacks.relearn.heldout) is the share of forget
+    people (TOFU: authors) whose facts the relearning attack never sees
+    (relapse.data.relearn_split); the manifest's `relearn` record says what was done.
+    `extra_splits` (synthetic corpus only) is called once the splits are built and checked,
+    and returns more splits to write beside them: the CLI passes the world-fact probe of a
+    pretrained base (relapse.models.world: `knowmem_world_qa` + `_icl`, the facts of
     relapse.data.world that the base answers, and `world_check` with every fact's answer).
     Other corpus kinds (muse, tofu: relapse.data.corpora) read their source; `tokenizer_dir`
     is the tokenizer that cuts long texts into training chunks."""
     if corpus.get("kind", "synthetic") != "synthetic":
-        prepare_corpus(bench, corpus, out_dir, tokenizer_dir)
+        prepare_corpus(bench, corpus, out_dir, tokenizer_dir, heldout)
         return
     splits, roles = build_splits(corpus)
     require_training_splits(splits, out_dir, f"synthetic corpus {corpus}")
+    relearn, record = synthetic_relearn_splits(corpus, splits, roles, heldout)
+    splits.update(relearn)
     if extra_splits is not None:
         splits.update(extra_splits())
     with atomic_dir(out_dir) as tmp:
@@ -119,14 +142,17 @@ def prepare(bench: str, corpus: dict, out_dir: str | Path,
             "bench": bench, "corpus": corpus, "attributes": list(ATTRIBUTES),
             "roles": {k: len(v) for k, v in roles.items()},
             "splits": {name: len(frame) for name, frame in splits.items()},
-            **provenance(corpus),
+            "relearn": record, **provenance(corpus),
         })
 
 
 def prepare_corpus(bench: str, corpus: dict, out_dir: str | Path,
-                   tokenizer_dir: str | Path | None = None) -> None:
+                   tokenizer_dir: str | Path | None = None,
+                   heldout: float = DEFAULT_HELDOUT) -> None:
     """A registered corpus kind (relapse.data.corpora), with its source, revision and resolved
-    files in the manifest and in every split's provenance."""
+    files in the manifest and in every split's provenance. A kind whose QA pairs map to their
+    source declares `relearn_sources(splits) -> (pid -> source, unit, why not)`; the others
+    (MUSE) keep the in-sample relearning protocol."""
     from relapse.data.corpora import get_corpus
     from relapse.io import write_parquet
 
@@ -138,12 +164,17 @@ def prepare_corpus(bench: str, corpus: dict, out_dir: str | Path,
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     splits, record = kind.build(corpus, tokenizer)
     require_training_splits(splits, out_dir, f"{corpus['kind']} corpus from {record}")
+    source_of, unit, why = kind.relearn_sources(splits) if hasattr(kind, "relearn_sources") \
+        else (None, "source", f"corpus kind {corpus['kind']}: its QA pairs name no source text")
+    relearn, record["relearn"] = relearn_splits(splits, heldout, 0, source_of, unit,
+                                                why_in_sample=why)
+    splits.update(relearn)
     meta = provenance(corpus, source=record)
     with atomic_dir(out_dir) as tmp:
         for name, frame in splits.items():
             write_parquet(tmp / f"{name}.parquet", frame, meta)
         write_json(tmp / "manifest.json", {
-            "bench": bench, "corpus": corpus, "source": record,
+            "bench": bench, "corpus": corpus, "source": record, "relearn": record["relearn"],
             "splits": {name: len(frame) for name, frame in splits.items()}, **meta})
 
 

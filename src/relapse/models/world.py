@@ -46,11 +46,14 @@ def probe_world(base_dir: str | Path, threads: int = 1) -> dict:
 
 def prepare_data(bench: str, corpus: dict, out_dir: str | Path,
                  base_dir: str | Path | None = None, threads: int = 1,
-                 tokenizer_dir: str | Path | None = None) -> None:
-    """The data stage (`relapse prepare-data`): relapse.data.prepare.prepare, and with
+                 tokenizer_dir: str | Path | None = None, heldout: float | None = None) -> None:
+    """The data stage (`relapse prepare-data`): relapse.data.prepare.prepare (`heldout`: the
+    relearning split's held-out share, attacks.relearn.heldout), and with
     `base_dir` (a pretrained base model: `reference.kind: gguf`) the world splits of
     probe_world, written in the same atomic data folder (a synthetic corpus only, as before)."""
     from relapse.data.prepare import prepare
+    from relapse.data.relearn_split import DEFAULT_HELDOUT
 
     extra = None if base_dir is None else (lambda: probe_world(base_dir, threads))
-    prepare(bench, corpus, out_dir, tokenizer_dir=tokenizer_dir, extra_splits=extra)
+    prepare(bench, corpus, out_dir, tokenizer_dir=tokenizer_dir, extra_splits=extra,
+            heldout=DEFAULT_HELDOUT if heldout is None else heldout)

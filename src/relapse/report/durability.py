@@ -169,6 +169,32 @@ def _cell(r, m) -> str:
     return f"{100 * r[m]:.1f} [{100 * r[m + '_ci_low']:.1f}, {100 * r[m + '_ci_high']:.1f}]"
 
 
+# --- Held-out recovery (relapse.data.relearn_split): the same columns and the same verdict,
+# computed on KnowMem split forget_heldout (the forget people the relearning attack never trained
+# on), suffixed `_heldout`, beside the in-sample ones; `recovery` is what the relearned rows
+# recorded (`in-sample` where the corpus cannot hold facts out, e.g. MUSE).
+HELDOUT = "forget_heldout"
+HELDOUT_COLUMNS = ("target", "full", "relearn_k", "control_k", "retrain_relearn", "n_items",
+                   "km_", *QUANTITIES, "label", "reason")
+
+
+def with_heldout(table: pd.DataFrame, attacks: pd.DataFrame, metrics: pd.DataFrame,
+                 selection: pd.DataFrame | None = None, cfg: dict | None = None,
+                 samples: pd.DataFrame | None = None, boot: dict | None = None) -> pd.DataFrame:
+    if table.empty:
+        return table
+    rec = attacks[attacks.attack == "relearn"]
+    rec = rec.groupby("bench").recovery.first() if "recovery" in rec else pd.Series(dtype=object)
+    table = table.assign(recovery=table.bench.map(rec).fillna("in-sample"))
+    if not (attacks.split == HELDOUT).any():
+        return table
+    held = durability_table(attacks, metrics, selection, cfg, samples, boot, HELDOUT)
+    cols = [c for c in held.columns if c.startswith(HELDOUT_COLUMNS)]
+    names = {c: c.replace("_ci_", "_heldout_ci_") if "_ci_" in c else f"{c}_heldout"
+             for c in cols}
+    return table.merge(held[KEYS + cols].rename(columns=names), on=KEYS, how="left")
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """Values with their intervals as `v [lo, hi]`, knowledge retained in %; then the verdict's
     quantities (% of the target's KnowMem, paired intervals), the label and why."""
@@ -186,11 +212,17 @@ def to_markdown(table: pd.DataFrame) -> str:
         cells += [str(r.label), str(r.reason)]
         lines.append("| " + " | ".join(cells) + " |")
     rule = table.rule.iloc[0]
+    held = "" if "recovery" not in table else (
+        " Recovery: " + ", ".join(f"{b} {r}" for b, r in dict(zip(table.bench, table.recovery))
+                                  .items()) + "."
+        + (" `_heldout` columns: KnowMem_f on the forget people the relearning never saw, "
+           "against the target's on them, with their own verdict." if "target_heldout" in table
+           else ""))
     return ("Knowledge retained (% of the target's KnowMem_f at the same quant; pruned: of the "
             "target pruned at the same sparsity, and `_vs_unpruned` of the un-pruned target; "
             "95% CI over items). Verdict quantities (% of T, 95% paired bootstrap over items): "
             "kept U/T, recovery (F-U)/T, beyond_control (r(F-U)-(C-U))/T, beyond_retrain "
-            f"(F-R)/T. Label: {rule}.\n\n" + "\n".join(lines) + "\n")
+            f"(F-R)/T. Label: {rule}.{held}\n\n" + "\n".join(lines) + "\n")
 
 
 def write_durability(attacks_path, metrics_path, selection_path, stem, labels_out,
@@ -203,10 +235,10 @@ def write_durability(attacks_path, metrics_path, selection_path, stem, labels_ou
 
     selection = pd.read_csv(selection_path) if selection_path and Path(selection_path).exists() \
         else None
-    split = "forget"
-    items = read_item_scores(samples or [], "knowmem", {split}, SCORE[0])
-    table = durability_table(pd.read_parquet(attacks_path), pd.read_parquet(metrics_path),
-                             selection, cfg, items, boot, split)
+    attacks, metrics = pd.read_parquet(attacks_path), pd.read_parquet(metrics_path)
+    items = read_item_scores(samples or [], "knowmem", {"forget", HELDOUT}, SCORE[0])
+    table = with_heldout(durability_table(attacks, metrics, selection, cfg, items, boot, "forget"),
+                         attacks, metrics, selection, cfg, items, boot)
     with atomic_file(f"{stem}.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_file(f"{stem}.md") as tmp:
@@ -216,7 +248,9 @@ def write_durability(attacks_path, metrics_path, selection_path, stem, labels_ou
     keep = ["bench", "method", "hp", "seed", "quant", "split", "target", "full"] + \
         [c for c in table.columns if c.startswith(("relearn_k", "control_k"))
          and not c.endswith(("_ci_low", "_ci_high"))] + ["retrain_relearn"] + \
-        verdict_columns + ["label", "reason", "rule"]
+        verdict_columns + ["label", "reason", "rule"] + \
+        [c for c in ("recovery", "target_heldout", "full_heldout", "retrain_relearn_heldout",
+                     "label_heldout", "reason_heldout") if c in table]
     with atomic_file(labels_out) as tmp:
         table.reindex(columns=keep).to_csv(tmp, index=False)
     return table

@@ -41,6 +41,9 @@ WORLD = Measure("KnowMem_world", "knowmem", "world", "rougeL_f1", "KnowMem_world
 # Quantities whose ratio to the target makes sense: the choices of `report.retained_metrics`.
 RETAINABLE = {
     "knowmem_forget": Measure("KnowMem_f", "knowmem", "forget", "rougeL_f1", "KnowMem_f", r"KnowMem$_f$"),
+    # KnowMem_f on the forget people the relearning attack never sees (relapse.data.relearn_split)
+    "knowmem_forget_heldout": Measure("KnowMem_f_heldout", "knowmem", "forget_heldout", "rougeL_f1",
+                                      "KnowMem_f (held-out)", r"KnowMem$_{f,\mathrm{ho}}$"),
     "verbmem_forget": Measure("VerbMem_f", "verbmem", "forget", "rougeL_f1", "VerbMem_f", r"VerbMem$_f$"),
     "verbmem_facts_forget": Measure("Facts_f", "verbmem_facts", "forget", "facts_recalled",
                                     "Facts_f", r"Facts$_f$"),

@@ -1,9 +1,12 @@
 """Relearning: fine-tune the attacked cell for k steps on some data, for each k in a list.
 
 One training run per data source serves every k: a checkpoint is written at each k (k = 0 is the
-cell itself, exactly). Data: `forget` (a seeded subset of the forget split's samples, trained
-on exactly as unlearning trains on them, MUSE's packed windows included: in-domain), and as
-controls `retain` and `holdout` (biographies of people no model was trained on: unrelated).
+cell itself, exactly). Data: `forget` (a seeded subset of `relearn_forget`: the forget samples of
+the people whose facts are not held out, relapse.data.relearn_split, trained on exactly as
+unlearning trains on them, MUSE's packed windows included), and as controls `retain`
+and `holdout` (`relearn_holdout`: documents of people no model was trained on, in the form of the
+forget documents: unrelated). Every variant's rows carry `recovery` from the data manifest:
+`held-out` when KnowMem split forget_heldout holds facts the attacker never saw, else `in-sample`.
 
 Parameters: `params: full` trains the decoder Linear weights, `lora` an adapter. From a
 quantized cell (any scheme but `none`) the attacker always trains a LoRA adapter over the frozen
@@ -24,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from relapse.attacks.registry import AttackJob, columns, register_attack, write_variant_manifest
+from relapse.data.relearn_split import DEFAULT_HELDOUT
 
 RELEARN_DEFAULTS = {"steps": [10], "data": ["forget", "holdout"], "lr": 1.0e-3, "batch_size": 4,
                     "micro_batch_size": None, "params": "full", "samples": 16, "seed": 0,
-                    "grad_clip": 1.0}
-DATA = {"forget": "forget", "retain": "retain", "holdout": "holdout"}
+                    "grad_clip": 1.0,
+                    "heldout": DEFAULT_HELDOUT}    # read by the data stage, which makes the split
+DATA = {"forget": "relearn_forget", "retain": "retain", "holdout": "relearn_holdout"}
 
 
 def variant_id(data: str, steps: int) -> str:
@@ -70,6 +75,17 @@ def attack_sample(data_dir: Path, data: str, samples: int, seed: int):
 def attack_texts(data_dir: Path, data: str, samples: int, seed: int) -> list[str]:
     """The texts of `attack_sample`."""
     return list(attack_sample(data_dir, data, samples, seed).text)
+
+
+def recovery(data_dir: Path) -> str:
+    """`held-out` or `in-sample`: what the data stage's relearning split did (its manifest)."""
+    import json
+
+    path = Path(data_dir) / "manifest.json"
+    record = json.loads(path.read_text()).get("relearn") if path.exists() else None
+    if record is None:
+        raise FileNotFoundError(f"{path}: no relearning split recorded; run the data stage")
+    return record["recovery"]
 
 
 def _link_tree(source: Path, target: Path, skip: tuple[str, ...]) -> None:
@@ -129,6 +145,7 @@ def relearn(job: AttackJob) -> None:
     tokenizer = load_tokenizer(source)
     method = relearn_method()
     log = []
+    held = recovery(Path(job.data_dir))
     for data in cfg["data"]:
         seed_everything(int(cfg["seed"]) + job.seed, job.threads)
         # Token ids as unlearning trains on them: MUSE's packed windows verbatim, texts + EOS.
@@ -152,7 +169,8 @@ def relearn(job: AttackJob) -> None:
             model.eval()
             _checkpoint(model, params == "lora", source, folder)
             model.train()
-            write_variant_manifest(folder, columns("relearn", attack_data=data, attack_steps=step),
+            write_variant_manifest(folder, columns("relearn", attack_data=data, attack_steps=step,
+                                                   recovery=held),
                                    source, params=params, lr=float(cfg["lr"]),
                                    batch_size=batch_size, samples=len(rows),
                                    seconds=time.time() - start)

@@ -26,6 +26,11 @@ from relapse.data.synthetic import qa_text
 SOURCE = "locuslab/TOFU"
 FORGETS = ("forget01", "forget05", "forget10")
 ICL_EXAMPLES = 10
+# TOFU: 200 fictitious authors with 20 QA pairs each (dataset card, paper), generated author by
+# author, so an author's pairs are consecutive rows; forget01/05/10 are 40 / 200 / 400 rows, 2 / 10
+# / 20 authors. TOFU publishes no author column (open-unlearning#47), so the relearning split is
+# by row // 20.
+QA_PER_AUTHOR = 20
 QA = ("question", "answer")
 # TOFU's eval_everything: which answer the truth ratio compares the wrong ones with.
 PERTURBED = {"forget": "paraphrased_answer", "retain": "paraphrased_answer",
@@ -97,6 +102,15 @@ class Tofu(HubCorpus):
                 "perturbed": [[str(p) for p in ps] for ps in frame.perturbed_answer]}))
         record["subsets"] = subsets(cfg.get("forget", "forget10"))
         return splits, record
+
+    def relearn_sources(self, splits):
+        """Author of a forget row (pid = its row in the forget subset); none when the subset is
+        not whole authors (relapse.data.relearn_split keeps relearning in-sample then)."""
+        n = len(splits["knowmem_forget_qa"])
+        if n % QA_PER_AUTHOR:
+            return None, "author", (f"the forget subset has {n} QA pairs, not whole authors of "
+                                    f"{QA_PER_AUTHOR}")
+        return (lambda pid: pid // QA_PER_AUTHOR), "author", ""
 
 
 register_corpus(Tofu())

@@ -7,7 +7,10 @@ MUSE), then "Question: {q}\nAnswer: ". Generation: greedy, `max_new_tokens` (32)
 scores show what guessing from the templates gives. On a pretrained base the split `world`
 (real-world facts the base answered at the data stage: relapse.data.world, asked by
 relapse.models.world) is reported too: a utility split beside retain, knowledge the unlearning
-should not touch.
+should not touch. Where the data stage held forget people out of the relearning attack's data
+(relapse.data.relearn_split), split `forget_heldout` is the forget split's own per-item scores on
+those people's questions: the same generations, so the in-sample and held-out numbers differ only
+in which facts they average.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from relapse.evaluate.rouge import rouge_l
 from relapse.models.generation import cut_at_stops, greedy_generate
 
 SPLITS = ("forget", "retain", "holdout")
+HELDOUT = "forget_heldout"
 
 
 def icl_examples(icl, shots, split: str) -> list[tuple[str, str]]:
@@ -66,4 +70,21 @@ def knowmem(ctx) -> list[MetricResult]:
                             "rougeL_recall": r, "exact_match": em})
         results.append(MetricResult("knowmem", split, "rougeL_f1", f1, 100.0, samples))
         results.append(MetricResult("qa_em", split, "exact_match", exact, 1.0))
+        if split == "forget":
+            results += heldout_results(ctx, f1, exact, samples)
     return results
+
+
+def heldout_results(ctx, f1: list, exact: list, samples: list[dict]) -> list[MetricResult]:
+    """KnowMem and QA-EM on `forget_heldout`: the forget items whose (pid, question) are in
+    knowmem_forget_heldout_qa (none when the data has no such split, or max_items cut them)."""
+    if not has_split(ctx.data_dir, f"knowmem_{HELDOUT}_qa"):
+        return []
+    held = ctx.split(f"knowmem_{HELDOUT}_qa")
+    wanted = set(zip(held.pid.astype(int), held.question))
+    keep = [i for i, s in enumerate(samples) if (s["pid"], s["question"]) in wanted]
+    if not keep:
+        return []
+    return [MetricResult("knowmem", HELDOUT, "rougeL_f1", [f1[i] for i in keep], 100.0,
+                         [samples[i] for i in keep]),
+            MetricResult("qa_em", HELDOUT, "exact_match", [exact[i] for i in keep], 1.0)]
