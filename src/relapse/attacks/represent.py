@@ -59,7 +59,7 @@ def _centred_gram(x: np.ndarray) -> np.ndarray:
 
 
 def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
-    """The unbiased HSIC estimator of Song et al. (2012, eq. 5) for n x n Gram matrices:
+    """The unbiased HSIC estimator of Song et al. (2012) for n x n Gram matrices:
     [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1 / ((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1] / (n(n−3)), K̃ and L̃ with
     their diagonals set to 0. Needs n ≥ 4."""
     n = len(k)
@@ -93,8 +93,8 @@ def _cka_biased(x: np.ndarray, y: np.ndarray) -> float:
 # attacks.represent.cka. The biased estimator (Kornblith et al. 2019, eq. 3) is pulled toward 1
 # when n is not much larger than the width d: two independent isotropic noise sets then both
 # have centred Gram matrices close to d·H, so it reads ≈ 1/(1 + n/d) on pure noise (0.90 at
-# n = 64, d = 576). The debiased one (unbiased HSIC in place of the biased one, Kornblith et
-# al.'s appendix; Nguyen et al. 2021) is centred at 0 there, with a spread of about √2/n.
+# n = 64, d = 576). The debiased one (the unbiased HSIC in place of the plug-in one, as in
+# Nguyen, Raghu & Kornblith 2021) is centred at 0 there, with a spread of about √2/n.
 CKA_ESTIMATORS = {"debiased": _cka_debiased, "biased": _cka_biased}
 
 
