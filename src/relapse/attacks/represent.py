@@ -5,14 +5,21 @@ can. Per decoder layer, a model is compared with the target and with the retrain
 same texts (forget and retain):
 
 - cka: linear CKA of the masked, mean-pooled hidden states (one vector per text: the mean over
-  its real tokens, never a lone position-0 token, never the padding);
-- pca_similarity: mean |cos| of the first k principal directions of the two state sets. A
-  principal direction's sign is arbitrary (SVD may return either), so the cosine is taken in
-  absolute value: the sign-aligned cosine;
+  its real tokens, BOS excluded, never a lone position-0 token, never the padding). By default
+  (attacks.represent.cka) the debiased estimator, on the unbiased HSIC of Song et al. (2012):
+  the biased one reads ≈ 1/(1 + n/d) on independent noise (0.90 at 64 texts of width 576),
+  the debiased one ≈ 0 ± √2/n. Rows carry the estimator (`cka_estimator`);
+- pca_similarity: mean |cos| of the first k principal directions of the two state sets (k =
+  attacks.represent.components, default 1: PC1, the seed paper's measure). A principal
+  direction's sign is arbitrary (SVD may return either), so the cosine is taken in absolute
+  value: the sign-aligned cosine;
+- pca_shift_pc1, pca_shift_pc2: the seed paper's PCA shift, (μ_model − μ_ref)·v, the change of
+  the mean state's coordinate along the reference's PC1 and PC2 (signed, under scikit-learn's
+  sign convention for v; the seed toolkit plots ΔPC1 against the PC2 coordinate);
 - pca_shift: ‖(μ_model − μ_ref)·V_ref‖, the shift of the mean state projected on the
-  reference's first k components (sign-free: a norm);
+  reference's first k components (sign-free: a norm; |pca_shift_pc1| at k = 1);
 - pca_distance: the mean over texts of ‖(x_model − x_ref)·V_ref‖, the paired distance in the
-  reference's principal subspace;
+  reference's principal subspace (first k components);
 - fisher: the diagonal empirical Fisher on forget texts, E_i[g_i²] with g_i the gradient of
   text i's NLL alone (per-sample gradients, not the squared batch gradient), averaged over the
   parameters of each decoder layer; layers are matched by their exact index
@@ -24,7 +31,7 @@ An attacked model folder (attacks.represent.attacked) is compared like a cell, w
 un-attacked target and retrain at its quant; its rows carry the attack's key columns.
 
 The seed toolkit's other bugs are fixed here too: CKA there used position 0 alone, and its means
-included padding.
+included padding (and BOS).
 """
 
 from __future__ import annotations
@@ -36,21 +43,46 @@ import numpy as np
 
 from relapse.models.modules import layer_index
 
-REPRESENT_DEFAULTS = {"samples": 64, "components": 4, "fisher_samples": 32, "batch_size": 16,
-                      "max_tokens": 128, "splits": ["forget", "retain"]}
-SIMILARITIES = ("cka", "pca_similarity", "pca_shift", "pca_distance")
+REPRESENT_DEFAULTS = {"samples": 64, "components": 1, "cka": "debiased", "fisher_samples": 32,
+                      "batch_size": 16, "max_tokens": 128, "splits": ["forget", "retain"]}
+SIMILARITIES = ("cka", "pca_similarity", "pca_shift_pc1", "pca_shift_pc2", "pca_shift",
+                "pca_distance")
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure numpy measures
 
-def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear CKA (Kornblith et al. 2019) between [n, d1] and [n, d2] feature matrices of the
-    same n examples: ‖Yᶜᵀ Xᶜ‖²_F / (‖Xᶜᵀ Xᶜ‖_F ‖Yᶜᵀ Yᶜ‖_F), columns centred."""
+def _centred_gram(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(0)
+    return x @ x.T
+
+
+def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
+    """The unbiased HSIC estimator of Song et al. (2012) for n x n Gram matrices:
+    [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1 / ((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1] / (n(n−3)), K̃ and L̃ with
+    their diagonals set to 0. Needs n ≥ 4."""
+    n = len(k)
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs at least 4 examples, got {n}")
+    k = np.array(k, dtype=np.float64)
+    l = np.array(l, dtype=np.float64)
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l, 0.0)
+    k_sums, l_sums = k.sum(0), l.sum(0)
+    return float(((k * l).sum() + k_sums.sum() * l_sums.sum() / ((n - 1) * (n - 2))
+                  - 2.0 * (k_sums @ l_sums) / (n - 2)) / (n * (n - 3)))
+
+
+def _cka_debiased(x: np.ndarray, y: np.ndarray) -> float:
+    k, l = _centred_gram(x), _centred_gram(y)
+    denom = hsic_unbiased(k, k) * hsic_unbiased(l, l)
+    return hsic_unbiased(k, l) / np.sqrt(denom) if denom > 0 else float("nan")
+
+
+def _cka_biased(x: np.ndarray, y: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA needs the same examples: {x.shape[0]} vs {y.shape[0]} rows")
     x = x - x.mean(0)
     y = y - y.mean(0)
     cross = np.linalg.norm(y.T @ x) ** 2
@@ -58,9 +90,33 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / denom) if denom > 0 else float("nan")
 
 
+# attacks.represent.cka. The biased estimator (Kornblith et al. 2019, eq. 3) is pulled toward 1
+# when n is not much larger than the width d: two independent isotropic noise sets then both
+# have centred Gram matrices close to d·H, so it reads ≈ 1/(1 + n/d) on pure noise (0.90 at
+# n = 64, d = 576). The debiased one (the unbiased HSIC in place of the plug-in one, as in
+# Nguyen, Raghu & Kornblith 2021) is centred at 0 there, with a spread of about √2/n.
+CKA_ESTIMATORS = {"debiased": _cka_debiased, "biased": _cka_biased}
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray, estimator: str = "debiased") -> float:
+    """Linear CKA between [n, d1] and [n, d2] feature matrices of the same n examples:
+    HSIC(K, L) / √(HSIC(K, K)·HSIC(L, L)) with K = XᶜXᶜᵀ, L = YᶜYᶜᵀ (columns centred). `debiased`
+    uses the unbiased HSIC (`hsic_unbiased`; may be slightly negative, nan when a
+    self-similarity is not positive), `biased` the plug-in one, ‖YᶜᵀXᶜ‖²_F / (‖XᶜᵀXᶜ‖_F
+    ‖YᶜᵀYᶜ‖_F)."""
+    if estimator not in CKA_ESTIMATORS:
+        raise ValueError(f"unknown CKA estimator {estimator!r}; "
+                         f"allowed: {', '.join(CKA_ESTIMATORS)}")
+    if np.shape(x)[0] != np.shape(y)[0]:
+        raise ValueError(f"CKA needs the same examples: {np.shape(x)[0]} vs {np.shape(y)[0]} "
+                         "rows")
+    return float(CKA_ESTIMATORS[estimator](x, y))
+
+
 def principal_components(x: np.ndarray, k: int) -> np.ndarray:
     """The first k principal directions of x's rows, as rows [k, d]. Signs are made
-    deterministic (largest-magnitude entry positive), but no measure here depends on them."""
+    deterministic, as scikit-learn's PCA (≥ 1.5) does: each direction's largest-magnitude entry
+    positive. Only the signed shifts (`pca_shifts`) depend on them."""
     x = np.asarray(x, dtype=np.float64)
     _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
     comps = vt[:min(k, vt.shape[0])]
@@ -75,9 +131,19 @@ def pca_similarity(comps_a: np.ndarray, comps_b: np.ndarray) -> float:
     return float(np.abs((a * b).sum(1)).mean())
 
 
+def pca_shifts(x_model: np.ndarray, x_ref: np.ndarray, comps_ref: np.ndarray) -> np.ndarray:
+    """The shift of the mean state along each of the reference's components, signed:
+    (μ_model − μ_ref)·v_i, i.e. the difference of the two states' mean projections on v_i (the
+    seed toolkit's ΔPC1 and, on v₂, ΔPC2). The sign follows the component's sign convention
+    (`principal_components`: scikit-learn's), so it is comparable between models measured
+    against the same reference; its magnitude is convention-free."""
+    return (np.asarray(x_model, dtype=np.float64).mean(0)
+            - np.asarray(x_ref, dtype=np.float64).mean(0)) @ comps_ref.T
+
+
 def pca_shift(x_model: np.ndarray, x_ref: np.ndarray, comps_ref: np.ndarray) -> float:
     """Norm of the shift of the mean state along the reference's components."""
-    return float(np.linalg.norm((x_model.mean(0) - x_ref.mean(0)) @ comps_ref.T))
+    return float(np.linalg.norm(pca_shifts(x_model, x_ref, comps_ref)))
 
 
 def pca_distance(x_model: np.ndarray, x_ref: np.ndarray, comps_ref: np.ndarray) -> float:
@@ -101,10 +167,29 @@ def per_layer_mean(values: dict[str, np.ndarray], n_layers: int) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 # Model passes
 
+def pooling_weights(input_ids, attention_mask, bos_token_id: int | None):
+    """[batch, seq] weights of the mean pool: the attention mask without the BOS the tokenizer
+    put before each text (its first real position, wherever padding puts it; none when the
+    tokenizer has no BOS or did not add it). BOS's state is the same for every text at the
+    first layers, a constant that dilutes the text's own. A text that is BOS alone keeps it."""
+    import torch
+
+    weights = attention_mask.clone()
+    if bos_token_id is not None:
+        rows = torch.arange(len(weights))
+        first = attention_mask.argmax(1)              # the first position whose mask is 1
+        bos = (input_ids[rows, first] == bos_token_id) & (attention_mask[rows, first] == 1)
+        weights[rows[bos], first[bos]] = 0
+        alone = weights.sum(1) == 0
+        weights[alone] = attention_mask[alone]
+    return weights
+
+
 def pooled_states(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
                   max_tokens: int | None = None) -> list[np.ndarray]:
     """Per decoder layer, [n_texts, hidden]: each layer's output averaged over the text's own
-    tokens (attention mask), captured by forward hooks on the decoder blocks."""
+    tokens (attention mask, BOS excluded: `pooling_weights`), captured by forward hooks on the
+    decoder blocks."""
     import torch
 
     from relapse.models.batching import encode
@@ -123,7 +208,9 @@ def pooled_states(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
                 batch = encode(tokenizer, texts[start:start + batch_size], max_length=max_tokens)
                 mask = batch["attention_mask"].to(device)
                 model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
-                weights = mask.unsqueeze(-1).double()
+                weights = pooling_weights(batch["input_ids"], batch["attention_mask"],
+                                          getattr(tokenizer, "bos_token_id", None))
+                weights = weights.to(device).unsqueeze(-1).double()
                 for i in range(len(layers)):
                     h = captured[i].double()
                     pooled = (h * weights).sum(1) / weights.sum(1)
@@ -174,19 +261,23 @@ def empirical_fisher(model, tokenizer, texts: Sequence[str],
 # ---------------------------------------------------------------------------------------------
 # The stage
 
-def compare_states(states: list[np.ndarray], ref_states: list[np.ndarray],
-                   components: int) -> list[dict[str, float]]:
+def compare_states(states: list[np.ndarray], ref_states: list[np.ndarray], components: int,
+                   cka: str = "debiased") -> list[dict[str, float]]:
     """Every similarity of `SIMILARITIES`, per layer, between a model's and a reference's
-    pooled states on the same texts."""
+    pooled states on the same texts; k = `components` for the similarity, the shift's norm
+    and the distance, always PC1 and PC2 for the signed shifts (nan where there is no PC2)."""
     rows = []
     for x, r in zip(states, ref_states):
         comps_x = principal_components(x, components)
-        comps_r = principal_components(r, components)
-        k = min(len(comps_x), len(comps_r))
-        rows.append({"cka": linear_cka(x, r),
+        comps_r = principal_components(r, max(components, 2))
+        k = min(len(comps_x), len(comps_r), components)
+        shifts = pca_shifts(x, r, comps_r)
+        rows.append({"cka": linear_cka(x, r, cka),
                      "pca_similarity": pca_similarity(comps_x[:k], comps_r[:k]),
-                     "pca_shift": pca_shift(x, r, comps_r),
-                     "pca_distance": pca_distance(x, r, comps_r)})
+                     "pca_shift_pc1": float(shifts[0]) if len(shifts) > 0 else float("nan"),
+                     "pca_shift_pc2": float(shifts[1]) if len(shifts) > 1 else float("nan"),
+                     "pca_shift": pca_shift(x, r, comps_r[:components]),
+                     "pca_distance": pca_distance(x, r, comps_r[:components])})
     return rows
 
 
@@ -214,6 +305,9 @@ def represent(model_dir: str | Path, references: dict[str, str | Path], data_dir
     from relapse.seeding import seed_everything
 
     cfg = {**REPRESENT_DEFAULTS, **settings}
+    if cfg["cka"] not in CKA_ESTIMATORS:
+        raise ValueError(f"attacks.represent.cka: unknown estimator {cfg['cka']!r}; "
+                         f"allowed: {', '.join(CKA_ESTIMATORS)}")
     seed_everything(0, threads)
     data_dir = Path(data_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -237,14 +331,15 @@ def represent(model_dir: str | Path, references: dict[str, str | Path], data_dir
         ref_states, ref_fisher = measure(ref_dir)
         for split in texts:
             for i, sims in enumerate(compare_states(states[split], ref_states[split],
-                                                    int(cfg["components"]))):
+                                                    int(cfg["components"]), cfg["cka"])):
                 rows += [{"reference": ref_name, "split": split, "layer": i, "measure": m,
                           "value": v} for m, v in sims.items()]
         rows += [{"reference": ref_name, "split": "forget", "layer": i,
                   "measure": "fisher_log_ratio",
                   "value": math.log(f / g) if f > 0 and g > 0 else float("nan")}
                  for i, (f, g) in enumerate(zip(fisher, ref_fisher))]
-    frame = pd.DataFrame([{**keys, **row, "dtype": dtype} for row in rows])
+    frame = pd.DataFrame([{**keys, **row, "dtype": dtype, "cka_estimator": cfg["cka"]}
+                          for row in rows])
     write_parquet(out, frame, provenance(cfg, keys=keys, references={k: str(v) for k, v in
                                                                     references.items()}))
     return frame
