@@ -434,7 +434,7 @@ def test_durability_reports_heldout_recovery_beside_in_sample(tmp_path):
     table = write_durability(paths["attacks"], paths["metrics"], None, tmp_path / "d",
                              tmp_path / "labels.csv")
     r = table.iloc[0]
-    assert r.recovery == "held-out"
+    assert r.relearn_facts == "held-out"
     assert r.relearn_k20 == pytest.approx(60 / 80)            # in-sample, as before
     assert r.target_heldout == pytest.approx(64)
     assert r.full_heldout == pytest.approx(8 / 64)
@@ -454,7 +454,7 @@ def test_durability_reports_heldout_recovery_beside_in_sample(tmp_path):
     pd.DataFrame(metrics[:2]).to_parquet(paths["metrics"])
     table = write_durability(paths["attacks"], paths["metrics"], None, tmp_path / "d",
                              tmp_path / "labels.csv")
-    assert table.iloc[0].recovery == "in-sample" and "relearn_k20_heldout" not in table
+    assert table.iloc[0].relearn_facts == "in-sample" and "relearn_k20_heldout" not in table
     assert "Recovery: b in-sample." in (tmp_path / "d.md").read_text()
 
 
@@ -550,7 +550,7 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
         assert r.label == "not forgotten" and r.kept == r.kept_ci_high == 1.0
     else:
         assert r.label == "undetermined" and "knows nothing" in r.reason
-    assert {"relearn_k3", "relearn_k3_heldout", "recovery"} <= \
+    assert {"relearn_k3", "relearn_k3_heldout", "relearn_facts"} <= \
         set(pd.read_csv(tables / "durability.csv").columns)
     curves = pd.read_parquet(tables / "relearn.parquet")
     assert sorted(set(curves.step)) == [0, 3]
@@ -574,6 +574,7 @@ def test_a_diverging_relearning_run_fails_and_writes_nothing(tiny_lm, data_dir, 
     from safetensors.torch import save_file
 
     from relapse.models.guard import NonFiniteLoss
+    from relapse.models.io import seal_weights
 
     folder = tmp_path / "cell"
     shutil.copytree(tiny_lm[0], folder)
@@ -581,6 +582,7 @@ def test_a_diverging_relearning_run_fails_and_writes_nothing(tiny_lm, data_dir, 
     name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
     weights[name][0, 0] = float("nan")
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    seal_weights(folder)           # a folder written so, not one corrupted afterwards
     out = tmp_path / "relearn"
     with pytest.raises(NonFiniteLoss, match="non-finite loss at step 0"):
         run_attack("relearn", folder, out, data_dir,

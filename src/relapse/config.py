@@ -385,7 +385,8 @@ def _check_relearn_split(cfg: dict) -> None:
     from relapse.data.synthetic import assign_roles
     from relapse.grid import resolved_bench
 
-    for bench in acfg["benchmarks"] or list(cfg["benchmarks"]):
+    # an attacked bench the config does not have is refused where the attack slice is checked
+    for bench in [b for b in acfg["benchmarks"] or cfg["benchmarks"] if b in cfg["benchmarks"]]:
         corpus = resolved_bench(cfg, bench)["corpus"]
         if corpus.get("kind", "synthetic") != "synthetic":
             continue

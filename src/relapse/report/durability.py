@@ -185,7 +185,8 @@ def with_heldout(table: pd.DataFrame, attacks: pd.DataFrame, metrics: pd.DataFra
         return table
     rec = attacks[attacks.attack == "relearn"]
     rec = rec.groupby("bench").recovery.first() if "recovery" in rec else pd.Series(dtype=object)
-    table = table.assign(recovery=table.bench.map(rec).fillna("in-sample"))
+    # `relearn_facts`, not `recovery`: that name is the verdict's (F - U)/T
+    table = table.assign(relearn_facts=table.bench.map(rec).fillna("in-sample"))
     if not (attacks.split == HELDOUT).any():
         return table
     held = durability_table(attacks, metrics, selection, cfg, samples, boot, HELDOUT)
@@ -212,8 +213,9 @@ def to_markdown(table: pd.DataFrame) -> str:
         cells += [str(r.label), str(r.reason)]
         lines.append("| " + " | ".join(cells) + " |")
     rule = table.rule.iloc[0]
-    held = "" if "recovery" not in table else (
-        " Recovery: " + ", ".join(f"{b} {r}" for b, r in dict(zip(table.bench, table.recovery))
+    held = "" if "relearn_facts" not in table else (
+        " Recovery: " + ", ".join(f"{b} {r}" for b, r in dict(zip(table.bench,
+                                                                   table.relearn_facts))
                                   .items()) + "."
         + (" `_heldout` columns: KnowMem_f on the forget people the relearning never saw, "
            "against the target's on them, with their own verdict." if "target_heldout" in table
@@ -249,7 +251,7 @@ def write_durability(attacks_path, metrics_path, selection_path, stem, labels_ou
         [c for c in table.columns if c.startswith(("relearn_k", "control_k"))
          and not c.endswith(("_ci_low", "_ci_high"))] + ["retrain_relearn"] + \
         verdict_columns + ["label", "reason", "rule"] + \
-        [c for c in ("recovery", "target_heldout", "full_heldout", "retrain_relearn_heldout",
+        [c for c in ("relearn_facts", "target_heldout", "full_heldout", "retrain_relearn_heldout",
                      "label_heldout", "reason_heldout") if c in table]
     with atomic_file(labels_out) as tmp:
         table.reindex(columns=keep).to_csv(tmp, index=False)
