@@ -54,8 +54,9 @@ def cmd_list(args) -> None:
 def cmd_prepare_data(args) -> None:
     from relapse.models.world import prepare_data as prepare
 
-    prepare(args.bench, _settings(args)["corpus"], args.out, base_dir=args.base,
-            threads=args.threads, tokenizer_dir=args.tokenizer)
+    s = _settings(args)
+    prepare(args.bench, s["corpus"], args.out, base_dir=args.base, threads=args.threads,
+            tokenizer_dir=args.tokenizer, template=s.get("template"))
 
 
 def cmd_train_tokenizer(args) -> None:

@@ -127,6 +127,14 @@ def model_settings(**settings):
     return as_json({**settings, "device": config["device"]})
 
 
+def data_settings(bench):
+    """The data stage's settings: the corpus, and the reference models' prompt template that
+    its QA texts are written in and its manifest hands to every later stage."""
+    resolved = grid.resolved_bench(config, bench)
+    return as_json({"corpus": resolved["corpus"],
+                    "template": resolved["reference"].get("template", "qa")})
+
+
 ENV = "../../envs/relapse.yaml"
 
 

@@ -4,7 +4,7 @@ rule prepare_data:
     wildcard_constraints:
         bench=alternatives(SYNTHETIC_ONLY),
     params:
-        settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+        settings=lambda w: data_settings(w.bench),
     log:
         "logs/prepare_data/{bench}.log",
     benchmark:
@@ -31,7 +31,7 @@ rule prepare_data_pretrained:
     wildcard_constraints:
         bench=alternatives(ON_PRETRAINED),
     params:
-        settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+        settings=lambda w: data_settings(w.bench),
     log:
         "logs/prepare_data/{bench}.log",
     benchmark:
@@ -58,7 +58,7 @@ rule prepare_corpus:
     wildcard_constraints:
         bench=alternatives(HUB_CORPUS),
     params:
-        settings=lambda w: as_json({"corpus": grid.resolved_bench(config, w.bench)["corpus"]}),
+        settings=lambda w: data_settings(w.bench),
     log:
         "logs/prepare_data/{bench}.log",
     benchmark:

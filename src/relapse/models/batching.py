@@ -25,11 +25,16 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
     return ids, mask
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: bool = False):
+def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: bool = False,
+           prompts: Sequence[str] | None = None):
     """Right-padded input_ids, attention_mask and labels (-100 on padding). BOS is prepended by
-    the tokenizer; `eos` appends EOS so that a document's end is learned."""
-    import torch
+    the tokenizer; `eos` appends EOS so that a document's end is learned.
 
+    `prompts` (QA texts: each text is its prompt + answer, relapse.data.prompts) leaves the
+    prompt's tokens unlabelled, so that a loss covers the answer (and EOS) only, as TOFU's
+    training does. The prompt's tokens are those the text's tokens share with the prompt
+    tokenized alone (BOS included): a token that spans the prompt's end and the answer's start
+    belongs to the answer."""
     rows = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     if eos:
         rows = [r + [tokenizer.eos_token_id] for r in rows]
@@ -37,7 +42,23 @@ def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: 
         rows = [r[:max_length] for r in rows]
     ids, mask = pad_rows(rows, tokenizer.pad_token_id)
     labels = ids.masked_fill(mask == 0, -100)
+    if prompts is not None:
+        if len(prompts) != len(texts):
+            raise ValueError(f"encode: {len(prompts)} prompts for {len(texts)} texts")
+        for i, (prompt, row) in enumerate(zip(prompts, rows)):
+            labels[i, :_shared_prefix(tokenizer(prompt, add_special_tokens=True)["input_ids"],
+                                     row)] = -100
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids `a` and `b` have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:

@@ -72,8 +72,13 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     from relapse.io import read_parquet, require_rows
 
     forget_file, retain_file = Path(data_dir) / "forget.parquet", Path(data_dir) / "retain.parquet"
-    forget_texts = list(require_rows(read_parquet(forget_file), forget_file, "forget split").text)
-    retain_texts = list(read_parquet(retain_file).text)
+    forget_frame = require_rows(read_parquet(forget_file), forget_file, "forget split")
+    retain_frame = read_parquet(retain_file)
+    forget_texts, retain_texts = list(forget_frame.text), list(retain_frame.text)
+    # QA splits (a `prompt` column: relapse.data.prompts) train on the answer tokens only, as
+    # TOFU does; raw-text splits on every token.
+    forget_prompts = list(forget_frame.prompt) if "prompt" in forget_frame else None
+    retain_prompts = list(retain_frame.prompt) if "prompt" in retain_frame else None
     if method.regularizer is not None:
         require_rows(retain_texts, retain_file, f"retain split ({method_name} regularizes on it)")
     batch_size = int(unlearning_cfg.get("batch_size", 8))
@@ -82,8 +87,13 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
         raise ValueError(f"unlearning.batch_size {batch_size} is not a multiple of "
                          f"micro_batch_size {micro}")
 
-    def tensors(texts):
-        return {k: v.to(device) for k, v in encode(tokenizer, texts, eos=True).items()}
+    def tensors(texts, prompts=None):
+        return {k: v.to(device) for k, v in encode(tokenizer, texts, eos=True,
+                                                   prompts=prompts).items()}
+
+    def pick(texts, prompts, indices):
+        chosen = [prompts[i] for i in indices] if prompts is not None else None
+        return [texts[i] for i in indices], chosen
 
     is_lora = hp["params"] == "lora"
     needs_ref_model = method.needs_reference or loss_variant == "muse"
@@ -95,11 +105,13 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
 
     ref_seq_logp = None
     if method.forget.needs_ref_seq_logp:
-        chunks = [tensors(forget_texts[i:i + micro]) for i in range(0, len(forget_texts), micro)]
+        n = len(forget_texts)
+        chunks = [tensors(*pick(forget_texts, forget_prompts, range(i, min(i + micro, n))))
+                  for i in range(0, n, micro)]
         ref_seq_logp = _ref_seq_logprobs(model, chunks, autocast)
 
     def forget_batch(indices):
-        batch = tensors([forget_texts[i] for i in indices])
+        batch = tensors(*pick(forget_texts, forget_prompts, indices))
         if ref_seq_logp is not None:
             batch["ref_seq_logp"] = ref_seq_logp[indices]
         return batch
@@ -144,7 +156,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             if method.regularizer is not None:
                 # drawn for the whole batch, so that the split into micro-batches changes nothing
                 ridx = torch.randint(len(retain_texts), (len(idx),), generator=generator).tolist()
-                retain_parts = [tensors([retain_texts[i] for i in ridx[m:m + micro]])
+                retain_parts = [tensors(*pick(retain_texts, retain_prompts, ridx[m:m + micro]))
                                 for m in range(0, len(idx), micro)]
             yield forget_parts, retain_parts
 

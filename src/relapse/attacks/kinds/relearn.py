@@ -106,6 +106,7 @@ def relearn(job: AttackJob) -> None:
     import torch
 
     from relapse.io import write_parquet
+    from relapse.data.prompts import qa_prompts
     from relapse.models.batching import encode
     from relapse.models.tokenizer import load_tokenizer
     from relapse.attacks.cells import load_cell
@@ -126,6 +127,8 @@ def relearn(job: AttackJob) -> None:
     for data in cfg["data"]:
         seed_everything(int(cfg["seed"]) + job.seed, job.threads)
         texts = attack_texts(Path(job.data_dir), data, int(cfg["samples"]), int(cfg["seed"]))
+        # QA texts train on their answers only (relapse.data.prompts), as unlearning does.
+        prompts = qa_prompts(job.data_dir, texts)
         # Plain Linear modules holding exactly the quantized values, frozen under a LoRA below.
         model = load_cell(source, device=job.device, adapter=False)
         model = make_trainable(model, params, job.lora)
@@ -157,7 +160,8 @@ def relearn(job: AttackJob) -> None:
                     order += torch.randperm(len(texts), generator=generator).tolist()
                 idx, order = order[:batch_size], order[batch_size:]
                 yield [{k: v.to(job.device) for k, v in
-                        encode(tokenizer, [texts[i] for i in idx[m:m + micro]], eos=True).items()}
+                        encode(tokenizer, [texts[i] for i in idx[m:m + micro]], eos=True,
+                               prompts=prompts and [prompts[i] for i in idx[m:m + micro]]).items()}
                        for m in range(0, len(idx), micro)]
 
         def step(parts, loop):
