@@ -254,3 +254,33 @@ def test_unlearning_on_qa_data_trains_the_answers_only(tmp_path, tiny_lm):
         nll_sum += loss * (len(ids) - n_prompt)
         count += len(ids) - n_prompt
     assert log.forget[0] == pytest.approx(-nll_sum / count, rel=1e-5)
+
+
+def test_relearning_on_qa_data_trains_the_answers_only(tmp_path, tiny_lm):
+    """The relearning attack's first-step loss on TOFU forget texts is the NLL of their answers
+    and EOS at the cell (all sampled texts in one batch), computed here with labels masked by
+    hand."""
+    import pandas as pd
+    import torch
+
+    from relapse.attacks.kinds.relearn import attack_texts
+    from relapse.attacks.stage import run_attack
+
+    folder, model, tok = tiny_lm
+    out = _tofu_data(tmp_path, "llama2-chat")
+    run_attack("relearn", folder, tmp_path / "relearn", out,
+               {"steps": [1], "data": ["forget"], "params": "full", "samples": 4,
+                "batch_size": 4, "lr": 1e-3}, lora={})
+    log = pd.read_parquet(tmp_path / "relearn" / "relearn_log.parquet")
+    forget = pd.read_parquet(out / "forget.parquet")
+    prompt_of = dict(zip(forget.text, forget.prompt))
+    nll_sum, count = 0.0, 0
+    for text in attack_texts(out, "forget", 4, 0):
+        ids = tok(text)["input_ids"] + [tok.eos_token_id]
+        n_prompt = len(tok(prompt_of[text])["input_ids"])
+        labels = torch.tensor([[-100] * n_prompt + ids[n_prompt:]])
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
+        nll_sum += loss * (len(ids) - n_prompt)
+        count += len(ids) - n_prompt
+    assert log.loss[0] == pytest.approx(nll_sum / count, rel=1e-5)

@@ -3,6 +3,7 @@
 One training run per data source serves every k: a checkpoint is written at each k (k = 0 is the
 cell itself, exactly). Data: `forget` (a seeded subset of the forget texts: in-domain), and as
 controls `retain` and `holdout` (biographies of people no model was trained on: unrelated).
+QA texts (TOFU's, in the bench's prompt template) train on their answers and EOS only.
 
 Parameters: `params: full` trains the decoder Linear weights, `lora` an adapter. From a
 quantized cell (any scheme but `none`) the attacker always trains a LoRA adapter over the frozen
