@@ -104,14 +104,34 @@ def test_tofu_rouge_stems_and_muse_does_not():
     assert rouge_l(ref, pred)[1] == pytest.approx(plain.recall)
 
 
-def test_tofu_metric_scores_with_the_stemmed_rouge():
-    import inspect
+def test_tofu_metric_stems_and_knowmem_does_not(tmp_path, tiny_lm, monkeypatch):
+    """Every answer of the snapshot is "<split> answer <i>"; the model "says" "<split>s
+    answers <i>". Stemmed, all 3 reference words match (recall 1); unstemmed only "<i>" (1/3,
+    and F1 = 1/3 as the output has 3 words too)."""
+    import re
 
-    from relapse.evaluate.metrics import knowmem, tofu, verbmem
+    from relapse.evaluate.metrics import knowmem, tofu
+    from relapse.evaluate.stage import EvalContext
+    import relapse.models.generation as generation
 
-    assert "rouge_l_stemmed(" in inspect.getsource(tofu.tofu)
-    for module in (knowmem, verbmem):
-        assert "rouge_l_stemmed" not in inspect.getsource(module)
+    def inflect(prompt):
+        split, i = re.search(r"What is (\w+) (\d+)\?", prompt.split("[INST]")[-1]).groups()
+        return f"{split}s answers {i}"
+
+    def fake_generate(model, tokenizer, prompts, max_new, batch, stop_strings=()):
+        return [inflect(p) for p in prompts]
+
+    monkeypatch.setattr(knowmem, "greedy_generate", fake_generate)
+    monkeypatch.setattr(generation, "greedy_generate", fake_generate)
+    _, model, tok = tiny_lm
+    cfg = {"knowmem": {"shots": 0, "max_items": 3}, "tofu": {"max_items": 3},
+           "scoring": {"batch_size": 8}}
+    ctx = EvalContext(model, tok, _tofu_data(tmp_path, "llama2-chat"), cfg, 8,
+                      template="llama2-chat")
+    rouge = {r.split: r.scores for r in tofu.tofu(ctx) if r.metric == "tofu_rouge"}
+    assert rouge["forget"] == [1.0, 1.0, 1.0] and rouge["world_facts"] == [1.0, 1.0, 1.0]
+    muse = {r.split: r.scores for r in knowmem.knowmem(ctx) if r.metric == "knowmem"}
+    assert muse["forget"] == pytest.approx([1 / 3] * 3)
 
 
 def test_config_rejects_an_unknown_template(default_config, tmp_path):
