@@ -304,3 +304,25 @@ def test_relearning_on_qa_data_trains_the_answers_only(tmp_path, tiny_lm):
         nll_sum += loss * (len(ids) - n_prompt)
         count += len(ids) - n_prompt
     assert log.loss[0] == pytest.approx(nll_sum / count, rel=1e-5)
+
+
+def test_every_metrics_row_records_the_template(tmp_path, tiny_lm):
+    import pandas as pd
+
+    from relapse.data.prepare import prepare
+    from relapse.evaluate.stage import evaluate_model
+
+    folder, _, _ = tiny_lm
+    keys = {"bench": "t", "method": "target", "hp": "default", "params": "none", "seed": 0,
+            "quant": "none-w16", "quant_scheme": "none", "bits": 16}
+    cfg = {"metrics": ["knowmem", "verbmem"], "batch_size": 8, "bootstrap": {"samples": 0},
+           "knowmem": {"shots": 0, "max_new_tokens": 2, "max_items": 2},
+           "verbmem": {"max_new_tokens": 2, "max_items": 2}}
+    prepare("s", {"kind": "synthetic", "people": 10, "forget": 0.2, "holdout": 0.2, "seed": 0},
+            tmp_path / "synthetic")
+    for data, template in ((_tofu_data(tmp_path, "llama2-chat"), "llama2-chat"),
+                           (tmp_path / "synthetic", "qa")):
+        out = tmp_path / f"{template}.parquet"
+        evaluate_model(folder, data, keys, cfg, out, tmp_path / f"{template}-s.parquet")
+        rows = pd.read_parquet(out)
+        assert len(rows) and (rows.template == template).all()
