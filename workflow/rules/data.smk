@@ -1,14 +1,3 @@
-# The relearning attack's split of the forget people (relapse.data.relearn_split) is made here,
-# with the corpus, so every model of a bench is attacked and scored on the same parts.
-def data_settings(bench):
-    return as_json(
-        {
-            "corpus": grid.resolved_bench(config, bench)["corpus"],
-            "relearn": {"heldout": config["attacks"]["relearn"]["heldout"]},
-        }
-    )
-
-
 rule prepare_data:
     output:
         directory("results/{bench}/data"),

@@ -9,7 +9,9 @@ arXiv 2412.00383):
 
 Both sets also hold the QA pairs of `retain_people` retain people, unedited. One row per QA
 instance: `target_text` (None when the target never saw it), `gold_text` (None when the gold
-must not see it) and `edited`. Deterministic in `seed`.
+must not see it) and `edited`. Deterministic in `seed`. Each text is one finished example of
+the bench's prompt template (relapse.data.prompts; `qa`, the format the LoRA setting's base is
+trained in, "Question: {q}\nAnswer: {a}\n\n"), named in column `template`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import random
 import pandas as pd
 
 from relapse.data.synthetic import (ATTRIBUTES, CITIES, FIRST_NAMES, HOBBIES, INSTRUMENTS,
-                                    PROFESSIONS, QUESTIONS, SURNAMES, UNIVERSITIES, YEARS, qa_text)
+                                    PROFESSIONS, QUESTIONS, SURNAMES, UNIVERSITIES, YEARS)
 
 TASKS = ("removal", "query", "response")
 _VALUES = {"birth_city": CITIES, "birth_year": YEARS, "profession": PROFESSIONS,
@@ -38,9 +40,13 @@ def _unused_name(taken: set[str], rng: random.Random) -> str:
 
 
 def lora_setting_items(people: pd.DataFrame, task: str, retain_people: int = 4,
-                       edit_fraction: float = 1.0, seed: int = 0) -> pd.DataFrame:
+                       edit_fraction: float = 1.0, seed: int = 0,
+                       template: str | None = None) -> pd.DataFrame:
     """The instance table of one task (module docstring) from the prepared `people` split.
     `edit_fraction` of the forget people's QA pairs are edited (at least one)."""
+    from relapse.data.prompts import get_template
+
+    form = get_template(template)
     if task not in TASKS:
         raise ValueError(f"lora_setting.task: {task!r} is not allowed; allowed: {', '.join(TASKS)}")
     if not 0 < edit_fraction <= 1:
@@ -67,18 +73,19 @@ def lora_setting_items(people: pd.DataFrame, task: str, retain_people: int = 4,
         taken.add(aliases[pid])
     out = []
     for i, row in enumerate(rows):
-        right = qa_text([(row["question"], row["answer"])])
+        right = form.example(row["question"], row["answer"])
         target, gold = right, right
         if i in edited:
             if task == "removal":
                 gold = None
             elif task == "query":
                 wrong_q = QUESTIONS[row["attribute"]].format(name=aliases[row["pid"]])
-                target = qa_text([(wrong_q, row["answer"])])
+                target = form.example(wrong_q, row["answer"])
             else:
-                target = qa_text([(row["question"], _wrong_value(row["attribute"], row["answer"], rng))])
+                target = form.example(row["question"],
+                                      _wrong_value(row["attribute"], row["answer"], rng))
         out.append({"item": i, **row, "edited": i in edited, "target_text": target,
-                    "gold_text": gold})
+                    "gold_text": gold, "template": form.name})
     return pd.DataFrame(out)
 
 
@@ -86,13 +93,15 @@ def prepare_lora_setting(data_dir, settings: dict, out_dir) -> None:
     """Write `items.parquet` and a manifest for a benchmark's `lora_setting`."""
     from pathlib import Path
 
+    from relapse.data.prepare import data_template
     from relapse.io import atomic_dir, write_json
     from relapse.provenance import provenance
 
     people = pd.read_parquet(Path(data_dir) / "people.parquet")
     items = lora_setting_items(people, settings.get("task", "removal"),
                                int(settings.get("retain_people", 4)),
-                               float(settings.get("edit_fraction", 1.0)), int(settings.get("seed", 0)))
+                               float(settings.get("edit_fraction", 1.0)), int(settings.get("seed", 0)),
+                               template=data_template(data_dir))
     with atomic_dir(out_dir) as tmp:
         items.to_parquet(tmp / "items.parquet", index=False)
         write_json(tmp / "manifest.json", {

@@ -116,19 +116,23 @@ def require_training_splits(splits: dict, out_dir, source: str) -> None:
 def prepare(bench: str, corpus: dict, out_dir: str | Path,
             tokenizer_dir: str | Path | None = None,
             extra_splits: Callable[[], dict[str, pd.DataFrame]] | None = None,
-            heldout: float = DEFAULT_HELDOUT) -> None:
-    """Write the splits. `heldout` (config attacks.relearn.heldout) is the share of forget
-    people (TOFU: authors) whose facts the relearning attack never sees
-    (relapse.data.relearn_split); the manifest's `relearn` record says what was done.
-    `extra_splits` (synthetic corpus only) is called once the splits are built and checked,
-    and returns more splits to write beside them: the CLI passes the world-fact probe of a
-    pretrained base (relapse.models.world: `knowmem_world_qa` + `_icl`, the facts of
+            heldout: float = DEFAULT_HELDOUT, template: str | None = None) -> None:
+    """Write the splits, and in the manifest the bench's prompt template (`reference.template`,
+    relapse.data.prompts: what every later stage formats questions with). `heldout` (config
+    attacks.relearn.heldout) is the share of forget people (TOFU: authors) whose facts the
+    relearning attack never sees (relapse.data.relearn_split); the manifest's `relearn` record
+    says what was done. `extra_splits` (synthetic corpus only) is called once the splits are
+    built and checked, and returns more splits to write beside them: the CLI passes the world-fact
+    probe of a pretrained base (relapse.models.world: `knowmem_world_qa` + `_icl`, the facts of
     relapse.data.world that the base answers, and `world_check` with every fact's answer).
     Other corpus kinds (muse, tofu: relapse.data.corpora) read their source; `tokenizer_dir`
     is the tokenizer that cuts long texts into training chunks."""
     if corpus.get("kind", "synthetic") != "synthetic":
-        prepare_corpus(bench, corpus, out_dir, tokenizer_dir, heldout)
+        prepare_corpus(bench, corpus, out_dir, tokenizer_dir, heldout, template)
         return
+    from relapse.data.prompts import get_template
+
+    template = get_template(template).name
     splits, roles = build_splits(corpus)
     require_training_splits(splits, out_dir, f"synthetic corpus {corpus}")
     relearn, record = synthetic_relearn_splits(corpus, splits, roles, heldout)
@@ -139,7 +143,8 @@ def prepare(bench: str, corpus: dict, out_dir: str | Path,
         for name, frame in splits.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
         write_json(tmp / "manifest.json", {
-            "bench": bench, "corpus": corpus, "attributes": list(ATTRIBUTES),
+            "bench": bench, "corpus": corpus, "template": template,
+            "attributes": list(ATTRIBUTES),
             "roles": {k: len(v) for k, v in roles.items()},
             "splits": {name: len(frame) for name, frame in splits.items()},
             "relearn": record, **provenance(corpus),
@@ -148,12 +153,14 @@ def prepare(bench: str, corpus: dict, out_dir: str | Path,
 
 def prepare_corpus(bench: str, corpus: dict, out_dir: str | Path,
                    tokenizer_dir: str | Path | None = None,
-                   heldout: float = DEFAULT_HELDOUT) -> None:
+                   heldout: float = DEFAULT_HELDOUT, template: str | None = None) -> None:
     """A registered corpus kind (relapse.data.corpora), with its source, revision and resolved
     files in the manifest and in every split's provenance. A kind whose QA pairs map to their
     source declares `relearn_sources(splits) -> (pid -> source, unit, why not)`; the others
-    (MUSE) keep the in-sample relearning protocol."""
+    (MUSE) keep the in-sample relearning protocol. A kind that writes QA texts (`renders_qa`)
+    writes them in `template`, formatted with the tokenizer (template chat)."""
     from relapse.data.corpora import get_corpus
+    from relapse.data.prompts import get_template
     from relapse.io import write_parquet
 
     kind = get_corpus(corpus["kind"])
@@ -162,7 +169,9 @@ def prepare_corpus(bench: str, corpus: dict, out_dir: str | Path,
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
-    splits, record = kind.build(corpus, tokenizer)
+    chosen = get_template(template)
+    splits, record = kind.build(corpus, tokenizer, template=chosen) \
+        if getattr(kind, "renders_qa", False) else kind.build(corpus, tokenizer)
     require_training_splits(splits, out_dir, f"{corpus['kind']} corpus from {record}")
     source_of, unit, why = kind.relearn_sources(splits) if hasattr(kind, "relearn_sources") \
         else (None, "source", f"corpus kind {corpus['kind']}: its QA pairs name no source text")
@@ -174,7 +183,8 @@ def prepare_corpus(bench: str, corpus: dict, out_dir: str | Path,
         for name, frame in splits.items():
             write_parquet(tmp / f"{name}.parquet", frame, meta)
         write_json(tmp / "manifest.json", {
-            "bench": bench, "corpus": corpus, "source": record, "relearn": record["relearn"],
+            "bench": bench, "corpus": corpus, "template": chosen.name, "source": record,
+            "relearn": record["relearn"],
             "splits": {name: len(frame) for name, frame in splits.items()}, **meta})
 
 
@@ -207,6 +217,13 @@ def has_split(data_dir: str | Path, name: str) -> bool:
     if not (data_dir / f"{name}.parquet").exists():
         raise _missing(data_dir, name)
     return True
+def data_template(data_dir: str | Path) -> str:
+    """The prompt template the data folder was written in (its manifest; qa before templates)."""
+    from relapse.data.prompts import DEFAULT
+    from relapse.io import read_json
+
+    path = Path(data_dir) / "manifest.json"
+    return (read_json(path) if path.exists() else {}).get("template", DEFAULT)
 
 
 def load_split(data_dir: str | Path, name: str) -> pd.DataFrame:

@@ -15,7 +15,9 @@ class EvalContext:
     """What a metric sees: the model, the prepared splits, the evaluation config, the cell's
     keys, and, for PrivLeak, the retrain models' metrics by reference name (`references`:
     full, matched) and the references this model is itself (`self_references`: the retrain
-    model is its own matched reference, and its own full one at full precision)."""
+    model is its own matched reference, and its own full one at full precision). `template`
+    is the prompt template the metrics put questions in (the data folder's, relapse.data.
+    prompts); `prompts` is its object, whose methods take the model's tokenizer."""
     model: Any
     tokenizer: Any
     data_dir: Path
@@ -24,6 +26,7 @@ class EvalContext:
     references: dict[str, pd.DataFrame] = field(default_factory=dict)
     self_references: frozenset[str] = frozenset()
     keys: dict[str, Any] = field(default_factory=dict)
+    template: str = "qa"
     _scored: dict = field(default_factory=dict, repr=False)
 
     def split(self, name: str, max_items: int | None = None) -> pd.DataFrame:
@@ -35,6 +38,12 @@ class EvalContext:
                              "1, or null for every item")
         frame = load_split(self.data_dir, name)
         return frame.head(max_items) if max_items is not None else frame
+
+    @property
+    def prompts(self):
+        from relapse.data.prompts import get_template
+
+        return get_template(self.template)
 
     def scores(self, texts) -> list:
         """Teacher-forced TextScores of `texts` (evaluate/scoring.py). Each distinct text is
@@ -119,6 +128,7 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
     model that is its own reference needs no table."""
     import time
 
+    from relapse.data.prepare import data_template
     from relapse.evaluate.registry import get_metric
     from relapse.io import write_parquet
     from relapse.models.io import read_manifest
@@ -155,7 +165,8 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
     tokenizer = load_tokenizer(model_dir)
     quant = read_manifest(model_dir, "quant_manifest.json")
     ctx = EvalContext(model, tokenizer, Path(data_dir), eval_cfg, eval_cfg.get("batch_size", 32),
-                      references=references, self_references=self_references(keys), keys=keys)
+                      references=references, self_references=self_references(keys), keys=keys,
+                      template=data_template(data_dir))
     boot = eval_cfg.get("bootstrap", {})
     rows, samples = [], []
     for name in eval_cfg.get("metrics", ["knowmem", "verbmem", "privleak", "utility"]):
@@ -166,7 +177,7 @@ def evaluate_model(model_dir: str | Path, data_dir: str | Path, keys: dict[str, 
             rows.append({**keys, "metric": result.metric, "split": result.split,
                          "stat": result.stat, "value": mean * s, "ci_low": low * s,
                          "ci_high": high * s, "n": len(result.scores), "dtype": dtype,
-                         "kernels": kernels,
+                         "kernels": kernels, "template": ctx.template,
                          **result.columns, "seconds": time.time() - start})
             samples += [{**keys, "metric": result.metric, "split": result.split, **item}
                         for item in result.samples]

@@ -4,7 +4,7 @@ package's one padder: encode here, scoring (relapse.evaluate.scoring) and greedy
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
@@ -25,35 +25,66 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
     return ids, mask
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: bool = False):
+def encode(tokenizer, texts: Sequence[str], max_length: int | None = None, eos: bool = False,
+           prompts: Sequence[str] | None = None):
     """Right-padded input_ids, attention_mask and labels (-100 on padding). BOS is prepended by
-    the tokenizer; `eos` appends EOS so that a document's end is learned."""
-    import torch
+    the tokenizer; `eos` appends EOS so that a document's end is learned.
 
+    `prompts` (QA texts: each text is its prompt + answer, relapse.data.prompts) leaves the
+    prompt's tokens unlabelled, so that a loss covers the answer (and EOS) only, as TOFU's
+    training does. The prompt's tokens are those the text's tokens share with the prompt
+    tokenized alone (BOS included): a token that spans the prompt's end and the answer's start
+    belongs to the answer."""
     rows = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     if eos:
         rows = [r + [tokenizer.eos_token_id] for r in rows]
     if max_length is not None:
         rows = [r[:max_length] for r in rows]
-    return batch_rows(rows, tokenizer.pad_token_id)
+    masked = None
+    if prompts is not None:
+        if len(prompts) != len(texts):
+            raise ValueError(f"encode: {len(prompts)} prompts for {len(texts)} texts")
+        masked = [prompt_length(tokenizer, p, r) for p, r in zip(prompts, rows)]
+    return batch_rows(rows, tokenizer.pad_token_id, masked)
 
 
-def batch_rows(rows: Sequence[Sequence[int]], pad_id: int):
-    """Right-padded input_ids, attention_mask and labels (-100 on padding) of token-id rows."""
+def prompt_length(tokenizer, prompt: str, row: Sequence[int]) -> int:
+    """How many leading tokens of `row` (the prompt + answer text, tokenized) are the prompt's:
+    those it shares with the prompt tokenized alone (BOS included)."""
+    return _shared_prefix(tokenizer(prompt, add_special_tokens=True)["input_ids"], row)
+
+
+def batch_rows(rows: Sequence[Sequence[int]], pad_id: int,
+               masked: Sequence[int] | None = None):
+    """Right-padded input_ids, attention_mask and labels (-100 on padding, and on the first
+    `masked[i]` tokens of row i: a QA prompt the loss does not cover) of token-id rows."""
     ids, mask = pad_rows(rows, pad_id)
     labels = ids.masked_fill(mask == 0, -100)
+    for i, n in enumerate(masked or ()):
+        labels[i, :n] = -100
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def training_rows(tokenizer, frame, eos: bool = True) -> list[list[int]]:
+class TrainingRow(NamedTuple):
+    """One training sample: its token ids, and how many leading ones the loss skips (a QA
+    text's prompt; 0 for raw text and packed windows)."""
+    ids: list[int]
+    masked: int = 0
+
+
+def training_rows(tokenizer, frame, eos: bool = True) -> list[TrainingRow]:
     """The token ids that train on a split's rows. A split with an `input_ids` column (MUSE's
     packed windows, relapse.data.corpora.chunking) is used verbatim: those ids are the model
     input, BOS included, and their text would not tokenize back to them. Otherwise each `text`
     is tokenized with the tokenizer's special tokens, and EOS appended (`eos`) so that a
-    document's end is learned."""
+    document's end is learned; a split with a `prompt` column (QA texts in the bench's template,
+    relapse.data.prompts) trains on the answer and EOS only, as TOFU does."""
     if "input_ids" not in frame.columns:
         rows = [tokenizer(str(t), add_special_tokens=True)["input_ids"] for t in frame.text]
-        return [r + [tokenizer.eos_token_id] for r in rows] if eos else rows
+        rows = [r + [tokenizer.eos_token_id] for r in rows] if eos else rows
+        prompts = frame.prompt if "prompt" in frame.columns else [None] * len(rows)
+        return [TrainingRow(r, prompt_length(tokenizer, str(p), r) if p is not None else 0)
+                for r, p in zip(rows, prompts)]
     rows = [[int(i) for i in r] for r in frame.input_ids]
     vocab = len(tokenizer)
     top = max((max(r) for r in rows if len(r)), default=-1)
@@ -61,7 +92,21 @@ def training_rows(tokenizer, frame, eos: bool = True) -> list[list[int]]:
         raise ValueError(f"a split's stored token id {top} is outside the tokenizer's vocabulary "
                          f"({vocab}): the split was prepared with another tokenizer; rerun the "
                          "data stage with this model's")
-    return rows
+    return [TrainingRow(r) for r in rows]
+
+
+def batch_training_rows(rows: Sequence[TrainingRow], pad_id: int):
+    return batch_rows([r.ids for r in rows], pad_id, [r.masked for r in rows])
+
+
+def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids `a` and `b` have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:

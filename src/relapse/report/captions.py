@@ -67,10 +67,27 @@ def evaluation_text(cfg: dict) -> str:
     return text
 
 
+def templates_text(cfg: dict) -> str:
+    """The prompt template of each bench (`reference.template`, inherited through `base:`)."""
+    benches = cfg.get("benchmarks", {})
+
+    def template(name, entry):
+        own = entry.get("reference", {}).get("template")
+        base = entry.get("base")
+        return own or (template(base, benches[base]) if base in benches else "qa")
+
+    found = {name: template(name, entry) for name, entry in benches.items()}
+    if len(set(found.values())) <= 1:
+        return f"Prompt template: {next(iter(found.values()), 'qa')}."
+    return "Prompt templates: " + ", ".join(f"{b} {t}" for b, t in found.items()) + "."
+
+
 def _context(cfg: dict) -> str:
     variant = cfg.get("unlearning", {}).get("loss_variant", "paper")
     return (f"Loss variant: {variant}. Quantizers: {quantizers_text(cfg)}. "
-            "Means over seeds; ROUGE-L F1 x100. " + evaluation_text(cfg) + " " + INTERVALS_TEXT)
+            "Means over seeds; ROUGE-L F1 x100 (rouge-score without stemming, MUSE's setting; "
+            "TOFU's own ROUGE-L recall, metric tofu_rouge, is stemmed, as TOFU's). "
+            + templates_text(cfg) + " " + evaluation_text(cfg) + " " + INTERVALS_TEXT)
 
 
 WORLD_TEXT = ("KnowMem_world: the same few-shot QA on real-world facts that the pretrained base "

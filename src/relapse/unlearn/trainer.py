@@ -40,7 +40,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     import torch
 
     from relapse.io import atomic_dir, write_json, write_parquet
-    from relapse.models.batching import batch_rows, training_rows
+    from relapse.models.batching import batch_training_rows, training_rows
     from relapse.models.io import load_model
     from relapse.models.modules import make_trainable
     from relapse.models.tokenizer import load_tokenizer
@@ -72,7 +72,8 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     from relapse.io import read_parquet, require_rows
 
     forget_file, retain_file = Path(data_dir) / "forget.parquet", Path(data_dir) / "retain.parquet"
-    # Token ids per sample: MUSE's packed windows as stored, texts tokenized (+ EOS) otherwise.
+    # Token ids per sample: MUSE's packed windows as stored, texts tokenized (+ EOS) otherwise;
+    # QA texts (a `prompt` column) train on their answer tokens only, as TOFU does.
     forget_rows = training_rows(
         tokenizer, require_rows(read_parquet(forget_file), forget_file, "forget split"))
     retain_rows = training_rows(tokenizer, read_parquet(retain_file))
@@ -85,7 +86,8 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
                          f"micro_batch_size {micro}")
 
     def tensors(rows):
-        return {k: v.to(device) for k, v in batch_rows(rows, tokenizer.pad_token_id).items()}
+        return {k: v.to(device)
+                for k, v in batch_training_rows(rows, tokenizer.pad_token_id).items()}
 
     is_lora = hp["params"] == "lora"
     needs_ref_model = method.needs_reference or loss_variant == "muse"
@@ -175,6 +177,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             write_json(folder / "unlearn_manifest.json", {
                 "method": method_name, "hp": {**hp, "epochs": epoch}, "params": hp["params"],
                 "seed": seed, "loss_variant": loss_variant, "steps": loop.step, **dtypes,
+                "loss_tokens": "answer" if forget_prompts is not None else "text",
                 "seconds": loop.seconds(), **extra, **meta})
 
         loop.epochs(progress(range(1, epochs + 1), desc=f"unlearn {method_name}", unit="epoch"),

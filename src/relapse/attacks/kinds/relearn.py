@@ -7,6 +7,7 @@ unlearning trains on them, MUSE's packed windows included), and as controls `ret
 and `holdout` (`relearn_holdout`: documents of people no model was trained on, in the form of the
 forget documents: unrelated). Every variant's rows carry `recovery` from the data manifest:
 `held-out` when KnowMem split forget_heldout holds facts the attacker never saw, else `in-sample`.
+QA texts (TOFU's, in the bench's prompt template) train on their answers and EOS only.
 
 Parameters: `params: full` trains the decoder Linear weights, `lora` an adapter. From a
 quantized cell (any scheme but `none`) the attacker always trains a LoRA adapter over the frozen
@@ -128,7 +129,7 @@ def relearn(job: AttackJob) -> None:
     import torch
 
     from relapse.io import write_parquet
-    from relapse.models.batching import batch_rows, training_rows
+    from relapse.models.batching import batch_training_rows, training_rows
     from relapse.models.tokenizer import load_tokenizer
     from relapse.attacks.cells import load_cell
     from relapse.seeding import seed_everything
@@ -148,7 +149,8 @@ def relearn(job: AttackJob) -> None:
     held = recovery(Path(job.data_dir))
     for data in cfg["data"]:
         seed_everything(int(cfg["seed"]) + job.seed, job.threads)
-        # Token ids as unlearning trains on them: MUSE's packed windows verbatim, texts + EOS.
+        # Token ids as unlearning trains on them: MUSE's packed windows verbatim,
+        # texts + EOS, QA texts on their answers only.
         rows = training_rows(tokenizer, attack_sample(Path(job.data_dir), data,
                                                       int(cfg["samples"]), int(cfg["seed"])))
         # Plain Linear modules holding exactly the quantized values, frozen under a LoRA below.
@@ -182,7 +184,7 @@ def relearn(job: AttackJob) -> None:
                 while len(order) < batch_size:
                     order += torch.randperm(len(rows), generator=generator).tolist()
                 idx, order = order[:batch_size], order[batch_size:]
-                yield [{k: v.to(job.device) for k, v in batch_rows(
+                yield [{k: v.to(job.device) for k, v in batch_training_rows(
                             [rows[i] for i in idx[m:m + micro]], tokenizer.pad_token_id).items()}
                        for m in range(0, len(idx), micro)]
 

@@ -7,6 +7,8 @@ A kind is an object with
   needs_tokenizer  whether `build` cuts texts by tokens (the reference target's tokenizer)
   check(cfg)       cheap checks at config validation (a local source's configs and splits)
   build(cfg, tokenizer) -> (splits, record)   the prepared frames, and what the manifest keeps
+  renders_qa       (optional) True for a kind that writes QA texts: its build also takes
+                   `template=` (relapse.data.prompts), the reference models' prompt format
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ with config `default` and the subsets as splits. For `forget: forgetXX` (01, 05,
                 base_answer, perturbed): what TOFU's truth ratio, probability and ROUGE read.
                 real_authors and world_facts are the utility sets; their `_perturbed` variants
                 hold the same questions with the wrong answers TOFU's metrics need.
+
+Every text is written in the bench's prompt template (relapse.data.prompts; `reference.template`,
+the reference models' own format): text = prompt(question) + answer. The QA text splits (forget,
+retain, retain_eval, holdout, privleak_*) keep the prompt beside it (column `prompt`), so that the
+unlearning and relearning losses cover the answer only (TOFU's training: question tokens
+unlabelled, EOS appended).
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import pandas as pd
 
 from relapse.data.corpora import register_corpus
 from relapse.data.corpora.base import HubCorpus, with_pid
-from relapse.data.synthetic import qa_text
 
 SOURCE = "locuslab/TOFU"
 FORGETS = ("forget01", "forget05", "forget10")
@@ -52,6 +57,7 @@ def subsets(forget: str) -> dict[str, str]:
 
 class Tofu(HubCorpus):
     kind = "tofu"
+    renders_qa = True        # build takes the bench's prompt template
 
     def default_source(self, cfg: dict) -> str:
         return SOURCE
@@ -70,7 +76,10 @@ class Tofu(HubCorpus):
                                              ("question", "answer", base, "perturbed_answer"))
         return wanted
 
-    def build(self, cfg: dict, tokenizer=None):
+    def build(self, cfg: dict, tokenizer=None, template=None):
+        from relapse.data.prompts import get_template
+
+        template = template or get_template(None)
         frames, record = self.load_all(cfg)
         forget, retain, holdout = (frames[k][list(QA)] for k in ("forget", "retain", "holdout"))
         # ICL examples are retain pairs that KnowMem_retain does not ask (the last ones).
@@ -79,14 +88,15 @@ class Tofu(HubCorpus):
         retain_eval = frames["retain_perturbed"][list(QA)]
 
         def texts(frame):
-            return with_pid(pd.DataFrame({"text": [qa_text([(q, a)]).rstrip("\n")
-                                                   for q, a in zip(frame.question, frame.answer)]}))
+            prompts = [template.prompt(q, tokenizer) for q in frame.question]
+            return with_pid(pd.DataFrame({"text": [p + a for p, a in zip(prompts, frame.answer)],
+                                          "prompt": prompts}))
 
         splits = {
             "forget": texts(forget), "retain": texts(retain), "retain_eval": texts(retain_eval),
             "holdout": texts(holdout),
             "verbmem_forget": with_pid(pd.DataFrame({
-                "prompt": [f"Question: {q}\nAnswer: " for q in forget.question],
+                "prompt": [template.prompt(q, tokenizer) for q in forget.question],
                 "gt": list(forget.answer)})),
             "knowmem_forget_qa": with_pid(forget), "knowmem_retain_qa": with_pid(retain_qa),
             "knowmem_holdout_qa": with_pid(holdout),
@@ -101,6 +111,7 @@ class Tofu(HubCorpus):
                 "base_answer": frame[base],
                 "perturbed": [[str(p) for p in ps] for ps in frame.perturbed_answer]}))
         record["subsets"] = subsets(cfg.get("forget", "forget10"))
+        record["template"] = template.name
         return splits, record
 
     def relearn_sources(self, splits):

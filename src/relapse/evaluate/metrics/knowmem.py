@@ -1,9 +1,14 @@
-"""KnowMem (MUSE): few-shot QA, greedy, ROUGE-L F1 ×100 against the answer; plus exact match.
+"""KnowMem (MUSE): few-shot QA, greedy, ROUGE-L F1 ×100 against the answer (rouge-score
+without stemming, MUSE's setting); plus exact match.
 
-Prompt (relapse.data.prompts): "Question: {q}\nAnswer: {a}\n\n" for each of k examples from the
+Prompt, in the bench's template (relapse.data.prompts; `reference.template`): k examples from the
 split's *_icl set (`shots`: a number, or `all`, MUSE's protocol: every example of the set, 10 in
-MUSE), then "Question: {q}\nAnswer: ". Generation: greedy, `max_new_tokens` (32), cut at "\n\n",
-"\nQuestion" or "Question:". The holdout split (people never trained on) is a control: its
+MUSE), then the question. Template `qa` (the default) is MUSE's: "Question: {q}\nAnswer: {a}\n\n"
+per example, then "Question: {q}\nAnswer: ", cut at "\n\n", "\nQuestion" or "Question:".
+`llama2-chat` writes each example as a finished turn "[INST] {q} [/INST]{a} " (open-unlearning's
+form) and cuts at the next "[INST]"; TOFU's own protocol is zero-shot (`shots: 0`, as
+config/tofu.yaml sets). `chat` uses the tokenizer's chat template, the examples as earlier turns.
+Generation: greedy, `max_new_tokens` (32), and EOS ends it. The holdout split (people never trained on) is a control: its
 scores show what guessing from the templates gives. On a pretrained base the split `world`
 (real-world facts the base answered at the data stage: relapse.data.world, asked by
 relapse.models.world) is reported too: a utility split beside retain, knowledge the unlearning
@@ -16,7 +21,6 @@ in which facts they average.
 from __future__ import annotations
 
 from relapse.data.prepare import has_split
-from relapse.data.prompts import STOPS, few_shot_prompt
 from relapse.evaluate.registry import MetricResult, register_metric
 from relapse.evaluate.rouge import rouge_l
 from relapse.models.generation import cut_at_stops, greedy_generate
@@ -56,10 +60,11 @@ def knowmem(ctx) -> list[MetricResult]:
         qa = ctx.split(f"knowmem_{split}_qa", cfg.get("max_items"))
         icl = ctx.split(f"knowmem_{split}_qa_icl")
         examples = icl_examples(icl, cfg.get("shots", 3), split)
-        prompts = [few_shot_prompt(examples, q) for q in qa.question]
+        form = ctx.prompts
+        prompts = [form.few_shot(examples, q, ctx.tokenizer) for q in qa.question]
         raw = greedy_generate(ctx.model, ctx.tokenizer, prompts, cfg.get("max_new_tokens", 32),
-                              ctx.batch_size, stop_strings=STOPS)
-        outputs = [cut_at_stops(r, STOPS) for r in raw]
+                              ctx.batch_size, stop_strings=form.stops)
+        outputs = [cut_at_stops(r, form.stops) for r in raw]
         f1, recall, exact, samples = [], [], [], []
         for row, out in zip(qa.itertuples(), outputs):
             f, r = rouge_l(row.answer, out)

@@ -1,10 +1,14 @@
 """TOFU's own metrics (Maini et al. 2024, locuslab/tofu), on the splits the tofu corpus writes
 (tofu_{forget,retain,real_authors,world_facts}_perturbed; relapse.data.corpora.tofu).
 
-Per item, with prompt "Question: {q}\nAnswer: " and L(a) the mean per-token NLL of answer a:
+Per item, with the bench's prompt (relapse.data.prompts, `reference.template`: "[INST] {q}
+[/INST]" for the llama2 TOFU models, TOFU's own tags; "Question: {q}\nAnswer: " with `qa`) and L(a)
+the mean per-token NLL of answer a followed by EOS (TOFU's labels: the answer tokens and EOS):
   probability   forget, retain: exp(-L(answer)); real_authors, world_facts: exp(-L(answer))
                 normalized over the answer and its perturbed options
-  ROUGE-L       recall of the greedy answer against the answer (TOFU reports recall)
+  ROUGE-L       recall of the greedy answer against the answer (TOFU reports recall), with
+                stemming (rouge-score use_stemmer=True, as TOFU and open-unlearning; MUSE's
+                metrics do not stem)
   truth ratio   R = exp(mean_j L(perturbed_j) - L(base)), base = paraphrased answer (forget,
                 retain) or the answer (real_authors, world_facts), as TOFU's code computes it
                 (P(base) over the geometric mean of P(perturbed), per-token). Reported as
@@ -27,11 +31,13 @@ from relapse.evaluate.registry import MetricResult, register_metric
 
 SPLITS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
-STOPS = ("\n\n", "\nQuestion", "Question:")
 
 
-def prompt(question: str) -> str:
-    return f"Question: {question}\nAnswer: "
+def prompt(question: str, template: str | None = None, tokenizer=None) -> str:
+    """The question as the models were fine-tuned to see it (template: default qa)."""
+    from relapse.data.prompts import get_template
+
+    return get_template(template).prompt(question, tokenizer)
 
 
 # --- formulas (pure numpy / scipy) ---------------------------------------------------------
@@ -77,19 +83,18 @@ def model_utility(values) -> float:
 # --- model side -------------------------------------------------------------------------------
 
 def answer_losses(model, tokenizer, prompts, answers, batch_size: int = 16) -> np.ndarray:
-    """Mean per-token NLL of each answer after its prompt (the prompt's tokens are context)."""
+    """Mean per-token NLL of each answer and EOS after its prompt (the prompt's tokens are
+    context): TOFU's labels, the answer tokens with EOS appended."""
     import torch
 
-    from relapse.models.batching import encode, prompt_ids
+    from relapse.models.batching import encode
 
     out = []
     device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
         p, a = list(prompts[start:start + batch_size]), list(answers[start:start + batch_size])
-        batch = encode(tokenizer, [pi + ai for pi, ai in zip(p, a)])
-        labels = batch["labels"].clone()
-        for i, pi in enumerate(p):
-            labels[i, :len(prompt_ids(tokenizer, pi))] = -100
+        batch = encode(tokenizer, [pi + ai for pi, ai in zip(p, a)], eos=True, prompts=p)
+        labels = batch["labels"]
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"].to(device),
                            attention_mask=batch["attention_mask"].to(device)).logits.float()
@@ -123,7 +128,7 @@ def _reference_ratios(ctx) -> tuple[np.ndarray | None, str | None]:
 
 @register_metric("tofu")
 def tofu(ctx) -> list[MetricResult]:
-    from relapse.evaluate.rouge import rouge_l
+    from relapse.evaluate.rouge import rouge_l_stemmed
     from relapse.models.generation import cut_at_stops, greedy_generate
 
     cfg = ctx.cfg.get("tofu", {})
@@ -131,7 +136,8 @@ def tofu(ctx) -> list[MetricResult]:
     results, utility, own_forget = [], [], None
     for split in SPLITS:
         data = ctx.split(f"tofu_{split}_perturbed", cfg.get("max_items"))
-        prompts = [prompt(q) for q in data.question]
+        form = ctx.prompts
+        prompts = [form.prompt(q, ctx.tokenizer) for q in data.question]
         perturbed = [list(p) for p in data.perturbed]
         k = min(len(p) for p in perturbed)
         ans = answer_losses(ctx.model, ctx.tokenizer, prompts, list(data.answer), bs)
@@ -142,9 +148,9 @@ def tofu(ctx) -> list[MetricResult]:
         tr = truth_ratio_scores(ratios, split)
         prob = probability_scores(ans, flat, split)
         raw = greedy_generate(ctx.model, ctx.tokenizer, prompts, cfg.get("max_new_tokens", 64),
-                              ctx.batch_size, stop_strings=STOPS)
-        outputs = [cut_at_stops(r, STOPS).strip() for r in raw]
-        recall = [rouge_l(a, o)[1] for a, o in zip(data.answer, outputs)]
+                              ctx.batch_size, stop_strings=form.stops)
+        outputs = [cut_at_stops(r, form.stops).strip() for r in raw]
+        recall = [rouge_l_stemmed(a, o)[1] for a, o in zip(data.answer, outputs)]
         samples = [{"item": int(i), "pid": int(pid), "question": q, "answer": a, "output": o,
                     "answer_loss": float(la), "base_loss": float(lb),
                     "perturbed_loss": float(lp.mean()), "ratio": float(r), "truth_ratio": float(t),

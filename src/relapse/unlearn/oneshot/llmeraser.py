@@ -127,15 +127,17 @@ def agreement(models: dict, tokenizer, items: pd.DataFrame, adapters: dict, seco
     instances' correct QA; each adapter's ΔW distance to the gold's; wall times."""
     import torch
 
-    from relapse.data.synthetic import qa_text
+    from relapse.data.prompts import get_template
     from relapse.models.batching import answers_correct
     from relapse.models.lora_setting import item_nll_sums
 
     # The edited instances as they should be: the correct question and answer.
     edited = items[items.edited]
     questions, answers = list(edited.question), list(edited.answer)
-    prompts = [f"Question: {q}\nAnswer: " for q in questions]
-    texts = [qa_text([(q, a)]) for q, a in zip(questions, answers)]
+    # in the template the items were written in (relapse.data.edits; older tables: qa)
+    form = get_template(edited.template.iloc[0] if "template" in edited else None)
+    prompts = [form.prompt(q, tokenizer) for q in questions]
+    texts = [form.example(q, a, tokenizer) for q, a in zip(questions, answers)]
     rows = []
     for name, model in models.items():
         ok = answers_correct(model, tokenizer, prompts, answers)
