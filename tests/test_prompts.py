@@ -200,8 +200,7 @@ def test_tofu_data_is_written_in_the_template(tmp_path):
     assert pd.read_parquet(out / "verbmem_forget.parquet").prompt[0] == \
         "[INST] What is forget 0? [/INST]"
     holdout = pd.read_parquet(out / "holdout.parquet")
-    assert holdout.text[1] == holdout.prompt[1] + holdout.answer[1] if "answer" in holdout else \
-        holdout.text[1].startswith(holdout.prompt[1])
+    assert holdout.text[1].startswith(holdout.prompt[1]) and holdout.text[1] != holdout.prompt[1]
     # the default: today's format, the same texts as before templates
     qa = pd.read_parquet(_tofu_data(tmp_path, None) / "forget.parquet")
     assert qa.text[0] == "Question: What is forget 0?\nAnswer: forget answer 0"
