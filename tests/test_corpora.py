@@ -190,11 +190,11 @@ def test_packed_windows_are_what_training_and_relearning_feed(tmp_path, tiny_lm)
                      "max_length": 32}, data, tokenizer_dir=folder)
     forget = pd.read_parquet(data / "forget.parquet")
     stored = [[int(i) for i in w] for w in forget.input_ids]
-    assert training_rows(tok, forget) == stored
+    assert training_rows(tok, forget) == [(w, 0) for w in stored]   # ids as stored, no mask
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["source"]["packing"]["forget"]["windows"] == len(forget)
     sample = attack_sample(data, "forget", 3, 0)
-    assert training_rows(tok, sample) == [stored[p] for p in sample.pid]
+    assert training_rows(tok, sample) == [(stored[p], 0) for p in sample.pid]
 
     cfg = {"batch_size": 4, "grad_clip": 1.0, "loss_variant": "paper"}
     unlearn("ga", {"lr": 1e-4, "epochs": 1, "params": "full"}, 0, folder, data, cfg,
