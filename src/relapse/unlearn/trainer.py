@@ -177,7 +177,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             write_json(folder / "unlearn_manifest.json", {
                 "method": method_name, "hp": {**hp, "epochs": epoch}, "params": hp["params"],
                 "seed": seed, "loss_variant": loss_variant, "steps": loop.step, **dtypes,
-                "loss_tokens": "answer" if forget_prompts is not None else "text",
+                "loss_tokens": "answer" if any(r.masked for r in forget_rows) else "text",
                 "seconds": loop.seconds(), **extra, **meta})
 
         loop.epochs(progress(range(1, epochs + 1), desc=f"unlearn {method_name}", unit="epoch"),
