@@ -36,6 +36,13 @@ except ConfigError as err:
 config.clear()
 config.update(_validated)
 
+# CPU numerics (config `numerics`, relapse.numerics): set while the Snakefile is parsed, before
+# any job starts. Local jobs are this process's children and inherit it; a SLURM job runs
+# Snakemake on this Snakefile again in its allocation, which sets it there too.
+from relapse.numerics import pin
+
+pin(config["numerics"])
+
 # Jobs run `relapse`: from the rule's conda env, the activated venv, or else the environment
 # whose Python runs Snakemake (`.venv/bin/snakemake` without activating the venv).
 if shutil.which("relapse") is None:
