@@ -151,11 +151,36 @@ def _knowmem_forget(folder, data_dir, tok):
     return 100 * float(np.mean(forget.scores))
 
 
+def _answer_nll(folder, data_dir, tok):
+    """Per forget QA item, the mean negative log-likelihood of the answer's tokens after
+    `Question: q\nAnswer: ` (teacher-forced, float64 log-softmax): a continuous measure of the
+    facts that greedy KnowMem scores only once they win the argmax."""
+    from relapse.models.io import load_model
+
+    model = load_model(folder).eval()
+    qa = pd.read_parquet(data_dir / "knowmem_forget_qa.parquet")
+    out = []
+    for question, answer in zip(qa.question, qa.answer):
+        prompt = len(tok(f"Question: {question}\nAnswer: ").input_ids)
+        ids = torch.tensor([tok(f"Question: {question}\nAnswer: {answer}").input_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+        target = ids[0, 1:]
+        out.append(-float(logp[torch.arange(len(target)), target][prompt - 1:].mean()))
+    return np.array(out)
+
+
 def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, data_dir,
                                                                          tmp_path):
-    """The issue's check on KnowMem_f itself: the tiny model that knows the QA format (qa_lm)
-    but not the forget people's facts, relearned k steps on the forget texts (their biographies
-    and QA blocks) vs on holdout biographies (the control)."""
+    """The issue's check, against its control in the same run: the tiny model that knows the
+    QA format (qa_lm) but not the forget people's facts, relearned k steps on the forget texts
+    (their biographies and QA blocks) vs on holdout biographies (the control). This model is too
+    small for greedy KnowMem_f to rise by a margin that holds on every CPU (measured: one item
+    of 12 on an AMD EPYC, 3.7 points), so the forget facts' answer likelihood carries the test:
+    item by item, relearning on forget must lower it more than the control does, at one-sided
+    p < 0.01 (paired t-test over the 12 items; measured here t = 4.5, p < 0.001)."""
+    from scipy.stats import ttest_rel
+
     from relapse.models.io import save_model
 
     model, tok = qa_lm
@@ -167,10 +192,15 @@ def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, d
     run_attack("relearn", folder, out, data_dir,
                {"steps": [0, 100], "data": ["forget", "holdout"], "params": "full",
                 "samples": 4, "batch_size": 4, "lr": 3e-3})
+    on_forget = _answer_nll(out / "forget-k100", data_dir, tok)
+    on_holdout = _answer_nll(out / "holdout-k100", data_dir, tok)
+    assert len(on_forget) == 12
+    test = ttest_rel(on_holdout, on_forget, alternative="greater")
+    assert test.pvalue < 0.01, (test, on_forget, on_holdout)
+    # KnowMem_f itself: the control teaches the forget facts no better than the forget data
     base = _knowmem_forget(out / "forget-k0", data_dir, tok)
-    on_forget = _knowmem_forget(out / "forget-k100", data_dir, tok) - base
-    on_holdout = _knowmem_forget(out / "holdout-k100", data_dir, tok) - base
-    assert on_forget >= 5 and on_forget > on_holdout + 5, (base, on_forget, on_holdout)
+    assert _knowmem_forget(out / "forget-k100", data_dir, tok) - base >= \
+        _knowmem_forget(out / "holdout-k100", data_dir, tok) - base
 
 
 def test_qlora_leaves_the_quantized_weights_bit_identical(rtn_cell, data_dir, tmp_path, tiny_lm):
@@ -399,8 +429,10 @@ def test_collect_and_curves(tmp_path):
 
 @pytest.mark.slow
 def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
-    """The CLI path the rules take, on the tiny model: quantize, attack (relearn with QLoRA on
-    the 4-bit cell, prune), evaluate an attacked cell, collect, label, represent."""
+    """The CLI path the rules take, on the tiny model: unlearn (npo) and select, quantize,
+    attack the unlearned cell (relearn with QLoRA on the 4-bit cell, prune), evaluate an
+    attacked cell, collect, label (recomputed here from the tables by the documented rule),
+    represent."""
     from relapse.cli import main
     from relapse.data.prepare import prepare
     from relapse.quantize.stage import quantize_model
@@ -408,6 +440,18 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     folder = tiny_lm[0]
     data = tmp_path / "data"
     prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, data)
+    # A real unlearned model (the rules' unlearn + select-epoch), not the target under its name.
+    unlearned = tmp_path / "npo" / "unlearned"
+    s = json.dumps({"hp": {"params": "full", "lr": 1e-2, "epochs": 1}, "device": "cpu",
+                    "unlearning": {"batch_size": 2}})
+    assert main(["unlearn", "--settings", s, "--bench", "b", "--method", "npo", "--seed", "0",
+                 "--target", str(folder), "--data", str(data),
+                 "--out", str(tmp_path / "npo" / "run")]) == 0
+    assert main(["select-epoch", "--settings", '{"epoch": 1}', "--run",
+                 str(tmp_path / "npo" / "run"), "--out", str(unlearned)]) == 0
+    before, after = load_file(folder / "model.safetensors"), load_file(
+        unlearned / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
     evaluation = {**default_config["evaluation"], "metrics": ["knowmem", "utility"],
                   "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 4}}
     root = tmp_path / "results"
@@ -428,10 +472,12 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
 
     for quant, q in quants.items():
         cell = root / quant
-        quantize_model(folder, cell / "model", q["scheme"], q["bits"],
-                       {k: v for k, v in q.items() if k not in ("scheme", "bits")})
-        for method in ("target", "npo"):
-            metrics[method, quant] = evaluate(method, quant, cell / "model", cell / method)
+        extra = {k: v for k, v in q.items() if k not in ("scheme", "bits")}
+        quantize_model(folder, cell / "target-model", q["scheme"], q["bits"], extra)
+        quantize_model(unlearned, cell / "model", q["scheme"], q["bits"], extra)
+        metrics["target", quant] = evaluate("target", quant, cell / "target-model",
+                                            cell / "target")
+        metrics["npo", quant] = evaluate("npo", quant, cell / "model", cell / "npo")
         for name, settings in (("relearn", attack), ("prune", {"sparsity": [0.5]})):
             s = json.dumps({"attack": settings, "lora": LORA, "device": "cpu"})
             assert main(["attack", "--settings", s, "--attack", name, "--seed", "0", "--source",
@@ -461,10 +507,28 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     assert main(["durability", "--settings", "{}", "--attacks", str(tables / "attacks.parquet"),
                  "--metrics", str(tables / "metrics.parquet"), "--out",
                  str(tables / "durability"), "--labels", str(tables / "labels.csv")]) == 0
+    # The label and the ratios from the tables by the rule of DESIGN 9 / config/README.md: at
+    # full precision and k = 3, T the target's KnowMem_f, U the unlearned model's, F and C after
+    # relearning on forget and on holdout data; reversible iff F >= 0.5 T and C - U < 0.5 (F - U)
+    # (no retrain model attacked here); undetermined when T = 0 (nothing to recover).
+    def knowmem_f(path):
+        rows = pd.read_parquet(path)
+        (value,) = rows[(rows.metric == "knowmem") & (rows.split == "forget")
+                        & (rows.stat == "rougeL_f1")].value
+        return float(value)
+
+    t, u = knowmem_f(metrics["target", "none-w16"]), knowmem_f(metrics["npo", "none-w16"])
+    f, c = knowmem_f(attacked[0]), knowmem_f(attacked[1])
+    expected = ("undetermined" if t <= 0 else
+                "reversible" if f >= 0.5 * t and c - u < 0.5 * (f - u) else "irreversible")
     labels = pd.read_csv(tables / "labels.csv")
-    assert len(labels) == 1 and labels.label.iloc[0] in ("reversible", "irreversible",
-                                                          "undetermined")
-    assert "relearn_k3" in pd.read_csv(tables / "durability.csv").columns
+    assert len(labels) == 1 and labels.label.iloc[0] == expected, (t, u, f, c)
+    row = pd.read_csv(tables / "durability.csv").iloc[0]
+    for column, value in (("full", u), ("relearn_k3", f), ("control_k3", c)):
+        if t > 0:
+            assert row[column] == pytest.approx(value / t, rel=1e-9), column
+        else:
+            assert pd.isna(row[column]), column
     curves = pd.read_parquet(tables / "relearn.parquet")
     assert sorted(set(curves.step)) == [0, 3]
 
