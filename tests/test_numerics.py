@@ -130,7 +130,8 @@ def test_the_workflow_sets_numerics_in_its_jobs(tmp_path, mode):
     neither variable is set: its provenance shows what its environment had."""
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-         "--cores", "1", "results/small/data", "--configfile", str(ROOT / "tests" / "data" / "small.yaml"),
+         "--cores", "1", "results/small/data",
+         "--configfile", str(ROOT / "tests" / "data" / "small.yaml"),
          "--config", f"numerics={mode}"],
         env=_clean_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"),
         capture_output=True, text=True, timeout=600)

@@ -167,9 +167,9 @@ def test_temp_models_are_deleted_after_evaluation(cold_run):
 def test_a_killed_job_of_each_stage_is_redone_and_the_results_equal_an_uninterrupted_run(
         cold_run, tmp_path):
     """Cold, --cores 1: SIGKILL the first job of a stage (data, tokenizer, reference, unlearn,
-    quantize, evaluate, report) once it has used 0.2 s of CPU (work done, not wall-clock time); the run fails; unlock + rerun
-    (rerun-incomplete, as `make run`) goes on, and its first job of the next stage is killed in
-    turn. The last rerun finishes: the same values as the uninterrupted --cores 2 run (two cold
+    quantize, evaluate, report) once it has used 0.2 s of CPU (work done, not wall-clock
+    time); the run fails; unlock + rerun (rerun-incomplete, as `make run`) goes on, and its
+    first job of the next stage is killed in turn. The last rerun finishes: the same values as the uninterrupted --cores 2 run (two cold
     runs, two core counts, one of them resumed seven times)."""
     config = tiny_config(tmp_path / "tiny.yaml", temp_models=True)
     killed = []
