@@ -37,8 +37,9 @@ config.clear()
 config.update(_validated)
 
 # CPU numerics (config `numerics`, relapse.numerics): set while the Snakefile is parsed, before
-# any job starts. Local jobs are this process's children and inherit it; a SLURM job runs
-# Snakemake on this Snakefile again in its allocation, which sets it there too.
+# any job starts. Local jobs are this process's children and inherit it; the SLURM plugin
+# submits with `sbatch --export=ALL` (this environment), and the job then runs Snakemake on
+# this Snakefile again in its allocation, which sets it there too.
 from relapse.numerics import pin
 
 pin(config["numerics"])
