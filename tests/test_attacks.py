@@ -428,18 +428,36 @@ def test_collect_and_curves(tmp_path):
 
 
 @pytest.mark.slow
-def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
+def test_attack_stages_end_to_end(qa_lm, default_config, tmp_path):
     """The CLI path the rules take, on the tiny model: unlearn (npo) and select, quantize,
     attack the unlearned cell (relearn with QLoRA on the 4-bit cell, prune), evaluate an
     attacked cell, collect, label (recomputed here from the tables by the documented rule),
-    represent."""
+    represent. The target has memorized the forget people's QA blocks, so that its KnowMem_f
+    is above 0 and the label is decided by the values, not `undetermined` for want of them."""
+    import copy
+
     from relapse.cli import main
     from relapse.data.prepare import prepare
+    from relapse.models.batching import pack
+    from relapse.models.io import save_model
     from relapse.quantize.stage import quantize_model
 
-    folder = tiny_lm[0]
     data = tmp_path / "data"
     prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, data)
+    model, tok = qa_lm
+    model = copy.deepcopy(model).train()
+    forget = pd.read_parquet(data / "forget.parquet")
+    qa_blocks = pack(tok, list(forget[forget.kind == "qa"].text))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):       # measured: loss 0.008; KnowMem_f 8.3 over 12 items
+        loss = model(**qa_blocks).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    folder = tmp_path / "target"
+    folder.mkdir()
+    tok.save_pretrained(str(folder))
+    save_model(model.eval(), folder)
     # A real unlearned model (the rules' unlearn + select-epoch), not the target under its name.
     unlearned = tmp_path / "npo" / "unlearned"
     s = json.dumps({"hp": {"params": "full", "lr": 1e-2, "epochs": 1}, "device": "cpu",
@@ -453,7 +471,7 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
         unlearned / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     evaluation = {**default_config["evaluation"], "metrics": ["knowmem", "utility"],
-                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 4}}
+                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_new_tokens": 16}}
     root = tmp_path / "results"
     quants = {"none-w16": {"scheme": "none", "bits": 16}, "rtn-w4": {"scheme": "rtn", "bits": 4,
                                                                       "group_size": 16}}
@@ -521,6 +539,7 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
     f, c = knowmem_f(attacked[0]), knowmem_f(attacked[1])
     expected = ("undetermined" if t <= 0 else
                 "reversible" if f >= 0.5 * t and c - u < 0.5 * (f - u) else "irreversible")
+    assert t > 0, "the target knows none of the forget facts: the label cannot be decided"
     labels = pd.read_csv(tables / "labels.csv")
     assert len(labels) == 1 and labels.label.iloc[0] == expected, (t, u, f, c)
     row = pd.read_csv(tables / "durability.csv").iloc[0]
