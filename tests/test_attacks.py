@@ -191,15 +191,40 @@ def _knowmem_forget(folder, data_dir, tok):
     return 100 * float(np.mean(forget.scores))
 
 
+def _answer_nll(folder, data_dir, tok):
+    """Per forget QA item, the mean negative log-likelihood of the answer's tokens after
+    `Question: q\nAnswer: ` (teacher-forced, float64 log-softmax): a continuous measure of the
+    facts that greedy KnowMem scores only once they win the argmax."""
+    from relapse.models.io import load_model
+
+    model = load_model(folder).eval()
+    qa = pd.read_parquet(data_dir / "knowmem_forget_qa.parquet")
+    out = []
+    for question, answer in zip(qa.question, qa.answer):
+        prompt = len(tok(f"Question: {question}\nAnswer: ").input_ids)
+        ids = torch.tensor([tok(f"Question: {question}\nAnswer: {answer}").input_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+        target = ids[0, 1:]
+        out.append(-float(logp[torch.arange(len(target)), target][prompt - 1:].mean()))
+    return np.array(out)
+
+
 def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, in_sample_dir,
                                                                          tmp_path):
-    """The issue's check on KnowMem_f itself: the tiny model that knows the QA format (qa_lm)
-    but not the forget people's facts, relearned k steps on the forget texts (their biographies
-    and QA blocks) vs on holdout documents of the same form (the control); in-sample: the
-    relearning sees every forget person."""
-    data_dir = in_sample_dir
+    """The issue's check, against its control in the same run: the tiny model that knows the
+    QA format (qa_lm) but not the forget people's facts, relearned k steps on the forget texts
+    (their biographies and QA blocks) vs on holdout documents of the same form (the control);
+    in-sample (in_sample_dir: the relearning sees every forget person). This model is too
+    small for greedy KnowMem_f to rise by a margin that holds on every CPU (measured: one item
+    of 12 on an AMD EPYC, 3.7 points), so the forget facts' answer likelihood carries the test:
+    item by item, relearning on forget must lower it more than the control does, at one-sided
+    p < 0.01 (paired t-test over the 12 items; measured here t = 4.5, p < 0.001)."""
+    from scipy.stats import ttest_rel
+
     from relapse.models.io import save_model
 
+    data_dir = in_sample_dir
     model, tok = qa_lm
     folder = tmp_path / "cell"
     folder.mkdir()
@@ -209,10 +234,15 @@ def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, i
     run_attack("relearn", folder, out, data_dir,
                {"steps": [0, 100], "data": ["forget", "holdout"], "params": "full",
                 "samples": 4, "batch_size": 4, "lr": 3e-3})
+    on_forget = _answer_nll(out / "forget-k100", data_dir, tok)
+    on_holdout = _answer_nll(out / "holdout-k100", data_dir, tok)
+    assert len(on_forget) == 12
+    test = ttest_rel(on_holdout, on_forget, alternative="greater")
+    assert test.pvalue < 0.01, (test, on_forget, on_holdout)
+    # KnowMem_f itself: the control teaches the forget facts no better than the forget data
     base = _knowmem_forget(out / "forget-k0", data_dir, tok)
-    on_forget = _knowmem_forget(out / "forget-k100", data_dir, tok) - base
-    on_holdout = _knowmem_forget(out / "holdout-k100", data_dir, tok) - base
-    assert on_forget >= 5 and on_forget > on_holdout + 5, (base, on_forget, on_holdout)
+    assert _knowmem_forget(out / "forget-k100", data_dir, tok) - base >= \
+        _knowmem_forget(out / "holdout-k100", data_dir, tok) - base
 
 
 def test_qlora_leaves_the_quantized_weights_bit_identical(rtn_cell, data_dir, tmp_path, tiny_lm):
@@ -474,18 +504,51 @@ def test_collect_and_curves(tmp_path):
 
 
 @pytest.mark.slow
-def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
-    """The CLI path the rules take, on the tiny model: quantize, attack (relearn with QLoRA on
-    the 4-bit cell, prune), evaluate an attacked cell, collect, label, represent."""
+def test_attack_stages_end_to_end(qa_lm, default_config, tmp_path):
+    """The CLI path the rules take, on the tiny model: unlearn (npo) and select, quantize,
+    attack the unlearned cell (relearn with QLoRA on the 4-bit cell, prune), evaluate an
+    attacked cell, collect, label (recomputed here from the tables by the documented rule),
+    represent. The target has memorized the forget people's QA blocks, so that its KnowMem_f
+    is above 0 and the label is decided by the values, not `undetermined` for want of them."""
+    import copy
+
     from relapse.cli import main
     from relapse.data.prepare import prepare
+    from relapse.models.batching import pack
+    from relapse.models.io import save_model
     from relapse.quantize.stage import quantize_model
 
-    folder = tiny_lm[0]
     data = tmp_path / "data"
     prepare("b", {"kind": "synthetic", "people": 20, "seed": 0}, data)
+    model, tok = qa_lm
+    model = copy.deepcopy(model).train()
+    forget = pd.read_parquet(data / "forget.parquet")
+    qa_blocks = pack(tok, list(forget[forget.kind == "qa"].text))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):       # measured: loss 0.008; KnowMem_f 8.3 over 12 items
+        loss = model(**qa_blocks).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    folder = tmp_path / "target"
+    folder.mkdir()
+    tok.save_pretrained(str(folder))
+    save_model(model.eval(), folder)
+    # A real unlearned model (the rules' unlearn + select-epoch), not the target under its name.
+    unlearned = tmp_path / "npo" / "unlearned"
+    s = json.dumps({"hp": {"params": "full", "lr": 1e-2, "epochs": 1}, "device": "cpu",
+                    "unlearning": {"batch_size": 2}})
+    assert main(["unlearn", "--settings", s, "--bench", "b", "--method", "npo", "--seed", "0",
+                 "--target", str(folder), "--data", str(data),
+                 "--out", str(tmp_path / "npo" / "run")]) == 0
+    assert main(["select-epoch", "--settings", '{"epoch": 1}', "--run",
+                 str(tmp_path / "npo" / "run"), "--out", str(unlearned)]) == 0
+    before, after = load_file(folder / "model.safetensors"), load_file(
+        unlearned / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
     evaluation = {**default_config["evaluation"], "metrics": ["knowmem", "utility"],
-                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 12}}
+                  "knowmem": {**default_config["evaluation"]["knowmem"], "max_items": 12,
+                              "max_new_tokens": 16}}
     root = tmp_path / "results"
     quants = {"none-w16": {"scheme": "none", "bits": 16}, "rtn-w4": {"scheme": "rtn", "bits": 4,
                                                                       "group_size": 16}}
@@ -504,10 +567,12 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
 
     for quant, q in quants.items():
         cell = root / quant
-        quantize_model(folder, cell / "model", q["scheme"], q["bits"],
-                       {k: v for k, v in q.items() if k not in ("scheme", "bits")})
-        for method in ("target", "npo"):
-            metrics[method, quant] = evaluate(method, quant, cell / "model", cell / method)
+        extra = {k: v for k, v in q.items() if k not in ("scheme", "bits")}
+        quantize_model(folder, cell / "target-model", q["scheme"], q["bits"], extra)
+        quantize_model(unlearned, cell / "model", q["scheme"], q["bits"], extra)
+        metrics["target", quant] = evaluate("target", quant, cell / "target-model",
+                                            cell / "target")
+        metrics["npo", quant] = evaluate("npo", quant, cell / "model", cell / "npo")
         for name, settings in (("relearn", attack), ("prune", {"sparsity": [0.5]})):
             s = json.dumps({"attack": settings, "lora": LORA, "device": "cpu"})
             assert main(["attack", "--settings", s, "--attack", name, "--seed", "0", "--source",
@@ -541,15 +606,28 @@ def test_attack_stages_end_to_end(tiny_lm, default_config, tmp_path):
                  str(tables / "durability"), "--labels", str(tables / "labels.csv"),
                  "--samples", *[str(p.parent / "samples.parquet")
                                 for p in [*metrics.values(), *attacked]]]) == 0
+
+    def knowmem_f(path):
+        rows = pd.read_parquet(path)
+        (value,) = rows[(rows.metric == "knowmem") & (rows.split == "forget")
+                        & (rows.stat == "rougeL_f1")].value
+        return float(value)
+
+    t, u = knowmem_f(metrics["target", "none-w16"]), knowmem_f(metrics["npo", "none-w16"])
+    f, c = knowmem_f(attacked[0]), knowmem_f(attacked[1])
+    assert t > 0, "the target knows none of the forget facts: the label cannot be decided"
     labels = pd.read_csv(tables / "labels.csv")
-    # The item scores were read and paired. "npo" is the target's own weights here: it keeps
-    # all (U/T = 1 on every resample), unless the random tiny model knows nothing at all.
     r = labels.iloc[0]
     assert len(labels) == 1 and r.n_items > 0
-    if r.km_target > 0:
-        assert r.label == "not forgotten" and r.kept == r.kept_ci_high == 1.0
-    else:
-        assert r.label == "undetermined" and "knows nothing" in r.reason
+    # The point values are the tables' ratios; the label follows from the paired intervals by the
+    # rule of config/README.md (attacks.label defaults), re-derived here: no retrain model is
+    # attacked in this test, so a forgotten model cannot be judged beyond it.
+    row = pd.read_csv(tables / "durability.csv").iloc[0]
+    for column, value in (("full", u), ("relearn_k3", f), ("control_k3", c)):
+        assert row[column] == pytest.approx(value / t, rel=1e-9), column
+    assert r.kept == pytest.approx(u / t, rel=1e-6) and r.kept_ci_low <= r.kept <= r.kept_ci_high
+    expected = "not forgotten" if not r.kept_ci_high < 1 - 0.25 else "undetermined"
+    assert r.label == expected, (t, u, f, c, r.kept_ci_high)
     assert {"relearn_k3", "relearn_k3_heldout", "relearn_facts"} <= \
         set(pd.read_csv(tables / "durability.csv").columns)
     curves = pd.read_parquet(tables / "relearn.parquet")

@@ -1,6 +1,8 @@
+import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from relapse.cli import main
@@ -40,7 +42,11 @@ def test_stage_reads_settings_from_a_file(tmp_path):
     settings.write_text('{"corpus": {"kind": "synthetic", "people": 12, "seed": 0}}')
     assert main(["prepare-data", "--settings", f"@{settings}", "--bench", "b",
                  "--out", str(tmp_path / "d")]) == 0
-    assert (tmp_path / "d" / "manifest.json").exists()
+    # The file's settings took effect: 12 people (the synthetic default is another number), and
+    # the manifest records the corpus it was built from.
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["corpus"] == {"kind": "synthetic", "people": 12, "seed": 0}
+    assert len(pd.read_parquet(tmp_path / "d" / "people.parquet")) == 12
 
 
 def test_cuda_request_on_cpu_fails_clearly():

@@ -1,4 +1,5 @@
 import copy
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -176,12 +177,34 @@ def small_data(tmp_path_factory):
 
 def test_default_dtype_is_float32_on_every_device(monkeypatch, tmp_path, tiny_lm, small_data):
     """The old stage loaded every cell in bf16 on CUDA, moving fake-quantized weights off
-    their grid: with no dtype configured, a CUDA evaluation loads float32, and says so."""
-    folder, model, _ = tiny_lm
-    seen = _spy_loader(monkeypatch, model)
+    their grid: with no dtype configured, a CUDA evaluation loads float32, and says so. The real
+    loader reads a folder saved in bfloat16, so a loader that kept the file's dtype (or a stage
+    that asked for bf16 on CUDA) fails here; without a GPU, only the device it is handed is
+    swapped for the CPU."""
+    import torch
+
+    import relapse.evaluate.metrics.knowmem as knowmem
+    import relapse.quantize.runtime as runtime
+    from relapse.models.io import save_model
+
+    source, model, tok = tiny_lm
+    folder = tmp_path / "bf16"
+    save_model(copy.deepcopy(model).to(torch.bfloat16), folder, source)
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    real_load, seen, generated = runtime.load_quantized_model, [], []
+
+    def load_here(model_dir, device="cpu", **kw):
+        seen.append((device, kw.get("dtype")))
+        return real_load(model_dir, device=device if torch.cuda.is_available() else "cpu", **kw)
+
+    monkeypatch.setattr(runtime, "load_quantized_model", load_here)
+    real_generate = knowmem.greedy_generate
+    monkeypatch.setattr(knowmem, "greedy_generate",
+                        lambda m, *a, **kw: generated.append(next(m.parameters()).dtype)
+                        or real_generate(m, *a, **kw))
     m = evaluate_model(folder, small_data, KEYS, QA_CFG, tmp_path / "m.parquet",
                        tmp_path / "s.parquet", device="cuda")
-    assert seen == [("cuda", "float32")]
+    assert seen == [("cuda", "float32")] and set(generated) == {torch.float32}
     assert (m.dtype == "float32").all()
     assert (pd.read_parquet(tmp_path / "m.parquet").dtype == "float32").all()
 

@@ -20,7 +20,8 @@ PACKAGE = SRC / "relapse"
 # Top-level helper modules sit below everything. relapse.grid is pure-Python naming (hp ids,
 # quant ids, the grid's cells) that the Snakefile, attacks.plan and report all read: a helper.
 HELPERS = {"relapse", "relapse.io", "relapse.seeding", "relapse.provenance", "relapse.schedule",
-           "relapse.stats", "relapse.progress", "relapse.grid", "relapse.fingerprint"}
+           "relapse.stats", "relapse.progress", "relapse.grid", "relapse.fingerprint",
+           "relapse.numerics"}
 # Orchestration on top: may import anything; nothing in a floor may import it.
 TOP = {"relapse.config", "relapse.unlock", "relapse.cli", "relapse.__main__"}
 FLOORS = {"data": 1, "models": 2, "unlearn": 3, "quantize": 3, "attacks": 3, "evaluate": 4,

@@ -379,6 +379,7 @@ def test_native_gguf_validation(default_config, monkeypatch):
 
 
 def test_gguf_metrics_rows_record_llamacpp(llama_cpp, tmp_path, trained_lm64):
+    import pandas as pd
     import pyarrow.parquet as pq
 
     from relapse.data.prepare import prepare
@@ -404,5 +405,35 @@ def test_gguf_metrics_rows_record_llamacpp(llama_cpp, tmp_path, trained_lm64):
     meta = pq.read_schema(tmp_path / "native.parquet").metadata
     assert b"llama.cpp" in b"".join(meta.values()) and b"q4_0" in b"".join(meta.values())
     # the same metrics on the same cell; only the kernels' arithmetic differs
-    both = frames["dequantized"].merge(frames["native"], on=["metric", "split", "stat"])
+    both = frames["dequantized"].merge(frames["native"], on=["metric", "split", "stat"],
+                                       suffixes=("_d", "_n"))
     assert len(both) == len(frames["native"]) > 0
+    # Compared item by item with the dequantized evaluation (torch float32 on the same q4_0
+    # grid). llama.cpp multiplies q4_0 weights with activations rounded to q8_0 (8 bits per
+    # block of 32: a relative step of 2^-8); those roundings are independent and average out
+    # over the tokens of a score, so a teacher-forced score (mean log-likelihood, Min-K%, zlib
+    # ratio) stays within one such step of its magnitude. A wrong weight, type or token offset
+    # moves it by far more (0.1 to 0.3 of its magnitude between two different texts here).
+    step = 2.0 ** -8
+    samples = {k: pd.read_parquet(tmp_path / f"{k}-s.parquet") for k in ("dequantized", "native")}
+    scored = samples["dequantized"].metric.str.startswith("mia_")
+    mia = samples["dequantized"][scored].merge(
+        samples["native"], on=["metric", "split", "member", "item"], suffixes=("_d", "_n"))
+    assert len(mia) == int(scored.sum()) > 0
+    assert ((mia.score_d - mia.score_n).abs() <= step * mia.score_d.abs()).all(), mia
+    # an AUC depends only on the order of the scores: where it is the same, so is the AUC
+    for metric, group in mia.groupby("metric"):
+        if (group.score_d.rank().values == group.score_n.rank().values).all():
+            (row,) = both[both.metric == metric].itertuples()
+            assert row.value_d == row.value_n, metric
+    # greedy outputs: an item with the same output has the same score, so a metric's mean moves
+    # by at most 100 x (items whose outputs differ) / n
+    gen = samples["dequantized"][~scored].merge(
+        samples["native"], on=["metric", "split", "item"], suffixes=("_d", "_n"))
+    same = gen[gen.output_d == gen.output_n]
+    assert (same.rougeL_f1_d == same.rougeL_f1_n).all()
+    for (metric, split), group in gen.groupby(["metric", "split"]):
+        (row,) = both[(both.metric == metric) & (both.split == split)
+                      & (both.stat == "rougeL_f1")].itertuples()
+        assert abs(row.value_d - row.value_n) <= 100 * (group.output_d != group.output_n).sum() \
+            / len(group) + 1e-9, (metric, split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -41,39 +42,75 @@ def test_running_jobs_are_the_started_and_unfinished_ones():
     assert running_jobs(SNAKEMAKE_OUTPUT + "Finished jobid: 3 (Rule: train_reference)\n") == []
 
 
+class VirtualClock:
+    """run_watched's clock, advanced by the test only: the checks below hold however slowly a
+    loaded machine starts and runs the child processes."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_run_that_keeps_progressing_outlives_the_stall_bound():
-    """2.5 s of work with a 1 s bound: a wall-clock bound of 1 s would have killed it."""
-    start = time.monotonic()
-    proc = run_watched(python("import time\nfor i in range(10):\n    print(i, flush=True)\n"
-                              "    time.sleep(0.25)"), stall_s=1.0, poll_s=0.05)
+    """Ten lines 0.25 s apart on the clock (2.5 s in all) under a 1 s bound: a bound on the whole
+    run's time would stop it. The child prints a line each time it is asked; the clock moves on
+    0.25 s only once the last answer is in, so the gaps are exactly 0.25 s on any machine."""
+    clock, child = VirtualClock(), {"asked": 0}
+
+    def progress(text):
+        if len(text.split()) == child["asked"] < 10:      # answered: 0.25 s pass, ask again
+            clock.now += 0.25
+            child["proc"].stdin.write("next\n")
+            child["proc"].stdin.flush()
+            child["asked"] += 1
+        return len(text)
+
+    proc = run_watched(python("import sys\nfor i in range(10):\n    sys.stdin.readline()\n"
+                              "    print(i, flush=True)"),
+                       stall_s=1.0, poll_s=0.05, clock=clock, progress=progress,
+                       started=lambda p: child.update(proc=p), stdin=subprocess.PIPE)
     assert proc.returncode == 0
     assert proc.stdout.split() == [str(i) for i in range(10)]
-    assert time.monotonic() - start > 2.0
+    assert clock.now == 2.5 > 1.0
 
 
 def test_a_stalled_run_is_stopped_and_names_the_running_job(tmp_path):
+    """The child writes Snakemake's output and then nothing: once all of it is in, each poll
+    moves the clock 0.5 s, so the 1.5 s bound is passed after a few polls, never before the
+    output (however slowly the child starts)."""
     pid_file = tmp_path / "grandchild.pid"
     code = (f"import subprocess, sys, time\n"
             f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
             f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
             f"sys.stderr.write({SNAKEMAKE_OUTPUT!r}); sys.stderr.flush()\n"
             f"time.sleep(300)")
-    start = time.monotonic()
+    clock = VirtualClock()
+
+    def progress(text):
+        if text.endswith(SNAKEMAKE_OUTPUT):
+            clock.now += 0.5
+        return len(text)
+
     with pytest.raises(Stalled) as err:
-        run_watched(python(code), stall_s=1.5, poll_s=0.05, grace_s=2)
-    assert time.monotonic() - start < 60
+        run_watched(python(code), stall_s=1.5, poll_s=0.05, grace_s=30, clock=clock,
+                    progress=progress)
+    assert clock.now <= 2.5            # stopped at the first poll past the bound (2 s)
     message = str(err.value)
     assert "made no progress for 2 s" in message
     assert "running: train_reference (jobid 3, wildcards bench=small, role=target, " \
            "SLURM jobid 43)" in message
-    # the whole process group went down, the job's own children included
+    # the whole process group went down, the job's own children included (SIGINT ends a
+    # sleeping Python at once; the bound only keeps a failure from hanging)
     grandchild = int(pid_file.read_text())
-    for _ in range(50):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         try:
             os.kill(grandchild, 0)
         except ProcessLookupError:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     else:
         pytest.fail("the grandchild survived")
 

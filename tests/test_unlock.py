@@ -7,7 +7,6 @@ import base64
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -47,11 +46,23 @@ def make(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+# A child that says "ready" once it runs its own code: it has exec'd, so /proc shows its own
+# command line and working directory. The tests wait for that line, not for a time.
+SLEEPER = "print('ready', flush=True)\nimport time\ntime.sleep(120)\n"
+
+
+def started(proc: subprocess.Popen) -> subprocess.Popen:
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
 def fake_snakemake(tmp_path_factory, cwd: Path) -> subprocess.Popen:
-    """A process that looks like `.venv/bin/snakemake` (python running a script of that name)."""
+    """A process that looks like `.venv/bin/snakemake` (python running a script of that name),
+    returned once it runs."""
     script = tmp_path_factory.mktemp("bin") / "snakemake"
-    script.write_text("import time\ntime.sleep(120)\n")
-    return subprocess.Popen([sys.executable, str(script)], cwd=cwd)
+    script.write_text(SLEEPER)
+    return started(subprocess.Popen([sys.executable, str(script)], cwd=cwd,
+                                    stdout=subprocess.PIPE, text=True))
 
 
 @pytest.fixture
@@ -71,15 +82,12 @@ def test_the_markers_decode_to_the_outputs(tmp_path):
 
 
 def test_only_snakemake_processes_in_this_directory_hold_it(tmp_path, tmp_path_factory, holder):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], cwd=tmp_path)
+    # Python in this directory, but not Snakemake; Snakemake, but elsewhere. All three run.
+    other = started(subprocess.Popen([sys.executable, "-c", SLEEPER], cwd=tmp_path,
+                                     stdout=subprocess.PIPE, text=True))
     elsewhere = fake_snakemake(tmp_path_factory, tmp_path_factory.mktemp("elsewhere"))
     try:
-        for _ in range(50):          # until the children have exec'd
-            pids = {h.pid for h in snakemake_processes(tmp_path)}
-            if holder.pid in pids:
-                break
-            time.sleep(0.1)
-        assert pids == {holder.pid}
+        assert {h.pid for h in snakemake_processes(tmp_path)} == {holder.pid}
     finally:
         for proc in (other, elsewhere):
             proc.kill()
@@ -88,7 +96,6 @@ def test_only_snakemake_processes_in_this_directory_hold_it(tmp_path, tmp_path_f
 
 def test_a_live_run_keeps_its_lock(tmp_path, holder):
     locks = stale_lock(tmp_path, "results/tables/metrics.parquet")
-    time.sleep(0.5)
     messages = []
     assert not unlock_if_stale(tmp_path, echo=messages.append)
     assert (locks / "0.output.lock").exists()

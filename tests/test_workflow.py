@@ -167,6 +167,9 @@ def test_small_config_end_to_end(tmp_path):
 
     meta = read_parquet_metadata(tmp_path / "results" / "tables" / "metrics.parquet")
     assert meta["versions"]["torch"].startswith("2.13") and meta["config_hash"]
+    # numerics: portable (the default) reached the jobs
+    assert {k: meta["numerics"][k] for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")} == {
+        "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
     summary = (tmp_path / "results" / "tables" / "summary.md").read_text()
     assert "retained" in summary and "npo_gdr" in summary
 

@@ -10,6 +10,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from relapse import numerics
+
 _PACKAGES = ("relapse", "torch", "transformers", "peft", "tokenizers", "numpy", "pyarrow",
              "snakemake", "rouge-score", "bitsandbytes", "gptqmodel", "gguf", "llama-cpp-python")
 
@@ -46,7 +48,8 @@ def git_commit() -> str:
 
 def provenance(cfg: dict | None = None, **extra) -> dict:
     """The metadata block written into every Parquet file and manifest."""
-    out = {"versions": package_versions(), "git_commit": git_commit()}
+    out = {"versions": package_versions(), "git_commit": git_commit(),
+           "numerics": numerics.recorded()}
     if cfg is not None:
         out["config_hash"] = config_hash(cfg)
         out["config"] = cfg

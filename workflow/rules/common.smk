@@ -37,6 +37,14 @@ except ConfigError as err:
 config.clear()
 config.update(_validated)
 
+# CPU numerics (config `numerics`, relapse.numerics): set while the Snakefile is parsed, before
+# any job starts. Local jobs are this process's children and inherit it; the SLURM plugin
+# submits with `sbatch --export=ALL` (this environment), and the job then runs Snakemake on
+# this Snakefile again in its allocation, which sets it there too.
+from relapse.numerics import pin
+
+pin(config["numerics"])
+
 # Every job re-reads the Snakefile, so this reaches local and SLURM jobs alike.
 if not config.get("integrity", {}).get("verify_weights", True):
     os.environ["RELAPSE_VERIFY_WEIGHTS"] = "0"
