@@ -47,6 +47,7 @@ def subsets(forget: str) -> dict[str, str]:
 
 class Tofu(HubCorpus):
     kind = "tofu"
+    keys = HubCorpus.keys + ("forget",)
 
     def default_source(self, cfg: dict) -> str:
         return SOURCE

@@ -1,10 +1,12 @@
 import torch.nn.functional as F
 
 from relapse.models.losses import sequence_logprob
+from relapse.unlearn.hparams import number
 from relapse.unlearn.registry import register_forget
 
 
-@register_forget("npo", hparams={"beta": 0.1}, needs_ref_seq_logp=True, reduction="sequence")
+@register_forget("npo", hparams={"beta": 0.1}, needs_ref_seq_logp=True, reduction="sequence",
+                 rules={"beta": number(gt=0)})   # 2/β
 def negative_preference(ctx, batch, hp):
     """NPO (Zhang et al. 2024): (2/β)·E log(1 + (π_θ(y|x)/π_ref(y|x))^β) on sequence
     log-likelihoods against the frozen reference, i.e. (2/β)·softplus(β·log-ratio).

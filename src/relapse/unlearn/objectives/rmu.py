@@ -24,6 +24,8 @@ test model: mean squared distance to c·u 0.6715 → 0.6719 in 5 steps; 0.48 at 
 
 import torch
 
+from relapse.models.modules import DECODER_LINEAR_SUFFIXES
+from relapse.unlearn.hparams import choice, integer, number
 from relapse.unlearn.registry import register_forget, register_method, register_regularizer
 
 STEER_MODES = ("norm", "raw")
@@ -57,7 +59,10 @@ def steering_coefficient(ctx, forget_batches, hp) -> dict:
 
 @register_forget("rmu_steer", hparams={"layer": 2, "steer": 5.0, "steer_mode": "norm",
                                        "modules": "down_proj"},
-                 composable=False, reduction="position", setup=steering_coefficient)
+                 composable=False, reduction="position", setup=steering_coefficient,
+                 rules={"layer": integer(ge=0), "steer": number(gt=0),
+                        "steer_mode": choice(*STEER_MODES),
+                        "modules": choice("all", *DECODER_LINEAR_SUFFIXES)})
 def steer_forget_activations(ctx, batch, hp):
     """‖h_ℓ(x_forget) − c·u‖² / d per token, u a fixed random unit vector (seeded)."""
     if "rmu_c" not in ctx.cache:
@@ -86,8 +91,6 @@ def _rmu_layers(hp, n_layers):
 
 
 def _rmu_modules(hp):
-    from relapse.models.modules import DECODER_LINEAR_SUFFIXES
-
     modules = str(hp["modules"])
     if modules == "all":
         return None

@@ -1,10 +1,12 @@
 import torch.nn.functional as F
 
 from relapse.models.losses import sequence_logprob
+from relapse.unlearn.hparams import number
 from relapse.unlearn.registry import register_forget
 
 
-@register_forget("simnpo", hparams={"beta": 2.5, "delta": 0.0}, reduction="sequence")
+@register_forget("simnpo", hparams={"beta": 2.5, "delta": 0.0}, reduction="sequence",
+                 rules={"beta": number(gt=0)})   # 2/β
 def simple_npo(ctx, batch, hp):
     """SimNPO (Fan et al. 2024): reference-free, length-normalised NPO with margin δ:
     −(2/β)·E log σ(−(β/|y|)·log π_θ(y|x) − δ), |y| the number of scored tokens."""
