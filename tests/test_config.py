@@ -107,3 +107,63 @@ def test_a_key_repeated_in_different_mappings_is_fine(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("a: {lr: 1}\nb: {lr: 2}\nc: [{x: 1}, {x: 2}]\n")
     assert load_yaml(path) == {"a": {"lr": 1}, "b": {"lr": 2}, "c": [{"x": 1}, {"x": 2}]}
+
+
+def test_every_method_accepts_its_own_defaults_and_declares_rules_for_known_names():
+    """The rules (relapse.unlearn.hparams) are declared beside the defaults: a rule that refused
+    its own default, or one for a name the method does not take, would be a typo there."""
+    from relapse.unlearn.hparams import problems
+    from relapse.unlearn.registry import get_method, method_names
+
+    for name in method_names():
+        method = get_method(name)
+        defaults, rules = method.defaults(), method.hparam_rules()
+        assert not list(problems(defaults, rules, defaults)), name
+        assert set(rules) <= set(defaults), (name, set(rules) - set(defaults))
+
+
+@pytest.mark.parametrize("rule, good, bad", [
+    ("number(gt=0)", [1e-9, 3, 2.5], [0, -1, True, "1", float("nan")]),
+    ("number(ge=0, le=100)", [0, 100, 50.5], [-0.1, 100.1]),
+    ("integer(ge=1)", [1, 7, 3.0], [0, 1.5, False, "2"]),
+    ("choice('cg', 'lissa')", ["cg", "lissa"], ["newton", 1, True]),
+    ("FLAG", [True, False], [0, 1, "true"]),
+])
+def test_hp_rules_accept_and_refuse(rule, good, bad):
+    from relapse.unlearn import hparams
+
+    checker = eval(rule, vars(hparams))
+    assert all(checker.accepts(v) for v in good), [v for v in good if not checker.accepts(v)]
+    assert not any(checker.accepts(v) for v in bad), [v for v in bad if checker.accepts(v)]
+
+
+def test_a_grid_axis_is_checked_value_by_value(raw):
+    """One bad value in a list axis is named, not the list."""
+    cfg = copy.deepcopy(raw)
+    cfg["methods"] = {"npo": {"lr": 1e-4, "epochs": 1, "beta": [0.1, -0.5]}}
+    with pytest.raises(ConfigError, match=r"methods\.npo\.beta: -0\.5 is not allowed for npo; "
+                                          r"allowed: a number > 0"):
+        validate(cfg)
+
+
+def test_a_hub_id_is_not_a_local_path():
+    from relapse.data.corpora.hub import looks_local
+
+    for hub in ("muse-bench/MUSE-News", "gpt2", "locuslab/TOFU"):
+        assert not looks_local(hub), hub
+    for path in ("./snap", "../snap", "/data/muse", "~/muse", "data/muse/news", ".snap"):
+        assert looks_local(path), path
+
+
+def test_an_existing_local_snapshot_passes_and_names_the_checked_files(tmp_path, raw):
+    """The checks read a healthy hub-layout snapshot as valid (the faults are in
+    tests/data/bad_configs/snapshot_*.yaml)."""
+    from hub_snapshots import muse_snapshot, tofu_snapshot
+
+    from relapse.data.corpora import get_corpus
+
+    muse = muse_snapshot(tmp_path / "muse", old_names=True)
+    get_corpus("muse").check({"kind": "muse", "source": str(muse)})
+    for layout in ("configs", "default"):
+        tofu = tofu_snapshot(tmp_path / f"tofu-{layout}", layout=layout)
+        get_corpus("tofu").check({"kind": "tofu", "forget": "forget10", "source": str(tofu)})
