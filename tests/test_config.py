@@ -167,3 +167,18 @@ def test_an_existing_local_snapshot_passes_and_names_the_checked_files(tmp_path,
     for layout in ("configs", "default"):
         tofu = tofu_snapshot(tmp_path / f"tofu-{layout}", layout=layout)
         get_corpus("tofu").check({"kind": "tofu", "forget": "forget10", "source": str(tofu)})
+
+
+def test_validation_does_not_import_torch(root):
+    """`relapse validate` and every Snakefile parse (each job's too) validate the config: the
+    registries they read import torch only inside the code that runs a model."""
+    import subprocess
+    import sys
+
+    paths = [str(root / "config" / n) for n in ("config.yaml", "llmeraser.yaml", "muse.yaml",
+                                                "tofu.yaml")]
+    code = (f"import sys; from relapse.config import load_config; [load_config(p) for p in "
+            f"{paths!r}]; print(sorted(m for m in ('torch', 'transformers', 'peft') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
