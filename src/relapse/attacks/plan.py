@@ -93,13 +93,13 @@ def check(cfg: dict) -> None:
     unknown = [b for b in acfg.get("benchmarks", []) if b not in cfg["benchmarks"]]
     if unknown:
         raise ValueError(f"attacks.benchmarks: {', '.join(unknown)} is not a benchmark of this "
-                         f"config; configured: {', '.join(cfg['benchmarks'])}")
+                         f"config; allowed: {', '.join(cfg['benchmarks'])}")
     for where, ids in (("attacks.quants", acfg.get("quants", [])),
                        ("attacks.represent.quants", acfg.get("represent", {}).get("quants", []))):
         unknown = [q for q in ids if q not in quants]
         if unknown:
             raise ValueError(f"{where}: {', '.join(unknown)} is not a quant of this config; "
-                             f"configured: {', '.join(quants)}")
+                             f"allowed: {', '.join(quants)}")
     rcfg = acfg.get("represent", {})
     if rcfg.get("attacked", False) and rcfg.get("quants") and \
             not set(rcfg["quants"]) & set(acfg.get("quants", [])):
