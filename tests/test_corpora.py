@@ -195,3 +195,34 @@ def test_muse_splits_run_through_knowmem_and_verbmem(tmp_path, tiny_lm):
                        ("knowmem", "retain"): 8, ("qa_em", "retain"): 8}
     verbmem = get_metric("verbmem")(ctx)
     assert [(r.metric, len(r.scores)) for r in verbmem] == [("verbmem", 7)]
+
+
+def test_a_failed_corpus_load_names_the_source_and_revision(tmp_path, monkeypatch):
+    import datasets
+
+    from relapse.data.corpora.hub import CorpusError, Source
+
+    src = Source("muse-bench/MUSE-News", "r1")
+    src._configs, src._splits = ["raw"], {"raw": {"forget": ["hf://x/raw/forget.parquet"]}}
+
+    def failing_load(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing_load)
+    with pytest.raises(CorpusError, match=r"'muse-bench/MUSE-News' at revision r1, config 'raw', "
+                                          r"split 'forget': cannot load it .*no network"):
+        src.load("raw", "forget", ("text",))
+
+
+def test_a_failed_config_listing_names_the_source_and_revision(monkeypatch):
+    import datasets
+
+    from relapse.data.corpora.hub import CorpusError, config_names
+
+    def failing(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "get_dataset_config_names", failing)
+    with pytest.raises(CorpusError, match=r"'locuslab/TOFU' at revision v2: cannot list its "
+                                          r"configs \(ConnectionError: no network\)"):
+        config_names("locuslab/TOFU", "v2")

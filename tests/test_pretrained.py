@@ -148,19 +148,3 @@ def test_a_failed_download_names_the_repo_and_revision(tmp_path, monkeypatch):
                                               r"revision abc123 .*404 Client Error"):
         fetch_reference(ref, "target", tmp_path / "out")
 
-
-def test_a_failed_corpus_load_names_the_source_and_revision(tmp_path, monkeypatch):
-    import datasets
-
-    from relapse.data.corpora.hub import CorpusError, Source
-
-    src = Source("muse-bench/MUSE-News", "r1")
-    src._configs, src._splits = ["raw"], {"raw": {"forget": ["hf://x/raw/forget.parquet"]}}
-
-    def failing_load(*args, **kwargs):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(datasets, "load_dataset", failing_load)
-    with pytest.raises(CorpusError, match=r"'muse-bench/MUSE-News' at revision r1, config 'raw', "
-                                          r"split 'forget': cannot load it .*no network"):
-        src.load("raw", "forget", ("text",))

@@ -111,24 +111,25 @@ def check(cfg: dict) -> None:
 
 
 def _check_slice(cfg: dict) -> None:
-    """Each point of `hps` matches an unlearned model of the attacked benchmarks: one that
-    matches none (a typo, a value not in the grid) would drop its models, and with them the
-    durability table, from the plan without a word."""
+    """`hps` matches an unlearned model of the attacked benchmarks: a slice that matches none (a
+    typo, a value not in the grid) would drop every attacked unlearned model, and with them the
+    durability table, from the plan without a word. (One point of a list may match nothing: a
+    config that narrows its grid keeps the default's list.)"""
     acfg = cfg.get("attacks", {})
     if not acfg.get("quants") and not (acfg.get("represent", {}).get("enabled", False)
                                        and acfg.get("represent", {}).get("quants")):
         return
+    hps_cfg = acfg.get("hps", {})
+    if hps_cfg == []:
+        return                         # an empty list: the baselines only, on purpose
     benches = acfg.get("benchmarks") or list(cfg["benchmarks"])
     hps = sorted({(m, hp) for b, m, hp, _ in grid.unlearned_models(cfg) if b in benches})
-    hps_cfg = acfg.get("hps", {})
-    points = hps_cfg if isinstance(hps_cfg, list) else [hps_cfg]
-    for i, point in enumerate(points):
-        if any(_matches(hp, point) for _, hp in hps):
-            continue
-        where = f"attacks.hps[{i}]" if isinstance(hps_cfg, list) else "attacks.hps"
-        shown = [f"{m} {hp}" for m, hp in hps[:12]] + (["..."] if len(hps) > 12 else [])
-        raise ValueError(f"{where}: {point} matches no unlearned model, so no unlearned model "
-                         f"would be attacked; it could match (method hp): {'; '.join(shown)}")
+    if any(in_slice(hp, hps_cfg) for _, hp in hps):
+        return
+    shown = [f"{m} {hp}" for m, hp in hps[:12]] + (["..."] if len(hps) > 12 else [])
+    raise ValueError(f"attacks.hps: {hps_cfg} matches no unlearned model, so no unlearned model "
+                     f"would be attacked; allowed: a point that matches one of (method hp): "
+                     f"{'; '.join(shown)}")
 
 
 def _check_label(cfg: dict) -> None:

@@ -38,8 +38,8 @@ def config_names(source: str, revision: str | None = None) -> list[str]:
     try:
         return list(get_dataset_config_names(source, revision=revision))
     except Exception as err:  # no network, unknown repository, unreadable metadata
-        raise CorpusError(f"corpus source {_where(source, revision)!r} (revision "
-                          f"{revision or 'main'}): cannot list its configs "
+        raise CorpusError(f"corpus source {source!r} at revision {revision or 'main'}: cannot "
+                          "list its configs "
                           f"({type(err).__name__}: {err}); expected a hub dataset id or a local "
                           "snapshot folder (README.md with `configs:` metadata)") from None
 
