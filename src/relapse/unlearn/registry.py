@@ -18,6 +18,9 @@ accumulation can weight a micro-batch by its share of them and stay exact:
 A dict {loss_variant: reduction} gives a different one under a loss variant (MUSE's code).
 A forget objective may also have a `setup(ctx, forget_batches, hp) -> dict`, run once at θ₀
 before training (RMU's activation norm); what it returns goes into the run's manifest.
+Beside its `hparams` defaults an objective declares `rules`, what each value may be
+(relapse.unlearn.hparams): config validation checks every grid value against them, without
+importing torch (objective files import it inside their losses).
 """
 
 from __future__ import annotations
