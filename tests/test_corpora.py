@@ -226,3 +226,15 @@ def test_a_failed_config_listing_names_the_source_and_revision(monkeypatch):
     with pytest.raises(CorpusError, match=r"'locuslab/TOFU' at revision v2: cannot list its "
                                           r"configs \(ConnectionError: no network\)"):
         config_names("locuslab/TOFU", "v2")
+
+
+def test_a_snapshot_whose_readme_declares_no_data_files_is_left_to_datasets(tmp_path):
+    """Only `data_files` metadata is read without datasets; a README with `data_dir:` configs
+    (or none) is resolved by datasets itself, as the data stage resolves it."""
+    from relapse.data.corpora.hub import LocalSnapshot
+
+    root = muse_snapshot(tmp_path / "muse")
+    readme = root / "README.md"
+    readme.write_text(readme.read_text().replace("data_files:", "data_dir: raw\n  x_files:", 1))
+    assert LocalSnapshot(str(root)).meta is None
+    assert LocalSnapshot(str(muse_snapshot(tmp_path / "plain"))).meta is not None

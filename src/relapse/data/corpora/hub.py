@@ -4,7 +4,9 @@ A local snapshot is the repository's folder tree as is (its README.md `configs:`
 data files), so both go through the same `datasets.load_dataset(source, name, split=...,
 revision=...)` call. What exists (configs, and each config's splits) is read from the repository's
 metadata first, so that a missing config or split fails with a message that names the source,
-the config, the split and what exists, instead of datasets' generic one.
+the config, the split and what exists, instead of datasets' generic one. At config validation
+a local snapshot is read without datasets (LocalSnapshot: its README's `data_files` and its
+Parquet footers), so a missing file, split or column, or an empty split, fails before any job.
 """
 
 from __future__ import annotations
@@ -142,8 +144,9 @@ def _readme_configs(root: Path) -> dict[str, dict[str, list[str]]] | None:
     except yaml.YAMLError as err:
         raise CorpusError(f"corpus source {str(root)!r}: README.md metadata is not valid YAML "
                           f"({err})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("configs"), list):
-        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("configs"), list) or not all(
+            isinstance(c, dict) and c.get("data_files") for c in meta["configs"]):
+        return None                    # e.g. `data_dir:` configs: datasets resolves those
     out: dict[str, dict[str, list[str]]] = {}
     for entry in meta["configs"]:
         files = entry.get("data_files", {})
