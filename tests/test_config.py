@@ -182,3 +182,16 @@ def test_validation_does_not_import_torch(root):
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_local_path_must_be_a_folder(tmp_path, raw):
+    """A file where a snapshot folder belongs would be taken for a hub id by the data stage."""
+    cfg = copy.deepcopy(raw)
+    file = tmp_path / "muse.parquet"
+    file.write_text("")
+    cfg["benchmarks"] = {"b": {"corpus": {"kind": "muse", "source": str(file)},
+                               "reference": {"kind": "pretrained", "target": "o/t",
+                                             "retrain": "o/r"}}}
+    with pytest.raises(ConfigError, match=r"benchmarks\.b\.corpus\.source: .* is a local path "
+                                          r"\(it starts with '/'\) that is a file, not a folder"):
+        validate(cfg)

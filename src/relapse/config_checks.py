@@ -31,7 +31,7 @@ def _resolved(cfg: dict, bench: str) -> dict:
 
 def check_paths(cfg: dict) -> None:
     """A `corpus.source` or `reference.target` / `retrain` that is a path (relapse.data.corpora.
-    hub.looks_local) must exist."""
+    hub.looks_local) must be an existing folder (a snapshot, or a model folder)."""
     from relapse.data.corpora.hub import looks_local
 
     for name, entry in cfg["benchmarks"].items():
@@ -40,13 +40,15 @@ def check_paths(cfg: dict) -> None:
             value = entry.get(section, {}).get(key)
             if not isinstance(value, str) or not looks_local(value):
                 continue
-            if not Path(value).expanduser().exists():
+            path = Path(value).expanduser()
+            if not path.is_dir():
                 why = (f"it starts with {value[0]!r}" if value.startswith(("/", "~", "."))
                        else "it has more than one '/'")
+                what = "is a file, not a folder" if path.exists() else "does not exist"
                 raise ConfigError(
                     f"benchmarks.{name}.{section}.{key}: {value!r} is a local path ({why}) that "
-                    f"does not exist (from {Path.cwd()}); allowed: an existing folder, or a hub "
-                    "id (name or owner/name)")
+                    f"{what} (from {Path.cwd()}); allowed: an existing folder, or a hub id "
+                    "(name or owner/name)")
 
 
 def check_plan(cfg: dict) -> None:
