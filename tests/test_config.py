@@ -127,3 +127,91 @@ def test_relearn_heldout_share_is_checked(raw):
         assert word in str(err.value)
     cfg["attacks"]["relearn"]["heldout"] = 0
     validate(cfg)
+
+
+def test_every_method_accepts_its_own_defaults_and_declares_rules_for_known_names():
+    """The rules (relapse.unlearn.hparams) are declared beside the defaults: a rule that refused
+    its own default, or one for a name the method does not take, would be a typo there."""
+    from relapse.unlearn.hparams import problems
+    from relapse.unlearn.registry import get_method, method_names
+
+    for name in method_names():
+        method = get_method(name)
+        defaults, rules = method.defaults(), method.hparam_rules()
+        assert not list(problems(defaults, rules, defaults)), name
+        assert set(rules) <= set(defaults), (name, set(rules) - set(defaults))
+
+
+@pytest.mark.parametrize("rule, good, bad", [
+    ("number(gt=0)", [1e-9, 3, 2.5], [0, -1, True, "1", float("nan")]),
+    ("number(ge=0, le=100)", [0, 100, 50.5], [-0.1, 100.1]),
+    ("integer(ge=1)", [1, 7, 3.0], [0, 1.5, False, "2"]),
+    ("choice('cg', 'lissa')", ["cg", "lissa"], ["newton", 1, True]),
+    ("FLAG", [True, False], [0, 1, "true"]),
+])
+def test_hp_rules_accept_and_refuse(rule, good, bad):
+    from relapse.unlearn import hparams
+
+    checker = eval(rule, vars(hparams))
+    assert all(checker.accepts(v) for v in good), [v for v in good if not checker.accepts(v)]
+    assert not any(checker.accepts(v) for v in bad), [v for v in bad if checker.accepts(v)]
+
+
+def test_a_grid_axis_is_checked_value_by_value(raw):
+    """One bad value in a list axis is named, not the list."""
+    cfg = copy.deepcopy(raw)
+    cfg["methods"] = {"npo": {"lr": 1e-4, "epochs": 1, "beta": [0.1, -0.5]}}
+    with pytest.raises(ConfigError, match=r"methods\.npo\.beta: -0\.5 is not allowed for npo; "
+                                          r"allowed: a number > 0"):
+        validate(cfg)
+
+
+def test_a_hub_id_is_not_a_local_path():
+    from relapse.data.corpora.hub import looks_local
+
+    for hub in ("muse-bench/MUSE-News", "gpt2", "locuslab/TOFU"):
+        assert not looks_local(hub), hub
+    for path in ("./snap", "../snap", "/data/muse", "~/muse", "data/muse/news", ".snap"):
+        assert looks_local(path), path
+
+
+def test_an_existing_local_snapshot_passes_and_names_the_checked_files(tmp_path, raw):
+    """The checks read a healthy hub-layout snapshot as valid (the faults are in
+    tests/data/bad_configs/snapshot_*.yaml)."""
+    from hub_snapshots import muse_snapshot, tofu_snapshot
+
+    from relapse.data.corpora import get_corpus
+
+    muse = muse_snapshot(tmp_path / "muse", old_names=True)
+    get_corpus("muse").check({"kind": "muse", "source": str(muse)})
+    for layout in ("configs", "default"):
+        tofu = tofu_snapshot(tmp_path / f"tofu-{layout}", layout=layout)
+        get_corpus("tofu").check({"kind": "tofu", "forget": "forget10", "source": str(tofu)})
+
+
+def test_validation_does_not_import_torch(root):
+    """`relapse validate` and every Snakefile parse (each job's too) validate the config: the
+    registries they read import torch only inside the code that runs a model."""
+    import subprocess
+    import sys
+
+    paths = [str(root / "config" / n) for n in ("config.yaml", "llmeraser.yaml", "muse.yaml",
+                                                "tofu.yaml")]
+    code = (f"import sys; from relapse.config import load_config; [load_config(p) for p in "
+            f"{paths!r}]; print(sorted(m for m in ('torch', 'transformers', 'peft') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_local_path_must_be_a_folder(tmp_path, raw):
+    """A file where a snapshot folder belongs would be taken for a hub id by the data stage."""
+    cfg = copy.deepcopy(raw)
+    file = tmp_path / "muse.parquet"
+    file.write_text("")
+    cfg["benchmarks"] = {"b": {"corpus": {"kind": "muse", "source": str(file)},
+                               "reference": {"kind": "pretrained", "target": "o/t",
+                                             "retrain": "o/r"}}}
+    with pytest.raises(ConfigError, match=r"benchmarks\.b\.corpus\.source: .* is a local path "
+                                          r"\(it starts with '/'\) that is a file, not a folder"):
+        validate(cfg)

@@ -412,3 +412,46 @@ def test_muse_relearning_stays_in_sample(tmp_path, tokenizer):
     assert not (out / "knowmem_forget_heldout_qa.parquet").exists()
     assert pd.read_parquet(out / "relearn_forget.parquet").text.tolist() == \
         pd.read_parquet(out / "forget.parquet").text.tolist()
+
+
+def test_a_failed_corpus_load_names_the_source_and_revision(tmp_path, monkeypatch):
+    import datasets
+
+    from relapse.data.corpora.hub import CorpusError, Source
+
+    src = Source("muse-bench/MUSE-News", "r1")
+    src._configs, src._splits = ["raw"], {"raw": {"forget": ["hf://x/raw/forget.parquet"]}}
+
+    def failing_load(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing_load)
+    with pytest.raises(CorpusError, match=r"'muse-bench/MUSE-News' at revision r1, config 'raw', "
+                                          r"split 'forget': cannot load it .*no network"):
+        src.load("raw", "forget", ("text",))
+
+
+def test_a_failed_config_listing_names_the_source_and_revision(monkeypatch):
+    import datasets
+
+    from relapse.data.corpora.hub import CorpusError, config_names
+
+    def failing(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "get_dataset_config_names", failing)
+    with pytest.raises(CorpusError, match=r"'locuslab/TOFU' at revision v2: cannot list its "
+                                          r"configs \(ConnectionError: no network\)"):
+        config_names("locuslab/TOFU", "v2")
+
+
+def test_a_snapshot_whose_readme_declares_no_data_files_is_left_to_datasets(tmp_path):
+    """Only `data_files` metadata is read without datasets; a README with `data_dir:` configs
+    (or none) is resolved by datasets itself, as the data stage resolves it."""
+    from relapse.data.corpora.hub import LocalSnapshot
+
+    root = muse_snapshot(tmp_path / "muse")
+    readme = root / "README.md"
+    readme.write_text(readme.read_text().replace("data_files:", "data_dir: raw\n  x_files:", 1))
+    assert LocalSnapshot(str(root)).meta is None
+    assert LocalSnapshot(str(muse_snapshot(tmp_path / "plain"))).meta is not None

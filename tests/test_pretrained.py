@@ -130,3 +130,21 @@ def test_hub_corpus_needs_pretrained_reference(tmp_path, default_config):
     with pytest.raises(ConfigError, match=r"benchmarks\.news\.corpus: .*config 'raw': no split "
                                           r"'holdout'.*splits there: forget, retain1, retain2"):
         validate(cfg)
+
+
+def test_a_failed_download_names_the_repo_and_revision(tmp_path, monkeypatch):
+    """The hub's own error (here a 404) says neither which reference nor which revision."""
+    import huggingface_hub
+
+    from relapse.models.pretrained import PretrainedError
+
+    def failing_download(repo_id, revision=None, allow_patterns=None):
+        raise OSError("404 Client Error")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing_download)
+    ref = {"kind": "pretrained", "target": "muse-bench/MUSE-News_target",
+           "retrain": "muse-bench/MUSE-News_retrain", "revision": "abc123"}
+    with pytest.raises(PretrainedError, match=r"cannot download 'muse-bench/MUSE-News_target' at "
+                                              r"revision abc123 .*404 Client Error"):
+        fetch_reference(ref, "target", tmp_path / "out")
+

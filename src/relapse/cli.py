@@ -82,9 +82,12 @@ def cmd_load_gguf(args) -> None:
 
 
 def cmd_fetch_pretrained(args) -> None:
-    from relapse.models.pretrained import fetch_reference
+    from relapse.models.pretrained import PretrainedError, fetch_reference
 
-    fetch_reference(_settings(args)["reference"], args.which, args.out)
+    try:
+        fetch_reference(_settings(args)["reference"], args.which, args.out)
+    except PretrainedError as err:   # e.g. a failed download: the repo id and revision
+        raise SystemExit(f"relapse fetch-pretrained: reference.{args.which}: {err}") from None
 
 
 def cmd_finetune_reference(args) -> None:

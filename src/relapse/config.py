@@ -148,12 +148,16 @@ def validate(cfg: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     if errors:
         lines = [_describe(e) for e in errors[:10]]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    from relapse.config_checks import check_paths, check_plan
+
+    check_paths(cfg)
     _check_benchmarks(cfg)
     _check_registries(cfg)
     _check_tofu_metric(cfg)
     _check_kernels(cfg)
     _check_report(cfg)
     _check_relearn_split(cfg)
+    check_plan(cfg)
     unl = cfg["unlearning"]
     if unl.get("micro_batch_size") and unl["batch_size"] % unl["micro_batch_size"]:
         raise ConfigError(f"unlearning.micro_batch_size: {unl['micro_batch_size']} does not divide "

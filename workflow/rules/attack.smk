@@ -9,10 +9,7 @@
 from relapse.attacks import plan as attack_plan
 from relapse.attacks.registry import attack_names
 
-try:
-    attack_plan.check(config)
-except ValueError as err:
-    raise WorkflowError(str(err)) from None
+# The slice was checked by relapse.config.validate (relapse.attacks.plan.check).
 
 ATTACK_CELLS = attack_plan.attack_cells(config)
 REPRESENT_FILES = attack_plan.represent_files(config)

@@ -17,6 +17,7 @@ from relapse.quantize import plan as quantize_plan
 
 
 # Validate before any job runs: a bad value stops here with the key, the value and what is allowed.
+# relapse.config.validate makes every check (as `relapse validate` does); the rules raise nothing.
 # Snakemake's YAML reader keeps the last of two equal keys (a second bench of one name would
 # silently replace the first), so every config file is read again by the strict loader.
 def _dry_run_argv():
@@ -77,10 +78,6 @@ UNLEARN_METHODS = list(config["methods"])
 from relapse.unlearn.oneshot import one_shot_methods
 
 LORA_SETTING = [b for b in TRAINED if "lora_setting" in config["benchmarks"][b]]
-for _b in BENCHES:
-    if "lora_setting" in config["benchmarks"][_b] and _b not in LORA_SETTING:
-        raise WorkflowError(f"benchmarks.{_b}.lora_setting: only supported with reference.kind: "
-                            "train and no base: (its base is the bench's own retrain model)")
 ONE_SHOT = [m for m in UNLEARN_METHODS if m in one_shot_methods()]
 QUANTS = grid.quant_settings(config)
 GPU = gpu_count(config)
@@ -239,12 +236,7 @@ from relapse.evaluate.metrics.privleak import full_precision_quant, reference_na
 # TOFU's forget quality compares with the same retrain cell (its per-item truth ratios).
 PRIVLEAK_REFERENCES = (reference_names(config["evaluation"]["privleak"])
                        if {"privleak", "tofu"} & set(config["evaluation"]["metrics"]) else [])
-FULL_QUANT = full_precision_quant(QUANTS)
-if "full" in PRIVLEAK_REFERENCES and FULL_QUANT is None:
-    raise WorkflowError(
-        "evaluation.privleak.reference: 'full' compares with the full-precision retrain model, "
-        "but quantization.schemes has no {scheme: none} entry; add {scheme: none, bits: [16]} "
-        "or set evaluation.privleak.reference: matched")
+FULL_QUANT = full_precision_quant(QUANTS)   # there is one when `full` is (validate checks)
 
 
 def privleak_reference_input(reference):
@@ -313,17 +305,9 @@ def settings_file(stage, settings):
 # LLMEraser's LoRA setting (lora_setting.smk).
 def one_shot_inputs(w):
     """A one-shot method needs the LoRA setting: the base its adapter sits on, the target's
-    adapter, the instance table, and the gold (for the agreement table only)."""
-    if w.bench not in LORA_SETTING:
-        raise WorkflowError(
-            f"methods.{w.method}: benchmark {w.bench!r} has no lora_setting; {w.method} updates "
-            "a LoRA-setting target (set benchmarks.NAME.lora_setting, or drop the method)"
-        )
-    if config["quantization"]["lora_merge"] == "adapter":
-        raise WorkflowError(
-            f"methods.{w.method}: quantization.lora_merge 'adapter' would put its adapter on the "
-            "quantized target, but it sits on the LoRA-setting base; use lora_merge: merged"
-        )
+    adapter, the instance table, and the gold (for the agreement table only). Validation
+    (relapse.config_checks) refuses a one-shot method without lora_setting or with
+    lora_merge: adapter."""
     root = f"results/{w.bench}"
     return {
         "base": f"{root}/reference/base",

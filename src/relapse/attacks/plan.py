@@ -94,19 +94,72 @@ def check(cfg: dict) -> None:
     unknown = [b for b in acfg.get("benchmarks", []) if b not in cfg["benchmarks"]]
     if unknown:
         raise ValueError(f"attacks.benchmarks: {', '.join(unknown)} is not a benchmark of this "
-                         f"config; configured: {', '.join(cfg['benchmarks'])}")
+                         f"config; allowed: {', '.join(cfg['benchmarks'])}")
     for where, ids in (("attacks.quants", acfg.get("quants", [])),
                        ("attacks.represent.quants", acfg.get("represent", {}).get("quants", []))):
         unknown = [q for q in ids if q not in quants]
         if unknown:
             raise ValueError(f"{where}: {', '.join(unknown)} is not a quant of this config; "
-                             f"configured: {', '.join(quants)}")
+                             f"allowed: {', '.join(quants)}")
     rcfg = acfg.get("represent", {})
     if rcfg.get("attacked", False) and rcfg.get("quants") and \
             not set(rcfg["quants"]) & set(acfg.get("quants", [])):
         raise ValueError("attacks.represent.attacked: none of attacks.represent.quants "
                          f"({', '.join(rcfg['quants'])}) is attacked (attacks.quants: "
                          f"{', '.join(acfg.get('quants', [])) or 'none'})")
+    _check_slice(cfg)
+    _check_label(cfg)
+
+
+def _check_slice(cfg: dict) -> None:
+    """`hps` matches an unlearned model of the attacked benchmarks: a slice that matches none (a
+    typo, a value not in the grid) would drop every attacked unlearned model, and with them the
+    durability table, from the plan without a word. (One point of a list may match nothing: a
+    config that narrows its grid keeps the default's list.)"""
+    acfg = cfg.get("attacks", {})
+    if not acfg.get("quants") and not (acfg.get("represent", {}).get("enabled", False)
+                                       and acfg.get("represent", {}).get("quants")):
+        return
+    hps_cfg = acfg.get("hps", {})
+    if hps_cfg == []:
+        return                         # an empty list: the baselines only, on purpose
+    benches = acfg.get("benchmarks") or list(cfg["benchmarks"])
+    hps = sorted({(m, hp) for b, m, hp, _ in grid.unlearned_models(cfg) if b in benches})
+    if any(in_slice(hp, hps_cfg) for _, hp in hps):
+        return
+    shown = [f"{m} {hp}" for m, hp in hps[:12]] + (["..."] if len(hps) > 12 else [])
+    raise ValueError(f"attacks.hps: {hps_cfg} matches no unlearned model, so no unlearned model "
+                     f"would be attacked; allowed: a point that matches one of (method hp): "
+                     f"{'; '.join(shown)}")
+
+
+def _check_label(cfg: dict) -> None:
+    """What the durability label reads exists: its quant is attacked, its steps are relearned,
+    and relearning runs on forget data and on its control (otherwise every model would be
+    labelled `undetermined`)."""
+    acfg = cfg.get("attacks", {})
+    relearn = acfg.get("relearn", {})
+    if not acfg.get("quants") or not relearn.get("enabled", False) or acfg.get("hps") == []:
+        return                         # no durability table: no attacked unlearned model
+    label = acfg.get("label", {})
+    quants = acfg["quants"]
+    if label.get("quant") is not None and label["quant"] not in quants:
+        raise ValueError(f"attacks.label.quant: {label['quant']!r} is not attacked; allowed: "
+                         f"one of attacks.quants ({', '.join(quants)}), or null (full precision)")
+    steps = relearn.get("steps", [])
+    if label.get("steps") is not None and label["steps"] not in steps:
+        raise ValueError(f"attacks.label.steps: {label['steps']} is not a relearning step count; "
+                         f"allowed: one of attacks.relearn.steps ({', '.join(map(str, steps))}), "
+                         "or null (the largest)")
+    data = relearn.get("data", [])
+    for needed, key in (("forget", "attacks.relearn.data"),
+                        (label.get("control", "holdout"), "attacks.label.control")):
+        if needed not in data:
+            raise ValueError(f"{key}: the label needs relearning on {needed!r}, but "
+                             f"attacks.relearn.data is {', '.join(data)}; allowed: add {needed} "
+                             "to attacks.relearn.data" + (
+                                 f", or a control among {', '.join(d for d in data if d != 'forget')}"
+                                 if key.endswith("control") and set(data) - {"forget"} else ""))
 
 
 def matched_models(cfg: dict, attack: str) -> list[tuple[str, str, str, int]]:

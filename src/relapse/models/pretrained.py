@@ -74,7 +74,11 @@ def snapshot(source: str, revision: str | None, trust_remote_code: bool = False)
     from huggingface_hub import snapshot_download
 
     patterns = HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
-    return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
+    except Exception as err:  # no network, an unknown repo or revision, a gated model
+        raise PretrainedError(f"cannot download {source!r} at revision {revision or 'main'} "
+                              f"from the hub ({type(err).__name__}: {err})") from None
 
 
 def ensure_pad_token(tokenizer) -> str | None:

@@ -18,6 +18,9 @@ accumulation can weight a micro-batch by its share of them and stay exact:
 A dict {loss_variant: reduction} gives a different one under a loss variant (MUSE's code).
 A forget objective may also have a `setup(ctx, forget_batches, hp) -> dict`, run once at θ₀
 before training (RMU's activation norm); what it returns goes into the run's manifest.
+Beside its `hparams` defaults an objective declares `rules`, what each value may be
+(relapse.unlearn.hparams): config validation checks every grid value against them, without
+importing torch (objective files import it inside their losses).
 """
 
 from __future__ import annotations
@@ -27,10 +30,15 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from relapse.unlearn.hparams import Rule, choice, integer, number
+
 # Hyperparameters every method takes (the training loop reads them).
 COMMON_HPARAMS = {"lr": 1e-4, "epochs": 5, "params": "lora"}
 # SURE: only modules whose forget-gradient norm is at or above this percentile are updated.
 SALIENCY_HPARAMS = {"gamma": 90.0}
+# What those accept (relapse.unlearn.hparams); an objective declares its own beside its defaults.
+COMMON_RULES = {"lr": number(gt=0), "epochs": integer(ge=1), "params": choice("lora", "full")}
+SALIENCY_RULES = {"gamma": number(ge=0, le=100)}
 REDUCTIONS = ("token", "position", "sequence")
 
 
@@ -45,6 +53,7 @@ class Objective:
     doc: str = ""
     reduction: str | dict = "token"    # what the value is a mean over (module docstring)
     setup: Callable | None = None      # run once at θ₀ before training
+    rules: dict[str, Rule] = field(default_factory=dict)   # what each hparam accepts
 
     def reduction_for(self, loss_variant: str) -> str:
         if isinstance(self.reduction, dict):
@@ -69,24 +78,27 @@ _EXPLICIT: dict[str, dict[str, Any]] = {}
 
 def register_forget(name: str, hparams: dict | None = None, needs_ref_seq_logp: bool = False,
                     needs_reference: bool = False, composable: bool = True,
-                    reduction: str | dict = "token", setup: Callable | None = None):
+                    reduction: str | dict = "token", setup: Callable | None = None,
+                    rules: dict[str, Rule] | None = None):
     _check_reduction(name, reduction)
 
     def wrap(fn):
         _FORGET[name] = Objective(name, fn, hparams or {}, needs_ref_seq_logp, needs_reference,
-                                  composable, (fn.__doc__ or "").strip(), reduction, setup)
+                                  composable, (fn.__doc__ or "").strip(), reduction, setup,
+                                  rules or {})
         return fn
     return wrap
 
 
 def register_regularizer(name: str, hparams: dict | None = None, needs_reference: bool = False,
-                         composable: bool = True, reduction: str | dict = "token"):
+                         composable: bool = True, reduction: str | dict = "token",
+                         rules: dict[str, Rule] | None = None):
     _check_reduction(name, reduction)
 
     def wrap(fn):
         _REGULARIZERS[name] = Objective(name, fn, {"alpha": 1.0, **(hparams or {})}, False,
                                         needs_reference, composable, (fn.__doc__ or "").strip(),
-                                        reduction)
+                                        reduction, rules={"alpha": number(ge=0), **(rules or {})})
         return fn
     return wrap
 
@@ -122,6 +134,16 @@ class Method:
 
     def hparam_names(self) -> set[str]:
         return set(self.defaults())
+
+    def hparam_rules(self) -> dict[str, Rule]:
+        """What each hparam accepts (relapse.unlearn.hparams; unlisted: its default's type)."""
+        out = dict(COMMON_RULES)
+        out.update(self.forget.rules)
+        if self.regularizer:
+            out.update(self.regularizer.rules)
+        if self.saliency:
+            out.update(SALIENCY_RULES)
+        return out
 
     @property
     def needs_reference(self) -> bool:

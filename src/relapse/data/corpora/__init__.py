@@ -5,6 +5,7 @@ knowmem_*_qa(+_icl), privleak_*), so that every method and metric runs on every 
 A kind is an object with
   kind             its name in `corpus.kind`
   needs_tokenizer  whether `build` cuts texts by tokens (the reference target's tokenizer)
+  keys             the `corpus:` keys it reads (validation refuses another kind's keys)
   check(cfg)       cheap checks at config validation (a local source's configs and splits)
   build(cfg, tokenizer) -> (splits, record)   the prepared frames, and what the manifest keeps
   renders_qa       (optional) True for a kind that writes QA texts: its build also takes

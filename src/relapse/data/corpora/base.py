@@ -3,7 +3,7 @@ validation for local snapshots, and split lookup with the hub's older names as f
 
 from __future__ import annotations
 
-from relapse.data.corpora.hub import CorpusError, Source, is_local
+from relapse.data.corpora.hub import CorpusError, LocalSnapshot, Source, is_local
 
 
 def with_pid(frame):
@@ -19,6 +19,7 @@ class HubCorpus:
 
     kind = ""
     needs_tokenizer = False
+    keys = ("source", "revision")      # the corpus keys it reads (config validation)
 
     def default_source(self, cfg: dict) -> str:
         raise NotImplementedError
@@ -46,11 +47,14 @@ class HubCorpus:
         return out
 
     def check(self, cfg: dict) -> None:
-        """At validation, only for a local snapshot: reading the hub's metadata would need the
-        network on the submit host, so a hub source is checked by the data stage."""
+        """At validation, only for a local snapshot (reading the hub's metadata would need the
+        network on the submit host, so a hub source is checked by the data stage): every
+        config, split and column read, and no split empty, from the README and Parquet footers."""
         src = self.source(cfg)
         if is_local(src.source):
-            self.resolve(src, cfg)
+            snapshot = LocalSnapshot(src.source, src.revision)
+            for config, split, columns in self.resolve(snapshot, cfg).values():
+                snapshot.check_split(config, split, columns)
 
     def load_all(self, cfg: dict):
         src = self.source(cfg)

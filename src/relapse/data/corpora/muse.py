@@ -27,6 +27,7 @@ TEXT, QA, VERB = ("text",), ("question", "answer"), ("prompt", "gt")
 class Muse(HubCorpus):
     kind = "muse"
     needs_tokenizer = True
+    keys = HubCorpus.keys + ("subset", "max_length")
 
     def default_source(self, cfg: dict) -> str:
         subset = cfg.get("subset", "news")

@@ -8,6 +8,7 @@ from relapse.data.corpora import register_corpus
 class Synthetic:
     kind = "synthetic"
     needs_tokenizer = False
+    keys = ("people", "forget", "holdout", "retain_eval", "seed")   # the corpus keys it reads
 
     def check(self, cfg: dict) -> None:
         forget = cfg.get("forget", 0.1)

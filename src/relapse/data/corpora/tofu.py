@@ -58,6 +58,7 @@ def subsets(forget: str) -> dict[str, str]:
 class Tofu(HubCorpus):
     kind = "tofu"
     renders_qa = True        # build takes the bench's prompt template
+    keys = HubCorpus.keys + ("forget",)
 
     def default_source(self, cfg: dict) -> str:
         return SOURCE

@@ -1,10 +1,11 @@
-import torch.nn.functional as F
-
-from relapse.models.losses import sequence_logprob
+from relapse.unlearn.hparams import number
 from relapse.unlearn.registry import register_forget
 
+# torch is imported inside the losses: config validation reads this registry without it.
 
-@register_forget("npo", hparams={"beta": 0.1}, needs_ref_seq_logp=True, reduction="sequence")
+
+@register_forget("npo", hparams={"beta": 0.1}, needs_ref_seq_logp=True, reduction="sequence",
+                 rules={"beta": number(gt=0)})   # 2/β
 def negative_preference(ctx, batch, hp):
     """NPO (Zhang et al. 2024): (2/β)·E log(1 + (π_θ(y|x)/π_ref(y|x))^β) on sequence
     log-likelihoods against the frozen reference, i.e. (2/β)·softplus(β·log-ratio).
@@ -12,6 +13,10 @@ def negative_preference(ctx, batch, hp):
     logit of every position, padding included (as MUSE computes it). Both are means over
     sequences; MUSE's also depends on the padded length, so only the paper's definition
     accumulates exactly over micro-batches of unequal width."""
+    import torch.nn.functional as F
+
+    from relapse.models.losses import sequence_logprob
+
     beta = float(hp["beta"])
     logits = ctx.forward(batch).logits
     if ctx.loss_variant == "muse":

@@ -22,11 +22,12 @@ the retain term pins layer ℓ and the forget activations barely move (measured 
 test model: mean squared distance to c·u 0.6715 → 0.6719 in 5 steps; 0.48 at α = 1).
 """
 
-import torch
-
+from relapse.models.modules import DECODER_LINEAR_SUFFIXES
+from relapse.unlearn.hparams import choice, integer
 from relapse.unlearn.registry import register_forget, register_method, register_regularizer
 
 STEER_MODES = ("norm", "raw")
+# torch is imported inside the losses: config validation reads this registry without it.
 
 
 def _token_mse(hidden, target, mask):
@@ -41,6 +42,8 @@ def steering_coefficient(ctx, forget_batches, hp) -> dict:
     mode = hp["steer_mode"]
     if mode not in STEER_MODES:
         raise ValueError(f"rmu: steer_mode {mode!r} is not one of {', '.join(STEER_MODES)}")
+    import torch
+
     layer, steer = int(hp["layer"]), float(hp["steer"])
     total, count = 0.0, 0
     with torch.no_grad():
@@ -57,7 +60,9 @@ def steering_coefficient(ctx, forget_batches, hp) -> dict:
 
 @register_forget("rmu_steer", hparams={"layer": 2, "steer": 5.0, "steer_mode": "norm",
                                        "modules": "down_proj"},
-                 composable=False, reduction="position", setup=steering_coefficient)
+                 composable=False, reduction="position", setup=steering_coefficient,
+                 rules={"layer": integer(ge=0), "steer_mode": choice(*STEER_MODES),
+                        "modules": choice("all", *DECODER_LINEAR_SUFFIXES)})
 def steer_forget_activations(ctx, batch, hp):
     """‖h_ℓ(x_forget) − c·u‖² / d per token, u a fixed random unit vector (seeded)."""
     if "rmu_c" not in ctx.cache:
@@ -71,6 +76,8 @@ def steer_forget_activations(ctx, batch, hp):
                       composable=False, reduction="position")
 def keep_retain_activations(ctx, batch, hp):
     """‖h_ℓ(x_retain) − h_ℓ^ref(x_retain)‖² / d per token."""
+    import torch
+
     layer = int(hp["layer"])
     hidden = ctx.hidden(batch, layer)
     with torch.no_grad():
@@ -86,8 +93,6 @@ def _rmu_layers(hp, n_layers):
 
 
 def _rmu_modules(hp):
-    from relapse.models.modules import DECODER_LINEAR_SUFFIXES
-
     modules = str(hp["modules"])
     if modules == "all":
         return None

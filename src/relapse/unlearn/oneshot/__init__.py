@@ -12,6 +12,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from relapse.unlearn.hparams import Rule, choice
+
 
 @dataclass(frozen=True)
 class OneShotMethod:
@@ -20,6 +22,7 @@ class OneShotMethod:
     hparams: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
     one_shot: bool = True
+    rules: dict[str, Rule] = field(default_factory=dict)   # what each hparam accepts
 
     def defaults(self) -> dict[str, Any]:
         return {"params": "lora", **self.hparams}
@@ -27,13 +30,20 @@ class OneShotMethod:
     def hparam_names(self) -> set[str]:
         return set(self.defaults())
 
+    def hparam_rules(self) -> dict[str, Rule]:
+        """What each hparam accepts (relapse.unlearn.hparams; unlisted: its default's type);
+        a one-shot method updates a LoRA adapter, so params is lora."""
+        return {"params": choice("lora"), **self.rules}
+
 
 _ONE_SHOT: dict[str, OneShotMethod] = {}
 
 
-def register_one_shot(name: str, hparams: dict | None = None):
+def register_one_shot(name: str, hparams: dict | None = None,
+                      rules: dict[str, Rule] | None = None):
     def wrap(fn):
-        _ONE_SHOT[name] = OneShotMethod(name, fn, hparams or {}, (fn.__doc__ or "").strip())
+        _ONE_SHOT[name] = OneShotMethod(name, fn, hparams or {}, (fn.__doc__ or "").strip(),
+                                        rules=rules or {})
         return fn
     return wrap
 

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from relapse.unlearn.hparams import FLAG, check, choice, integer, number
 from relapse.unlearn.oneshot import register_one_shot
+from relapse.unlearn.solvers import SOLVERS
 
 HPARAMS = {
     "solver": "cg",        # cg | lissa | adam (the paper's: Adam on ½xᵀAx − bᵀx)
@@ -38,26 +40,27 @@ HPARAMS = {
 }
 
 
-def _check(hp: dict) -> None:
-    from relapse.unlearn.solvers import SOLVERS
+# What each hparam accepts; config validation checks every grid value against these before any
+# job runs (relapse.unlearn.hparams), and the job checks them again with the same rules.
+RULES = {
+    "solver": choice(*SOLVERS),
+    "iterations": integer(ge=1),
+    "tol": number(gt=0),
+    "batch": integer(ge=1),
+    "scale": number(gt=0),
+    "adam_lr": number(gt=0),
+    "hessian": choice("edited", "original"),
+    "curvature": choice("gauss_newton", "exact"),
+    "strict": FLAG,
+    "params": choice("lora"),
+}
 
+
+def _check(hp: dict) -> None:
     if "damping" in hp:
         raise ValueError("llmeraser: damping is not a hyperparameter; the update damps with the λ "
                          "its target and gold were fit with (benchmarks.NAME.lora_setting.l2)")
-    if hp["params"] != "lora":
-        raise ValueError(f"llmeraser: params {hp['params']!r} is not supported; it updates a LoRA "
-                         "adapter (params: lora)")
-    if hp["solver"] not in SOLVERS:
-        raise ValueError(f"llmeraser: solver {hp['solver']!r} is unknown; allowed: "
-                         f"{', '.join(SOLVERS)}")
-    if hp["curvature"] not in ("gauss_newton", "exact"):
-        raise ValueError(f"llmeraser: curvature {hp['curvature']!r} is not allowed; allowed: "
-                         "gauss_newton, exact")
-    if hp["hessian"] not in ("edited", "original"):
-        raise ValueError(f"llmeraser: hessian {hp['hessian']!r} is not allowed; allowed: edited, original")
-    for key in ("iterations", "tol", "batch", "scale", "adam_lr"):
-        if not float(hp[key]) > 0:
-            raise ValueError(f"llmeraser: {key} {hp[key]!r} must be positive")
+    check("llmeraser", {**HPARAMS, "params": "lora"}, RULES, hp)
 
 
 def edit_sets(items: pd.DataFrame, hessian: str) -> dict[str, list[str]]:
@@ -172,7 +175,7 @@ def _against_gold(model, tokenizer, items, target_dir: Path, gold_dir: Path, fol
     return pd.DataFrame(agreement(models, tokenizer, items, adapters, times, batch, device))
 
 
-@register_one_shot("llmeraser", hparams=HPARAMS)
+@register_one_shot("llmeraser", hparams=HPARAMS, rules=RULES)
 def llmeraser(hp: dict, seed: int, base_dir, target_dir, items_dir, out_dir, gold_dir=None,
               keys: dict | None = None, device: str = "cpu", threads: int = 1) -> dict:
     """Influence-function update of the target's LoRA adapter for the edited instances
