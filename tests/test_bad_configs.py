@@ -172,7 +172,7 @@ def snakemake(workdir: Path, *args: str, env=None) -> str:
 @pytest.mark.parametrize("name", ["yaml_duplicate_bench", "scheme_bits_unsupported",
                                   "llmeraser_without_lora_setting", "llmeraser_lora_merge_adapter",
                                   "attacks_quant_unknown", "privleak_full_without_none",
-                                  "llmeraser_damping_negative", "corpus_source_local_missing"])
+                                  "llmeraser_damping_is_not_an_hp", "corpus_source_local_missing"])
 def test_snakemake_dry_run_shows_the_clear_message(tmp_path, name):
     out = snakemake(tmp_path, "-n", "--configfile", str(BAD / f"{name}.yaml"))
     for text in header(BAD / f"{name}.yaml")[0]:

@@ -137,6 +137,7 @@ def test_native_bnb_under_lora_adapter_mode_keeps_the_adapter_over_linear4bit(tm
 
 def _config(default_config, kernels, schemes, lora_merge="merged", params=("lora",)):
     raw = copy.deepcopy(default_config)
+    raw.pop("attacks")          # the default's attack slice names rtn-w4, which these lack
     raw["evaluation"]["kernels"] = kernels
     raw["quantization"]["schemes"] = [{"scheme": "none", "bits": [16]}] + [
         s for s in schemes if s["scheme"] != "none"]

@@ -269,6 +269,10 @@ def test_selection_quant_defaults_to_the_closest_to_full_precision(default_confi
     cfg.pop("report", None)
     assert validate(copy.deepcopy(cfg))["report"]["selection"]["quant"] == "none-w16"
     cfg["quantization"]["schemes"] = [{"scheme": "rtn", "bits": [4, 8], "group_size": 64}]
+    # no full-precision cell: PrivLeak's reference and the attack slice must follow
+    cfg["evaluation"]["privleak"] = {**cfg["evaluation"].get("privleak", {}),
+                                     "reference": "matched"}
+    cfg["attacks"]["quants"] = cfg["attacks"]["represent"]["quants"] = ["rtn-w4"]
     assert validate(cfg)["report"]["selection"]["quant"] == "rtn-w8"
 
 

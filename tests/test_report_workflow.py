@@ -58,6 +58,22 @@ def test_html_report_of_a_finished_run(tmp_path):
     # captions are rendered with the run's config: the selection rule and the quantizers
     assert "keep KnowMem_r at or above 90% of the target" in html
     assert "Knowledge retained" in html and "group size 64" in html
+    # A bad cell table stops the run in check_cells, naming the file, before the report job
+    # starts: the previous tables stay (Snakemake removes a job's outputs when it starts).
+    summary = (tmp_path / "results" / "tables" / "summary.md").read_text()
+    cells = sorted((tmp_path / "results" / "tiny").glob("*/*/s0/*/metrics.parquet"))
+    victim, other = cells[0], next(c for c in cells if c.parent.parent != cells[0].parent.parent)
+    for bad, why in ((b"\0garbage" * 512, "not a readable Parquet file"),
+                     (other.read_bytes(), "another cell")):
+        victim_bytes = victim.read_bytes()
+        victim.write_bytes(bad)
+        proc = run_watched([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+                            "-d", str(tmp_path), "--cores", "2", "--configfile", str(config)],
+                           stall_s=600, progress=snakemake_progress(tmp_path))
+        log = (tmp_path / "logs" / "report" / "check_cells.log").read_text()
+        assert proc.returncode != 0 and str(victim.relative_to(tmp_path)) in log and why in log
+        assert (tmp_path / "results" / "tables" / "summary.md").read_text() == summary
+        victim.write_bytes(victim_bytes)
     assert "system-message" not in html and "Undefined substitution" not in html
     # the rule hands every cell's samples.parquet to the report: knowledge retained has its
     # paired-bootstrap interval for every unlearned row
@@ -126,19 +142,3 @@ def test_the_caption_check_catches_a_substitution(tmp_path, default_config):
     with pytest.raises(AssertionError, match="Undefined substitution"):
         render_caption(bad, default_config)
 
-    # A bad cell table stops the run in check_cells, naming the file, before the report job
-    # starts: the previous tables stay (Snakemake removes a job's outputs when it starts).
-    summary = (tmp_path / "results" / "tables" / "summary.md").read_text()
-    cells = sorted((tmp_path / "results" / "tiny").glob("*/*/s0/*/metrics.parquet"))
-    victim, other = cells[0], next(c for c in cells if c.parent.parent != cells[0].parent.parent)
-    for bad, why in ((b"\0garbage" * 512, "not a readable Parquet file"),
-                     (other.read_bytes(), "another cell")):
-        victim_bytes = victim.read_bytes()
-        victim.write_bytes(bad)
-        proc = run_watched([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-                            "-d", str(tmp_path), "--cores", "2", "--configfile", str(config)],
-                           stall_s=600, progress=snakemake_progress(tmp_path))
-        log = (tmp_path / "logs" / "report" / "check_cells.log").read_text()
-        assert proc.returncode != 0 and str(victim.relative_to(tmp_path)) in log and why in log
-        assert (tmp_path / "results" / "tables" / "summary.md").read_text() == summary
-        victim.write_bytes(victim_bytes)

@@ -36,7 +36,7 @@ CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
 GPU_RULES = {"train_reference", "snap_reference", "unlearn", "quantize", "evaluate", "diagnose"}
-CPU_RULES = {"prepare_data", "train_tokenizer", "select_epoch", "report"}
+CPU_RULES = {"prepare_data", "train_tokenizer", "select_epoch", "check_cells", "report"}
 # The default config's attack slice (config `attacks:`); tests/data/small.yaml has none.
 ATTACK_GPU_RULES = {"attack", "evaluate_attack", "represent"}
 ATTACK_CPU_RULES = {"attack_tables", "durability"}

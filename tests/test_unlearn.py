@@ -337,7 +337,18 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_lm, data_di
     accum = _run(tmp_path, tiny_lm, data_dir, method=method, name="acc", epochs=1,
                  cfg={**CFG, "micro_batch_size": 2})
     a, b = _weights(full), _weights(accum)
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    w0 = load_file(str(tiny_lm[0] / "model.safetensors"))
+    delta_full = torch.cat([(a[k] - w0[k]).flatten() for k in a])
+    delta_acc = torch.cat([(b[k] - w0[k]).flatten() for k in a])
+    rel = float((delta_acc - delta_full).norm() / delta_full.norm())
+    # Adam divides each gradient by its own running scale, so an element whose gradient is at
+    # float32 rounding level (here: a few of 10^5) can step either way by up to lr per step:
+    # elementwise, the two runs may differ by ~1e-6 on any CPU (measured 2.1e-6 for ga_gdr,
+    # 2.6e-8 for npo). Such elements carry a vanishing share of the update's norm (measured
+    # 1.5e-5 and 3.3e-7 of it), while a micro-batch weighted wrongly changes every element's
+    # gradient, so the update, by a sizeable share of its norm (the same epoch in batches of 2
+    # instead of 4: 1.0 of it for both methods): the bound sits between.
+    assert rel < 1e-3, rel
 
 
 # Texts of very different lengths, so that token-mean and sequence-mean weights differ.
