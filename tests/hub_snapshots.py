@@ -86,3 +86,18 @@ def tofu_snapshot(root: Path, layout: str = "configs", drop: str | None = None) 
     if layout == "configs":
         return write_snapshot(root, {name: {"train": frame} for name, frame in subsets.items()})
     return write_snapshot(root, {"default": subsets}, folders={"default": "data"})
+
+
+def muse_bench_config(source, model_dir, schemes: list[dict], **extra) -> dict:
+    """A one-bench MUSE config on a local snapshot and a local model folder (target and retrain
+    alike), one `ga` run, the given quantization schemes; `extra` top-level keys over it."""
+    return {
+        "device": "cpu",
+        "benchmarks": {"news": {
+            "corpus": {"kind": "muse", "subset": "news", "source": str(source), "max_length": 32},
+            "reference": {"kind": "pretrained", "target": str(model_dir),
+                          "retrain": str(model_dir)}}},
+        "methods": {"ga": {"params": "full", "lr": 1.0e-4, "epochs": 1}},
+        "quantization": {"schemes": schemes, "diagnostics": {"enabled": False}},
+        **extra,
+    }

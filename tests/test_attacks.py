@@ -131,13 +131,9 @@ def test_relearned_rows_say_recovery_and_knowmem_scores_the_heldout_people(qa_lm
     same per-item scores, so their mean is the mean over those items."""
     from relapse.evaluate.metrics.knowmem import knowmem
     from relapse.evaluate.stage import EvalContext
-    from relapse.models.io import save_model
 
     model, tok = qa_lm
-    folder = tmp_path / "cell"
-    folder.mkdir()
-    tok.save_pretrained(str(folder))
-    save_model(model, folder)
+    folder = _saved_cell(model, tok, tmp_path / "cell")
     out = tmp_path / "relearn"
     run_attack("relearn", folder, out, data_dir, {"steps": [0], "data": ["forget"]})
     keys = json.loads((out / "forget-k0" / "attack_manifest.json").read_text())["keys"]
@@ -191,6 +187,16 @@ def _knowmem_forget(folder, data_dir, tok):
     return 100 * float(np.mean(forget.scores))
 
 
+def _saved_cell(model, tok, folder):
+    """`model` and its tokenizer written as a cell folder."""
+    from relapse.models.io import save_model
+
+    folder.mkdir()
+    tok.save_pretrained(str(folder))
+    save_model(model, folder)
+    return folder
+
+
 def _answer_nll(folder, data_dir, tok):
     """Per forget QA item, the mean negative log-likelihood of the answer's tokens after
     `Question: q\nAnswer: ` (teacher-forced, float64 log-softmax): a continuous measure of the
@@ -222,14 +228,9 @@ def test_relearning_on_forget_raises_knowmem_f_more_than_unrelated_data(qa_lm, i
     p < 0.01 (paired t-test over the 12 items; measured here t = 4.5, p < 0.001)."""
     from scipy.stats import ttest_rel
 
-    from relapse.models.io import save_model
-
     data_dir = in_sample_dir
     model, tok = qa_lm
-    folder = tmp_path / "cell"
-    folder.mkdir()
-    tok.save_pretrained(str(folder))
-    save_model(model, folder)
+    folder = _saved_cell(model, tok, tmp_path / "cell")
     out = tmp_path / "relearn"
     run_attack("relearn", folder, out, data_dir,
                {"steps": [0, 100], "data": ["forget", "holdout"], "params": "full",

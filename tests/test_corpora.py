@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from hub_snapshots import muse_snapshot, tofu_snapshot
+from hub_snapshots import muse_bench_config, muse_snapshot, tofu_snapshot
 from relapse.data.corpora import corpus_kinds, get_corpus
 from relapse.data.corpora.chunking import chunk_text
 from relapse.data.corpora.hub import CorpusError
@@ -283,9 +283,9 @@ def test_tofu_forget_must_be_a_subset():
         get_corpus("tofu").wanted({"forget": "forget20"}, None)
 
 
-def test_prepare_writes_splits_and_records_the_source(tmp_path, tokenizer):
+def _prepared_muse(tmp_path, tokenizer):
+    """(snapshot, data folder): a MUSE-shaped snapshot prepared with `tokenizer`, windows of 16."""
     from relapse.data.prepare import prepare
-    from relapse.io import read_parquet_metadata
 
     source = muse_snapshot(tmp_path / "m")
     tok_dir = tmp_path / "tok"
@@ -293,6 +293,13 @@ def test_prepare_writes_splits_and_records_the_source(tmp_path, tokenizer):
     out = tmp_path / "data"
     prepare("news", {"kind": "muse", "source": str(source), "max_length": 16}, out,
             tokenizer_dir=tok_dir)
+    return source, out
+
+
+def test_prepare_writes_splits_and_records_the_source(tmp_path, tokenizer):
+    from relapse.io import read_parquet_metadata
+
+    source, out = _prepared_muse(tmp_path, tokenizer)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["source"] == str(source) and manifest["splits"]["holdout"] == 3
     assert pd.read_parquet(out / "knowmem_forget_qa.parquet").shape == (8, 3)
@@ -314,20 +321,12 @@ def test_muse_end_to_end_on_a_snapshot_with_a_tiny_llama(tmp_path, tiny_lm):
     root = Path(__file__).resolve().parents[1]
     model_dir, _, _ = tiny_lm
     source = muse_snapshot(tmp_path / "MUSE-News")
-    cfg = {
-        "device": "cpu",
-        "benchmarks": {"news": {
-            "corpus": {"kind": "muse", "subset": "news", "source": str(source), "max_length": 32},
-            "reference": {"kind": "pretrained", "target": str(model_dir),
-                          "retrain": str(model_dir)}}},
-        "unlearning": {"batch_size": 4},
-        "methods": {"ga": {"params": "full", "lr": 1.0e-4, "epochs": 1}},
-        "quantization": {"schemes": [{"scheme": "none", "bits": [16]},
-                                     {"scheme": "rtn", "bits": [4], "group_size": 32}],
-                         "diagnostics": {"enabled": False}},
-        "evaluation": {"knowmem": {"shots": "all", "max_new_tokens": 8},
-                       "verbmem": {"max_new_tokens": 8}, "bootstrap": {"samples": 10}},
-    }
+    cfg = muse_bench_config(
+        source, model_dir, [{"scheme": "none", "bits": [16]},
+                            {"scheme": "rtn", "bits": [4], "group_size": 32}],
+        unlearning={"batch_size": 4},
+        evaluation={"knowmem": {"shots": "all", "max_new_tokens": 8},
+                    "verbmem": {"max_new_tokens": 8}, "bootstrap": {"samples": 10}})
     config = tmp_path / "muse_tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
     cell = "results/news/ga/epochs=1_lr=0.0001_params=full/s0/rtn-w4/metrics.parquet"
@@ -399,14 +398,7 @@ def test_tofu_relearning_split_shares_no_author_with_the_heldout_questions(tmp_p
 def test_muse_relearning_stays_in_sample(tmp_path, tokenizer):
     """MUSE's QA pairs name no article: its published relearning protocol (forget data, scored
     on the same forget QA), recorded as in-sample."""
-    from relapse.data.prepare import prepare
-
-    source = muse_snapshot(tmp_path / "m")
-    tok_dir = tmp_path / "tok"
-    tokenizer.save_pretrained(str(tok_dir))
-    out = tmp_path / "data"
-    prepare("news", {"kind": "muse", "source": str(source), "max_length": 16}, out,
-            tokenizer_dir=tok_dir)
+    source, out = _prepared_muse(tmp_path, tokenizer)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["relearn"]["recovery"] == "in-sample"
     assert "no source" in manifest["relearn"]["reason"]

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hub_snapshots import muse_snapshot
+from hub_snapshots import muse_bench_config, muse_snapshot
 from relapse import fingerprint as fp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,16 +116,7 @@ def test_changed_local_sources_rerun_what_read_them(tmp_path, tiny_lm):
     model_dir = tmp_path / "target_model"
     shutil.copytree(tiny_lm[0], model_dir)
     source = muse_snapshot(tmp_path / "MUSE-News")
-    cfg = {
-        "device": "cpu",
-        "benchmarks": {"news": {
-            "corpus": {"kind": "muse", "subset": "news", "source": str(source), "max_length": 32},
-            "reference": {"kind": "pretrained", "target": str(model_dir),
-                          "retrain": str(model_dir)}}},
-        "methods": {"ga": {"params": "full", "lr": 1.0e-4, "epochs": 1}},
-        "quantization": {"schemes": [{"scheme": "none", "bits": [16]}],
-                         "diagnostics": {"enabled": False}},
-    }
+    cfg = muse_bench_config(source, model_dir, [{"scheme": "none", "bits": [16]}])
     config = tmp_path / "muse_tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run, target = tmp_path / "run", "results/news/data"
