@@ -47,8 +47,9 @@ from relapse.numerics import pin
 pin(config["numerics"])
 
 # Every job re-reads the Snakefile, so this reaches local and SLURM jobs alike.
-if not config.get("integrity", {}).get("verify_weights", True):
-    os.environ["RELAPSE_VERIFY_WEIGHTS"] = "0"
+from relapse.models.io import set_weight_verification
+
+set_weight_verification(config.get("integrity", {}).get("verify_weights", True))
 
 # Jobs run `relapse`: from the rule's conda env, the activated venv, or else the environment
 # whose Python runs Snakemake (`.venv/bin/snakemake` without activating the venv).

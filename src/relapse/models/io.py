@@ -74,6 +74,14 @@ WEIGHT_GLOB = "model*.safetensors"
 _verified: set = set()
 
 
+def set_weight_verification(enabled: bool) -> None:
+    """Turn verify_weights on or off for this process and the jobs it starts (the workflow
+    calls it with config `integrity.verify_weights`)."""
+    import os
+
+    os.environ["RELAPSE_VERIFY_WEIGHTS"] = "1" if enabled else "0"
+
+
 def seal_weights(folder: str | Path, known: dict[str, str] | None = None) -> None:
     """Record the SHA-256 of the folder's weight files (`known`: name -> hash already computed,
     e.g. by the source's fingerprint)."""
