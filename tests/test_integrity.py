@@ -35,8 +35,12 @@ def test_weights_changed_in_place_are_refused(tmp_path, tiny_lm, monkeypatch):
     io._verified.clear()
     with pytest.raises(io.CorruptModelError, match=r"model\.safetensors: its content changed"):
         io.load_model(out)
-    monkeypatch.setenv("RELAPSE_VERIFY_WEIGHTS", "0")     # the stated opt-out
+    monkeypatch.setenv("RELAPSE_VERIFY_WEIGHTS", "1")
+    io.set_weight_verification(False)                     # config integrity.verify_weights
     io.load_model(out)
+    io.set_weight_verification(True)
+    with pytest.raises(io.CorruptModelError):
+        io.load_model(out)
 
 
 def test_a_weight_file_the_record_does_not_list_is_refused(tmp_path, tiny_lm):
