@@ -46,16 +46,22 @@ SNAKEMAKE_FLAGS ?=
 UNLOCK := $(VENV)/bin/python -m relapse.unlock --directory $(WORKDIR)
 RUN := $(SNAKEMAKE) --directory $(WORKDIR) $(SNAKEMAKE_FLAGS)
 
+# `make run` keeps Snakemake's full output in RUNLOG (appended, one timestamped header per run)
+# and shows one line per finished job, the errors, and on failure the log's last lines
+# (relapse.runlog; its exit status is Snakemake's).
+RUNLOG ?= $(WORKDIR)/logs/make-run.log
+
 run: $(STAMP)
 	$(UNLOCK)
-	$(RUN) --workflow-profile workflow/profiles/default --cores $(CORES)
+	@$(VENV)/bin/python -m relapse.runlog $(RUNLOG) -- \
+	  $(RUN) --workflow-profile workflow/profiles/default --cores $(CORES)
 	@echo; cat $(WORKDIR)/results/tables/summary.md
 
 dryrun: $(STAMP)
 	$(UNLOCK)
 	$(RUN) --workflow-profile workflow/profiles/default --cores $(CORES) -n
 
-# The README's cluster run: make cluster CONFIG=my.yaml (workflow/profiles/slurm).
+# The cluster run (docs/slurm.md): make cluster CONFIG=my.yaml (workflow/profiles/slurm).
 cluster: $(STAMP)
 	@test -n "$(CONFIG)" || { echo "make cluster: set CONFIG=your-config.yaml"; exit 2; }
 	$(UNLOCK)

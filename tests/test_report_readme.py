@@ -1,5 +1,5 @@
-"""The README's three query examples of results/tables/metrics.parquet (DuckDB, pandas, polars)
-run as written against a metrics table made by the report stage."""
+"""docs/results.md's three query examples of results/tables/metrics.parquet (DuckDB, pandas,
+polars) run as written against a metrics table made by the report stage."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from test_report_paper import CFG, crafted_metrics
 
 
 def readme_blocks(root) -> list[tuple[str, str]]:
-    text = (root / "README.md").read_text()
-    section = text.split("### `results/tables/metrics.parquet`", 1)[1].split("\n### ", 1)[0]
+    text = (root / "docs" / "results.md").read_text()
+    section = text.split("## `results/tables/metrics.parquet`", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
 
 

@@ -14,7 +14,7 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)          # the CPU generator and every CUDA device's
     if os.environ.get("RELAPSE_DETERMINISTIC", "") not in ("", "0"):
-        # Bitwise-repeatable GPU runs (README, Reliability): cuBLAS needs a fixed workspace,
+        # Bitwise-repeatable GPU runs (docs/reliability.md, Determinism): cuBLAS needs a fixed workspace,
         # set before its first call; an op without a deterministic kernel then raises.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -1,0 +1,168 @@
+"""The README, config/README.md and docs/*.md link only to files that exist and to headings
+that exist (GitHub's anchors), and the numbers the README and docs/benchmarks.md quote from a
+benchmark JSON are that JSON's."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^(```|~~~)")
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+# [text](target) and ![alt](target); the target up to whitespace (a title may follow) or ")"
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+CODE_SPAN = re.compile(r"(`+).*?\1")
+
+
+def pages(root: Path) -> list[Path]:
+    return [root / "README.md", root / "config" / "README.md",
+            *sorted((root / "docs").glob("*.md"))]
+
+
+def prose_lines(text: str):
+    """(line number, line) outside fenced code blocks, with inline code spans blanked."""
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if FENCE.match(line.lstrip()):
+            fenced = not fenced
+            continue
+        if not fenced:
+            yield number, line
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading's text: lowercase; drop every character but letters,
+    digits, spaces, hyphens and underscores; each space becomes a hyphen."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)      # a link's text only
+    text = "".join(c for c in text.lower() if c.isalnum() or c in " -_")
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors of `path`'s headings; a repeated slug gets -1, -2, … as on GitHub."""
+    seen: dict[str, int] = {}
+    out = set()
+    for _, line in prose_lines(path.read_text()):
+        if m := HEADING.match(line):
+            base = slug(m[2])
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def broken_links(path: Path) -> list[str]:
+    problems = []
+    for number, line in prose_lines(path.read_text()):
+        for target in LINK.findall(CODE_SPAN.sub("", line)):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):     # http(s), mailto: not fetched
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            where = f"{path.name}:{number}: {target}"
+            if not dest.exists():
+                problems.append(f"{where}: no such file")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                problems.append(f"{where}: no heading #{anchor} in {dest.name}")
+    return problems
+
+
+@pytest.mark.parametrize("heading, want", [
+    ("Results, tables and the report", "results-tables-and-the-report"),
+    ("`results/tables/metrics.parquet`", "resultstablesmetricsparquet"),
+    ("Does it reproduce on a real LM?", "does-it-reproduce-on-a-real-lm"),
+    ("Survival diagnostics (`diagnostics.parquet`)", "survival-diagnostics-diagnosticsparquet"),
+    ("LLMEraser: instance-wise LoRA unlearning", "llmeraser-instance-wise-lora-unlearning"),
+    ("Paper tables (`results/tables/`, each as `.md`, `.tex` booktabs, `.csv`)",
+     "paper-tables-resultstables-each-as-md-tex-booktabs-csv"),
+    ("snake_case and  two spaces", "snake_case-and--two-spaces"),
+])
+def test_slug_is_githubs(heading, want):
+    assert slug(heading) == want
+
+
+def test_every_page_exists_and_is_linked_from_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    docs = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert docs, "docs/ has no pages"
+    for name in docs:
+        assert f"](docs/{name}" in readme, f"README.md does not link docs/{name}"
+
+
+@pytest.mark.parametrize("page", pages(ROOT), ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_resolve(page):
+    assert broken_links(page) == []
+
+
+def test_a_broken_link_is_caught(tmp_path):
+    (tmp_path / "other.md").write_text("# Other page\n\n## A section, with commas\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Title\n\n## Here\n\n"
+        "[ok](other.md) [ok](other.md#a-section-with-commas) [ok](#here)\n"
+        "[web](https://x.invalid/y)\n"
+        "[gone](missing.md) [bad anchor](other.md#a-section) [bad in-page](#there)\n"
+        "`[in code](nowhere.md)`\n\n```\n[in a fence](nowhere.md)\n```\n")
+    assert broken_links(page) == [
+        "page.md:7: missing.md: no such file",
+        "page.md:7: other.md#a-section: no heading #a-section in other.md",
+        "page.md:7: #there: no heading #there in page.md",
+    ]
+
+
+# ---- numbers quoted from benchmarks/*.json
+
+def bench(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / f"{name}.json").read_text())
+
+
+def table_row(page: Path, script: str) -> str:
+    rows = [line for line in page.read_text().splitlines() if line.startswith(f"| `{script}` |")]
+    assert len(rows) == 1, f"{page.name}: one row for {script}"
+    return rows[0].rsplit("|", 2)[1]      # the last column: the result
+
+
+def pipeline_jobs(e2e: dict) -> int:
+    # every job writes a per-rule benchmark TSV except the target rule `all`, which Snakemake
+    # counts as one more job
+    return sum(rule["jobs"] for rule in e2e["rules"].values()) + 1
+
+
+def test_benchmarks_table_quotes_the_jsons():
+    page = ROOT / "docs" / "benchmarks.md"
+    engine = bench("eval_engine")
+    row = table_row(page, "eval_engine.py")
+    assert f"{engine['speedup']:.1f}× faster" in row
+    assert f"{engine['identical_greedy_share']:.0%} identical greedy outputs" in row
+    assert engine["forwards_per_scored_text"]["engine"]["per_distinct_text"] == 1.0
+    assert "1 forward per scored text" in row
+
+    e2e = bench("pipeline_e2e")
+    row = table_row(page, "pipeline_e2e.py")
+    assert row.strip().startswith(f"{e2e['cold_s']:.0f} s cold, {e2e['noop_s']:g} s no-op "
+                                  f"({pipeline_jobs(e2e)} jobs")
+
+    step = bench("unlearn_step")
+    row = table_row(page, "unlearn_step.py")
+    assert f"{step['overhead']:.1%} overhead (goal ≤ {step['goal_overhead']:.0%})" in row
+
+    planning = bench("planning")["results"]
+    row = table_row(page, "planning.py")
+    assert " / ".join(f"{r['jobs']:,}" for r in planning) + " jobs in " + \
+        " / ".join(f"{r['seconds']:.0f}" for r in planning) + " s" in row
+
+
+def test_two_commands_quotes_the_pipeline_json():
+    e2e = bench("pipeline_e2e")
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    section = " ".join(section.split())          # the README wraps lines anywhere
+    assert f"the default ({pipeline_jobs(e2e)} jobs, with the attack slice)" in section
+    assert f"`benchmarks/pipeline_e2e.json`: {e2e['cold_s']:.0f} s on a quiet machine" in section
+    assert f"{e2e['noop_s']:g} s when nothing changed" in section
+    train = e2e["rules"]["train_reference"]["mean_s"]
+    assert f"the two reference trainings, {train:.0f} s each" in section
