@@ -166,3 +166,20 @@ def test_two_commands_quotes_the_pipeline_json():
     assert f"{e2e['noop_s']:g} s when nothing changed" in section
     train = e2e["rules"]["train_reference"]["mean_s"]
     assert f"the two reference trainings, {train:.0f} s each" in section
+
+
+def test_the_stage_table_names_every_rule_of_the_workflow():
+    """The README's stage table (column `rule`) names exactly the workflow's rules: a rule added,
+    renamed (prepare_data vs prepare_corpus) or removed must show up there."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    rules = set()
+    for path in [root / "Snakefile", *sorted((root / "workflow" / "rules").glob("*.smk"))]:
+        rules |= set(re.findall(r"^(?:rule|checkpoint) (\w+):", path.read_text(), flags=re.M))
+    text = (root / "README.md").read_text()
+    table = text.split("| stage | rule | output |", 1)[1].split("\n\n", 1)[0]
+    named = set()
+    for line in table.splitlines()[2:]:
+        named |= set(re.findall(r"`(\w+)`", line.split("|")[2]))
+    assert named == rules - {"all"}, (sorted(rules - {"all"} - named), sorted(named - rules))
