@@ -183,3 +183,17 @@ def test_the_stage_table_names_every_rule_of_the_workflow():
     for line in table.splitlines()[2:]:
         named |= set(re.findall(r"`(\w+)`", line.split("|")[2]))
     assert named == rules - {"all"}, (sorted(rules - {"all"} - named), sorted(named - rules))
+
+
+def test_the_readme_default_numbers_are_the_committed_runs():
+    """README "What the default shows" is benchmarks/default_run.py's rendering of the committed
+    reference run (benchmarks/default_run/*.csv): no number in it is copied by hand."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("default_run",
+                                                  root / "benchmarks" / "default_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.readme_block(root / "README.md") == module.render(root / "benchmarks" /
+                                                                    "default_run")
