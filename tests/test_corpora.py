@@ -448,3 +448,32 @@ def test_a_snapshot_whose_readme_declares_no_data_files_is_left_to_datasets(tmp_
     readme.write_text(readme.read_text().replace("data_files:", "data_dir: raw\n  x_files:", 1))
     assert LocalSnapshot(str(root)).meta is None
     assert LocalSnapshot(str(muse_snapshot(tmp_path / "plain"))).meta is not None
+
+
+def test_a_hub_corpus_is_checked_before_any_model_download(tmp_path, monkeypatch):
+    """check-corpus resolves every config and split from the repository's metadata (here a
+    stand-in for the hub's listing), and a missing split fails, naming it, with no model
+    fetched: fetch_pretrained waits for this job (workflow/rules/reference.smk)."""
+    from relapse.cli import main
+    from relapse.data.corpora import hub
+
+    local = muse_snapshot(tmp_path / "m", drop=("knowmem", "forget_qa"))
+    real_names, real_files = hub.config_names, hub.split_files
+    monkeypatch.setattr(hub, "config_names",
+                        lambda source, revision=None: real_names(str(local)))
+    monkeypatch.setattr(hub, "split_files", lambda source, name, revision=None, names=None:
+                        real_files(str(local), name, None, names))
+    monkeypatch.setattr(hub, "is_local", lambda source: False)
+    settings = json.dumps({"corpus": {"kind": "muse", "subset": "news"}})
+    out = tmp_path / "corpus_check.json"
+    with pytest.raises(SystemExit, match=r"benchmarks\.news\.corpus: .*'muse-bench/MUSE-News'"
+                                         r".*config 'knowmem': no split 'forget_qa'"):
+        main(["check-corpus", "--settings", settings, "--bench", "news", "--out", str(out)])
+    assert not out.exists()
+    local = muse_snapshot(tmp_path / "ok")
+    assert main(["check-corpus", "--settings", settings, "--bench", "news",
+                 "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["source"] == "muse-bench/MUSE-News" and not record["local"]
+    assert record["splits_used"]["knowmem_forget_qa"] == "knowmem/forget_qa"
+

@@ -35,8 +35,11 @@ def test_muse_plan(tmp_path):
     # 8 methods carry two epoch values (News' and Books'), 4 carry one: 20 x 4 lr x 2 params
     models = (8 * 2 + 4) * 4 * 2 * 2
     cells = (models + 2 * 2) * QUANTS  # + target and retrain of each corpus
-    want = {"fetch_pretrained": 4, "prepare_corpus": 2, "unlearn": runs, "select_epoch": models,
-            "diagnose": models, "quantize": cells, "evaluate": cells, "check_cells": 1, "report": 1, "all": 1}
+    # check_corpus is planned only because fetch_pretrained needs its output: the corpus is
+    # checked before any model is downloaded
+    want = {"check_corpus": 2, "fetch_pretrained": 4, "prepare_corpus": 2, "unlearn": runs,
+            "select_epoch": models, "diagnose": models, "quantize": cells, "evaluate": cells,
+            "check_cells": 1, "report": 1, "all": 1}
     assert {k: counts.get(k, 0) for k in want} == want
     assert counts["total"] == sum(want.values()) + sum(
         v for k, v in counts.items() if k not in want and k != "total")
@@ -46,7 +49,7 @@ def test_tofu_plan(tmp_path):
     counts = planned(tmp_path, "tofu.yaml")
     models = 12 * 4 * 2  # one epoch value: one model per training run
     cells = (models + 2) * QUANTS
-    want = {"fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": models,
+    want = {"check_corpus": 1, "fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": models,
             "select_epoch": models, "diagnose": models, "quantize": cells, "evaluate": cells,
             "check_cells": 1, "report": 1, "all": 1}
     assert {k: counts.get(k, 0) for k in want} == want

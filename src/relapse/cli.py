@@ -61,6 +61,20 @@ def cmd_prepare_data(args) -> None:
             heldout=s.get("relearn", {}).get("heldout", DEFAULT_HELDOUT))
 
 
+def cmd_check_corpus(args) -> None:
+    from relapse.data.corpora import get_corpus
+    from relapse.data.corpora.hub import CorpusError
+    from relapse.io import write_json
+
+    corpus = _settings(args)["corpus"]
+    try:
+        record = get_corpus(corpus["kind"]).check_source(corpus)
+    except CorpusError as err:
+        raise SystemExit(f"relapse check-corpus: benchmarks.{args.bench}.corpus: {err}") from None
+    write_json(args.out, {"bench": args.bench, "corpus": corpus, **record})
+    print(f"[check-corpus] {record['source']}: {len(record['splits_used'])} splits found")
+
+
 def cmd_train_tokenizer(args) -> None:
     from relapse.models.reference import train_tokenizer_stage
 
@@ -313,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    stage("check-corpus", cmd_check_corpus, "bench", "out")
     p = stage("prepare-data", cmd_prepare_data, "bench", "out")
     p.add_argument("--base", default=None,
                    help="a pretrained base model folder: also keep the world-knowledge QA it answers")
@@ -405,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The config `resources:` section that sizes each subcommand's rule (workflow/rules/common.smk).
 RESOURCE_STAGE = {
-    "prepare-data": "data", "train-tokenizer": "tokenizer", "train-reference": "reference",
+    "prepare-data": "data", "check-corpus": "data", "train-tokenizer": "tokenizer", "train-reference": "reference",
     "snap-reference": "reference", "load-gguf": "reference", "fetch-pretrained": "reference",
     "finetune-reference": "reference", "train-lora-reference": "reference",
     "unlearn": "unlearn", "unlearn-one-shot": "unlearn", "select-epoch": "unlearn",

@@ -50,6 +50,31 @@ rule prepare_data_pretrained:
 # snapshot) and cut into training chunks by the reference target's tokenizer.
 
 
+# A hub corpus is checked (configs and splits, from the repository's metadata) before the
+# reference models it is paired with are downloaded: a mistyped corpus fails in seconds, not
+# after a 7B download (fetch_pretrained takes this file as an input).
+rule check_corpus:
+    output:
+        "results/{bench}/corpus_check.json",
+    wildcard_constraints:
+        bench=alternatives(HUB_CORPUS),
+    params:
+        settings=lambda w: data_settings(w.bench),
+        source=lambda w: corpus_fingerprint(w.bench),
+    log:
+        "logs/check_corpus/{bench}.log",
+    benchmark:
+        "results/benchmarks/check_corpus/{bench}.tsv"
+    threads: 1
+    resources:
+        **stage_resources("data"),
+    conda:
+        ENV
+    shell:
+        "relapse check-corpus --settings {params.settings:q} --bench {wildcards.bench} "
+        "--out {output} > {log} 2>&1"
+
+
 rule prepare_corpus:
     input:
         tokenizer="results/{bench}/reference/target",

@@ -134,6 +134,9 @@ rule finetune_reference:
 
 
 rule fetch_pretrained:
+    input:
+        # the corpus checked first, where the bench reads a hub corpus (rule check_corpus)
+        corpus=lambda w: [f"results/{w.bench}/corpus_check.json"] if w.bench in HUB_CORPUS else [],
     output:
         directory("results/{bench}/reference/{ref}"),
     wildcard_constraints:

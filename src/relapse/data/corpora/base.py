@@ -48,13 +48,25 @@ class HubCorpus:
 
     def check(self, cfg: dict) -> None:
         """At validation, only for a local snapshot (reading the hub's metadata would need the
-        network on the submit host, so a hub source is checked by the data stage): every
+        network on the submit host, so a hub source is checked by rule check_corpus): every
         config, split and column read, and no split empty, from the README and Parquet footers."""
         src = self.source(cfg)
         if is_local(src.source):
             snapshot = LocalSnapshot(src.source, src.revision)
             for config, split, columns in self.resolve(snapshot, cfg).values():
                 snapshot.check_split(config, split, columns)
+
+    def check_source(self, cfg: dict) -> dict:
+        """Before any model is downloaded (rule check_corpus): every config and split the corpus
+        reads exists at its source, hub or local, read from the repository's metadata only (no
+        data file is downloaded); a local snapshot gets the full check of `check`. Returns what
+        was resolved, for the job's record."""
+        src = self.source(cfg)
+        self.check(cfg)
+        resolved = self.resolve(src, cfg)
+        return {"source": src.source, "revision": src.revision, "local": is_local(src.source),
+                "splits_used": {name: f"{config}/{split}"
+                                for name, (config, split, _) in resolved.items()}}
 
     def load_all(self, cfg: dict):
         src = self.source(cfg)
