@@ -166,6 +166,9 @@ def test_two_commands_quotes_the_pipeline_json():
     assert f"{e2e['noop_s']:g} s when nothing changed" in section
     train = e2e["rules"]["train_reference"]["mean_s"]
     assert f"the two reference trainings, {train:.0f} s each" in section
+    run = json.loads((ROOT / "benchmarks" / "default_run" / "run.json").read_text())
+    assert (f"the cold run of the 158 jobs took {run['seconds']:.0f} s here, against "
+            f"{run['native_seconds']:.0f} s with `numerics: native`") in section
 
 
 def test_the_stage_table_names_every_rule_of_the_workflow():
