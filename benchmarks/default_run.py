@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,6 +33,13 @@ def _short_hp(hp: str) -> str:
     return f"lr={float(parts['lr']):.0e}".replace("e-0", "e-") + f", {parts['epochs']} epochs"
 
 
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    from relapse.io import atomic_file
+
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def collect(results: Path, out: Path = OUT, seconds: float | None = None) -> None:
     from relapse.io import write_json
     from relapse.provenance import provenance
@@ -41,12 +47,12 @@ def collect(results: Path, out: Path = OUT, seconds: float | None = None) -> Non
     out.mkdir(parents=True, exist_ok=True)
     tables = results / "tables"
     for name in TABLES:
-        shutil.copyfile(tables / name, out / name)
+        _write_csv(pd.read_csv(tables / name), out / name)
     # Representations of the attacked unlearned models at full precision, forget texts.
     frames = [pd.read_parquet(p) for p in sorted(results.glob("synthbio/*/*/s0/none-w16/repr.parquet"))]
     rep = pd.concat(frames, ignore_index=True)
     rep = rep[rep.measure.isin(["cka", "pca_similarity", "pca_shift_pc1"]) & (rep.split == "forget")]
-    rep.to_csv(out / "representations.csv", index=False)
+    _write_csv(rep, out / "representations.csv")
     # Update survival of the selected hp's 4-bit RTN cell, per bench.
     chosen = pd.read_csv(tables / "selection.csv")
     rows = []
@@ -57,7 +63,7 @@ def collect(results: Path, out: Path = OUT, seconds: float | None = None) -> Non
                      "median_update_survival": float(four.update_survival.median()),
                      "median_same_code_fraction": float(four.same_code_fraction.median()),
                      "median_delta_over_step": float(four.delta_over_step.median())})
-    pd.DataFrame(rows).to_csv(out / "survival.csv", index=False)
+    _write_csv(pd.DataFrame(rows), out / "survival.csv")
     write_json(out / "run.json", {"command": "make run", "seconds": seconds,
                                   **provenance({})})
 
@@ -126,7 +132,10 @@ def write_readme(block: str, readme: Path = ROOT / "README.md") -> None:
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{readme}: no {BEGIN} ... {END} markers")
     head, rest = text.split(BEGIN, 1)
-    readme.write_text(head + BEGIN + "\n" + block + END + rest.split(END, 1)[1])
+    from relapse.io import atomic_file
+
+    with atomic_file(readme) as tmp:
+        tmp.write_text(head + BEGIN + "\n" + block + END + rest.split(END, 1)[1])
 
 
 def readme_block(readme: Path = ROOT / "README.md") -> str:

@@ -25,6 +25,9 @@ WRITE_FUNCTIONS = {("json", "dump"), ("torch", "save"), (None, "save_file")}
 # Functions that write to a path their caller gives, always a temp path inside an atomic_dir.
 CALLER_IS_ATOMIC = {
     ("src/relapse/quantize/grid.py", "save_grids"): "the quantize stage passes tmp / STEPS_FILE",
+    # Not an output: a log appended to as the run goes, where a partial log is what a killed
+    # run should leave behind.
+    ("src/relapse/runlog.py", "run"): "make run's log, appended line by line",
 }
 
 

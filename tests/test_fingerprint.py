@@ -137,7 +137,7 @@ def test_changed_local_sources_rerun_what_read_them(tmp_path, tiny_lm):
     frame = pd.read_parquet(qa)
     frame.loc[0, "answer"] = "an edited answer"
     frame.to_parquet(qa, index=False)
-    assert _planned(run, config, target) == {"prepare_corpus": 1}
+    assert _planned(run, config, target) == {"prepare_corpus": 1}    # the models stay
 
     weights = load_file(model_dir / "model.safetensors")
     name = sorted(weights)[0]
