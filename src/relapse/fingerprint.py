@@ -60,6 +60,18 @@ def _save_cache(cache: Path, entries: dict) -> None:
         pass          # a read-only work directory: fingerprints stay correct, only slower
 
 
+def _cached_sha256(file: Path, entries: dict) -> tuple[str, bool]:
+    """(SHA-256 of `file`, whether it was computed now): from `entries` while the file's size,
+    mtime and inode are those recorded there; `entries` gets the fresh one."""
+    st = file.stat()
+    key, stamp = str(file.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
+    known = entries.get(key)
+    if known is not None and known[0] == stamp:
+        return known[1], False
+    entries[key] = [stamp, file_sha256(file)]
+    return entries[key][1], True
+
+
 def fingerprint(path: str | os.PathLike, cache: str | os.PathLike | None = CACHE) -> dict:
     """{"sha256": digest of the whole content, "files": n, "bytes": total} of a file or folder.
 
@@ -74,16 +86,12 @@ def fingerprint(path: str | os.PathLike, cache: str | os.PathLike | None = CACHE
     files = _files(root)
     total, dirty = 0, False
     for file in files:
-        st = file.stat()
-        key = str(file.resolve())
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-        known = entries.get(key)
-        if known is None or known[0] != stamp:
-            known = [stamp, file_sha256(file)]
-            entries[key], dirty = known, True
+        digest, fresh = _cached_sha256(file, entries)
+        dirty |= fresh
+        size = file.stat().st_size
         name = file.name if root.is_file() else file.relative_to(root).as_posix()
-        whole.update(f"{name}\0{st.st_size}\0{known[1]}\n".encode())
-        total += st.st_size
+        whole.update(f"{name}\0{size}\0{digest}\n".encode())
+        total += size
     if dirty and cache is not None:
         _save_cache(cache, entries)
     return {"sha256": whole.hexdigest(), "files": len(files), "bytes": total}
@@ -101,11 +109,6 @@ def weight_hashes(folder: str | os.PathLike, pattern: str = "model*.safetensors"
                   cache: str | os.PathLike | None = CACHE) -> dict[str, str]:
     """name -> SHA-256 of the folder's files matching `pattern`, through the hash cache (the
     fingerprint of a local reference has hashed them already)."""
-    cache = Path(cache) if cache is not None else None
-    entries, out = _load_cache(cache), {}
-    for file in sorted(Path(folder).expanduser().glob(pattern)):
-        st = file.stat()
-        known = entries.get(str(file.resolve()))
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-        out[file.name] = known[1] if known is not None and known[0] == stamp else file_sha256(file)
-    return out
+    entries = _load_cache(Path(cache) if cache is not None else None)
+    return {file.name: _cached_sha256(file, entries)[0]
+            for file in sorted(Path(folder).expanduser().glob(pattern))}

@@ -123,27 +123,25 @@ class Method:
     trainable_layers: Callable | None = None
     trainable_modules: Callable | None = None
 
-    def defaults(self) -> dict[str, Any]:
-        out = dict(COMMON_HPARAMS)
-        out.update(self.forget.hparams)
-        if self.regularizer:
-            out.update(self.regularizer.hparams)
+    def _merged(self, attr: str, common: dict, saliency: dict) -> dict[str, Any]:
+        """The shared entries, then the forget objective's, the regularizer's and saliency's."""
+        out = dict(common)
+        for objective in (self.forget, self.regularizer):
+            if objective:
+                out.update(getattr(objective, attr))
         if self.saliency:
-            out.update(SALIENCY_HPARAMS)
+            out.update(saliency)
         return out
+
+    def defaults(self) -> dict[str, Any]:
+        return self._merged("hparams", COMMON_HPARAMS, SALIENCY_HPARAMS)
 
     def hparam_names(self) -> set[str]:
         return set(self.defaults())
 
     def hparam_rules(self) -> dict[str, Rule]:
         """What each hparam accepts (relapse.unlearn.hparams; unlisted: its default's type)."""
-        out = dict(COMMON_RULES)
-        out.update(self.forget.rules)
-        if self.regularizer:
-            out.update(self.regularizer.rules)
-        if self.saliency:
-            out.update(SALIENCY_RULES)
-        return out
+        return self._merged("rules", COMMON_RULES, SALIENCY_RULES)
 
     @property
     def needs_reference(self) -> bool:
