@@ -316,7 +316,7 @@ def _check_registries(cfg: dict) -> None:
             method_hps(grids, cfg["unlearning"].get("params", ["lora"]))
         except ValueError as err:
             raise ConfigError(f"methods.{name}: {err}") from None
-        if method.forget.needs_preferred:
+        if getattr(getattr(method, "forget", None), "needs_preferred", False):
             _check_preference_corpora(cfg, name)
 
     names = quantizer_names()
