@@ -5,6 +5,12 @@ Both objectives need π_ref(y|x) of the two sequences, computed once at θ₀ un
 autocast (as NPO's), and are means over sequences (pairs), so micro-batches accumulate exactly.
 relapse has no alternate answers other than the shipped idk ones (AltPO's would be generated),
 so both prefer idk answers: `dpo` is the paper's loss, `idkdpo` open-unlearning's (scaled by 2/β).
+
+AltPO (Mekala et al. 2024, arXiv 2409.13474) is not here: its preferred answers are written by
+the model when instructed ("write another answer that changes the facts", with examples) and
+filtered, which needs an instruction-following chat model and a question; relapse's trained
+targets are small models fine-tuned on the very facts to forget (asked, they give the forget
+answer, so y_w = y_l and the loss has no gradient), and its default corpus is raw text.
 """
 from relapse.unlearn.hparams import number
 from relapse.unlearn.registry import register_forget
