@@ -333,8 +333,8 @@ def trained_lm(tmp_path_factory, tiny_lm, data_dir):
 def test_each_method_runs_end_to_end(tmp_path, trained_lm, data_dir, method, params):
     """Two epochs on the trained tiny model: DPO's forget pairs come to prefer the idk answer
     (measured: the mean log π(y_w|x) − log π(y_l|x) rises by 7 to 48 nats; SURE's few modules
-    the least), UNDIAL raises the forget NLL (measured +0.08 to +0.25). With the sign of either
-    loss flipped both move the other way."""
+    the least), UNDIAL raises the forget NLL (measured +0.08 to +0.25). Checked to fail with
+    DPO's sign flipped, and with UNDIAL raising the forget token's logit instead of lowering it."""
     import json
 
     from relapse.models.io import load_model
