@@ -46,8 +46,8 @@ def direct_preference(ctx, batch, hp):
 @register_forget("idkdpo", hparams=HPARAMS, needs_ref_seq_logp=True, needs_preferred=True,
                  reduction="sequence", rules=RULES)
 def idk_preference(ctx, batch, hp):
-    """IdkDPO as open-unlearning runs it (trainer DPO with TOFU's idk answers as the alternate;
-    the NPO paper's DPO baseline, Zhang et al. 2024): DPO scaled by 2/β, as in NPO,
+    """IdkDPO as open-unlearning runs it (its DPO trainer, compute_dpo_loss, with TOFU's idk
+    answers as the alternate): DPO scaled by 2/β, the factor of NPO's loss,
     −(2/β)·E log σ(β log π_θ(y_w|x)/π_ref(y_w|x) − β log π_θ(y_l|x)/π_ref(y_l|x)), with
     relapse's own idk answers (relapse/data/idk.yaml). open-unlearning's class default is
     β = 1; here 0.1, NPO's."""
