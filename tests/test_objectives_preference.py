@@ -377,3 +377,28 @@ def test_config_validation_checks_the_new_hparams_and_refuses_packed_windows(roo
     with pytest.raises(ConfigError, match=r"methods\.idkdpo_gdr: not with benchmarks\.\w+ "
                                           r"\(corpus kind muse\)"):
         validate(muse)
+
+
+def test_dpo_on_qa_rows_prefers_the_idk_answer_to_the_question(tmp_path, trained_lm, data_dir):
+    """A QA forget split (a `prompt` column, as TOFU's): the pairs share the question prompt,
+    and training raises log π(idk|q) − log π(answer|q)."""
+    import json
+    import shutil
+
+    from relapse.data.prompts import QA
+    from relapse.models.io import load_model
+    from relapse.unlearn.trainer import unlearn
+
+    folder, target, tok = trained_lm
+    qa_dir = tmp_path / "qa"
+    shutil.copytree(data_dir, qa_dir)
+    facts = pd.read_parquet(data_dir / "knowmem_forget_qa.parquet")
+    prompts = [QA.prompt(q) for q in facts.question]
+    pd.DataFrame({"text": [p + a for p, a in zip(prompts, facts.answer)],
+                  "prompt": prompts}).to_parquet(qa_dir / "forget.parquet")
+    hp = {"lr": 1e-3, "epochs": 2, "params": "full"}
+    unlearn("dpo", hp, 0, folder, qa_dir, CFG, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "epoch2" / "unlearn_manifest.json").read_text())
+    assert manifest["preference"]["split"] == "qa prompt"
+    model = load_model(tmp_path / "out" / "epoch2")
+    assert _forget_pairs_margin(model, tok, qa_dir) > _forget_pairs_margin(target, tok, qa_dir) + 0.1
