@@ -316,6 +316,8 @@ def _check_registries(cfg: dict) -> None:
             method_hps(grids, cfg["unlearning"].get("params", ["lora"]))
         except ValueError as err:
             raise ConfigError(f"methods.{name}: {err}") from None
+        if getattr(getattr(method, "forget", None), "needs_preferred", False):
+            _check_preference_corpora(cfg, name)
 
     names = quantizer_names()
     seen = set()
@@ -346,6 +348,18 @@ def _check_registries(cfg: dict) -> None:
         if metric not in metric_names():
             raise ConfigError(f"evaluation.metrics: {metric!r} is unknown; "
                               f"allowed: {', '.join(metric_names())}")
+
+
+def _check_preference_corpora(cfg: dict, method: str) -> None:
+    """A preference method (DPO) needs a forget row it can split into prompt and answer."""
+    from relapse.unlearn.preference import packed_refusal
+
+    benches = cfg["benchmarks"]
+    for bench, entry in benches.items():
+        corpus = (entry.get("corpus") or benches.get(entry.get("base"), {}).get("corpus") or {})
+        if corpus.get("kind") == "muse":
+            raise ConfigError(f"methods.{method}: not with benchmarks.{bench} (corpus kind "
+                              f"muse): {packed_refusal(method)}")
 
 
 def _check_kernels(cfg: dict) -> None:

@@ -7,7 +7,9 @@ with every regularizer. Each such method also has a `_sure` variant (saliency-ma
 `register_method`.
 
 Objectives receive a `StepContext` (step.py) and return a scalar tensor:
-  forget(ctx, batch, hp)       -- batch from the forget split, with `ref_seq_logp` when asked
+  forget(ctx, batch, hp)       -- batch from the forget split, with `ref_seq_logp` when asked,
+                                  and a preferred answer per row (`preferred_*`, preference.py)
+                                  when the objective `needs_preferred`
   regularizer(ctx, batch, hp)  -- batch from the retain split
 
 Each objective declares its `reduction`, the units its value is a mean over, so that gradient
@@ -54,6 +56,9 @@ class Objective:
     reduction: str | dict = "token"    # what the value is a mean over (module docstring)
     setup: Callable | None = None      # run once at θ₀ before training
     rules: dict[str, Rule] = field(default_factory=dict)   # what each hparam accepts
+    # a (rejected, preferred) pair per forget row (relapse.unlearn.preference): the batch carries
+    # the preferred sequence beside the forget one, with its reference log-prob
+    needs_preferred: bool = False
 
     def reduction_for(self, loss_variant: str) -> str:
         if isinstance(self.reduction, dict):
@@ -79,13 +84,13 @@ _EXPLICIT: dict[str, dict[str, Any]] = {}
 def register_forget(name: str, hparams: dict | None = None, needs_ref_seq_logp: bool = False,
                     needs_reference: bool = False, composable: bool = True,
                     reduction: str | dict = "token", setup: Callable | None = None,
-                    rules: dict[str, Rule] | None = None):
+                    rules: dict[str, Rule] | None = None, needs_preferred: bool = False):
     _check_reduction(name, reduction)
 
     def wrap(fn):
         _FORGET[name] = Objective(name, fn, hparams or {}, needs_ref_seq_logp, needs_reference,
                                   composable, (fn.__doc__ or "").strip(), reduction, setup,
-                                  rules or {})
+                                  rules or {}, needs_preferred)
         return fn
     return wrap
 

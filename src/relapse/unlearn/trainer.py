@@ -74,8 +74,15 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     forget_file, retain_file = Path(data_dir) / "forget.parquet", Path(data_dir) / "retain.parquet"
     # Token ids per sample: MUSE's packed windows as stored, texts tokenized (+ EOS) otherwise;
     # QA texts (a `prompt` column) train on their answer tokens only, as TOFU does.
-    forget_rows = training_rows(
-        tokenizer, require_rows(read_parquet(forget_file), forget_file, "forget split"))
+    forget_frame = require_rows(read_parquet(forget_file), forget_file, "forget split")
+    forget_rows = training_rows(tokenizer, forget_frame)
+    preferred_rows, preference = None, None
+    if method.forget.needs_preferred:
+        # (rejected, preferred) per row; a raw text's rejected part is its continuation
+        from relapse.unlearn.preference import preference_rows
+
+        forget_rows, preferred_rows, preference = preference_rows(
+            tokenizer, forget_frame, forget_rows, hp, seed, method_name)
     retain_rows = training_rows(tokenizer, read_parquet(retain_file))
     if method.regularizer is not None:
         require_rows(retain_rows, retain_file, f"retain split ({method_name} regularizes on it)")
@@ -97,21 +104,27 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
         for p in reference.parameters():
             p.requires_grad_(False)
 
-    ref_seq_logp = None
-    if method.forget.needs_ref_seq_logp:
-        chunks = [tensors(forget_rows[i:i + micro]) for i in range(0, len(forget_rows), micro)]
-        ref_seq_logp = _ref_seq_logprobs(model, chunks, autocast)
+    def ref_logprobs(rows):
+        chunks = [tensors(rows[i:i + micro]) for i in range(0, len(rows), micro)]
+        return _ref_seq_logprobs(model, chunks, autocast)
+
+    ref_seq_logp = ref_logprobs(forget_rows) if method.forget.needs_ref_seq_logp else None
+    ref_preferred = ref_logprobs(preferred_rows) if preferred_rows is not None else None
 
     def forget_batch(indices):
         batch = tensors([forget_rows[i] for i in indices])
         if ref_seq_logp is not None:
             batch["ref_seq_logp"] = ref_seq_logp[indices]
+        if preferred_rows is not None:
+            batch.update({f"preferred_{k}": v for k, v in
+                          tensors([preferred_rows[i] for i in indices]).items()})
+            batch["preferred_ref_seq_logp"] = ref_preferred[indices]
         return batch
 
     n_layers = len(decoder_layers(model))
     model = make_trainable(model, hp["params"], unlearning_cfg.get("lora", {}))
     ctx = StepContext(model, loss_variant, reference, is_lora=is_lora, autocast=autocast, seed=seed)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"preference": preference} if preference else {}
     if method.trainable_layers is not None:
         modules = method.trainable_modules(hp) if method.trainable_modules else None
         extra["trainable_modules"] = restrict_to_layers(
