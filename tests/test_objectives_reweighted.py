@@ -300,7 +300,7 @@ CFG = {"batch_size": 4, "grad_clip": 1.0, "loss_variant": "paper",
 @pytest.mark.parametrize("params", ["full", "lora"])
 @pytest.mark.parametrize("method", ["wga_gdr", "satimp", "ceu", "pdu"])
 def test_each_method_unlearns_end_to_end(tmp_path, target, data_dir, method, params):
-    """3 steps raise forget NLL (measured: by 0.08 to 6.2); PDU's train_log records λ's trajectory, each step's λ the
+    """3 steps raise forget NLL (measured: by 0.08 to 2.0); PDU's train_log records λ's trajectory, each step's λ the
     previous one plus η times its constraint slack, clipped at 0; its manifest records ε."""
     import json
 
@@ -321,7 +321,7 @@ def test_each_method_unlearns_end_to_end(tmp_path, target, data_dir, method, par
         info = manifest["pdu_constraint"]
         assert info["eps"] == pytest.approx(1.1 * info["retain_loss_0"], rel=1e-12)
         dual = log["dual"].tolist()
-        assert dual[0] == 1.0
+        assert dual[0] == 100.0
         for k in range(1, len(dual)):
-            want = max(0.0, dual[k - 1] + log["regularizer"].iloc[k - 1])
+            want = max(0.0, dual[k - 1] + 5.0 * log["regularizer"].iloc[k - 1])
             assert dual[k] == pytest.approx(want, rel=1e-12, abs=1e-15)

@@ -13,9 +13,14 @@ when the next-token distribution is uniform; L_rtn is NLL on retain tokens. The 
 constraint level is ε = (1 + `eps`)·L_rtn(θ₀) (`eps_mode: relative`, the default: a tolerance
 `eps` over the target's own retain loss, measured once at θ₀ over the whole retain set);
 `eps_mode: absolute` takes ε = `eps` as open-unlearning's `retain_loss_eps` does (it has no
-default there). `alpha` is λ's start (open-unlearning: GradDiff's α = 1), `dual_lr` is η (1, as
-there); `dual_lr: 0` keeps λ = α, the plain scalarised loss. open-unlearning's per-epoch dual
-update (a pass over the retain set at each epoch's end) is not offered.
+default there; the authors' run.sh, community/methods/PDU in their fork, sets 0.3 on TOFU and
+their README says to pick it "appropriately larger" than the target's retain loss, which the
+relative mode does; the tolerance 0.1 is relapse's choice). `alpha` is λ's start and `dual_lr` η:
+100 and 5, the authors' TOFU settings (the flattening loss is a square of logit gaps, so λ
+starts large; their MUSE runs use 50 and 1). `dual_warmup` is 0 (open-unlearning's class
+default; the authors' runs hold λ for 5 of 10-30 epochs, which relapse's 5-epoch default would
+never leave). `dual_lr: 0` keeps λ = α, the plain scalarised loss. open-unlearning's per-epoch
+dual update (a pass over the retain set at each epoch's end) is not offered.
 
 λ lives in ctx.cache["alpha"], which accumulate_step uses as the regularizer's weight; the
 regularizer returns L_rtn − ε, so a step's `regularizer` total is exactly the constraint's slack
@@ -90,7 +95,7 @@ def dual_ascent(ctx, totals, hp, epoch) -> dict:
 
 
 @register_regularizer("pdu_constraint",
-                      hparams={"eps": 0.1, "eps_mode": "relative", "dual_lr": 1.0,
+                      hparams={"alpha": 100.0, "eps": 0.1, "eps_mode": "relative", "dual_lr": 5.0,
                                "dual_warmup": 0},
                       composable=False, reduction="token", setup=constraint_level,
                       after_step=dual_ascent,
