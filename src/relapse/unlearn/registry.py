@@ -18,8 +18,13 @@ accumulation can weight a micro-batch by its share of them and stay exact:
   position  -- attended positions: attention_mask == 1 (per-token hidden-state losses, RMU)
   sequence  -- sequences (NPO, SimNPO: a mean of per-sequence terms)
 A dict {loss_variant: reduction} gives a different one under a loss variant (MUSE's code).
+An objective whose mean is over a subset of those units (CE-U skips each answer's first tokens)
+declares `units(batch, hp) -> int`, the count its value is a mean over, in their place.
 A forget objective may also have a `setup(ctx, forget_batches, hp) -> dict`, run once at θ₀
-before training (RMU's activation norm); what it returns goes into the run's manifest.
+before training (RMU's activation norm), a regularizer one on the retain batches (PDU's
+constraint level); what it returns goes into the run's manifest. An `after_step(ctx, totals, hp,
+epoch) -> dict` runs after every optimizer step (PDU's dual ascent; a weight it keeps in
+`ctx.cache["alpha"]` replaces α); what it returns goes into that step's train_log row.
 Beside its `hparams` defaults an objective declares `rules`, what each value may be
 (relapse.unlearn.hparams): config validation checks every grid value against them, without
 importing torch (objective files import it inside their losses).
@@ -59,6 +64,8 @@ class Objective:
     # a (rejected, preferred) pair per forget row (relapse.unlearn.preference): the batch carries
     # the preferred sequence beside the forget one, with its reference log-prob
     needs_preferred: bool = False
+    units: Callable | None = None      # (batch, hp) -> the count the mean is over, if not reduction's
+    after_step: Callable | None = None   # (ctx, totals, hp, epoch) -> dict for the train_log row
 
     def reduction_for(self, loss_variant: str) -> str:
         if isinstance(self.reduction, dict):
@@ -84,26 +91,30 @@ _EXPLICIT: dict[str, dict[str, Any]] = {}
 def register_forget(name: str, hparams: dict | None = None, needs_ref_seq_logp: bool = False,
                     needs_reference: bool = False, composable: bool = True,
                     reduction: str | dict = "token", setup: Callable | None = None,
-                    rules: dict[str, Rule] | None = None, needs_preferred: bool = False):
+                    rules: dict[str, Rule] | None = None, needs_preferred: bool = False,
+                    units: Callable | None = None):
     _check_reduction(name, reduction)
 
     def wrap(fn):
         _FORGET[name] = Objective(name, fn, hparams or {}, needs_ref_seq_logp, needs_reference,
                                   composable, (fn.__doc__ or "").strip(), reduction, setup,
-                                  rules or {}, needs_preferred)
+                                  rules or {}, needs_preferred, units)
         return fn
     return wrap
 
 
 def register_regularizer(name: str, hparams: dict | None = None, needs_reference: bool = False,
                          composable: bool = True, reduction: str | dict = "token",
-                         rules: dict[str, Rule] | None = None):
+                         rules: dict[str, Rule] | None = None, setup: Callable | None = None,
+                         after_step: Callable | None = None):
     _check_reduction(name, reduction)
 
     def wrap(fn):
         _REGULARIZERS[name] = Objective(name, fn, {"alpha": 1.0, **(hparams or {})}, False,
                                         needs_reference, composable, (fn.__doc__ or "").strip(),
-                                        reduction, rules={"alpha": number(ge=0), **(rules or {})})
+                                        reduction, setup,
+                                        rules={"alpha": number(ge=0), **(rules or {})},
+                                        after_step=after_step)
         return fn
     return wrap
 

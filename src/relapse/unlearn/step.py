@@ -103,11 +103,12 @@ def _ref_seq_logprobs(model, batches, autocast=contextlib.nullcontext) -> "torch
     return torch.cat(out)
 
 
-def _shares(batches, reduction: str) -> list[float]:
-    """Each micro-batch's share of the units (tokens or sequences) its loss is a mean over."""
+def _shares(batches, reduction: str, units=None) -> list[float]:
+    """Each micro-batch's share of the units (tokens or sequences) its loss is a mean over;
+    `units(batch)` counts them when the objective declares its own (registry.py)."""
     from relapse.models.losses import reduction_count
 
-    counts = [reduction_count(b, reduction) for b in batches]
+    counts = [units(b) if units else reduction_count(b, reduction) for b in batches]
     total = sum(counts)
     return [c / total if total else 1.0 / len(counts) for c in counts]
 
@@ -120,10 +121,17 @@ def accumulate_step(method, ctx, hp, forget_parts, retain_parts=None, guard=None
     weighted by its share of those units in the whole batch (forget and retain each by their
     own): the accumulated gradient is then the full batch's, however it is split. Weighting by
     sequence count would be exact only for per-sequence losses."""
-    alpha = float(hp.get("alpha", 1.0))
-    forget_w = _shares(forget_parts, method.forget.reduction_for(ctx.loss_variant))
+    # a method with a dual variable (PDU) keeps the regularizer's current weight in the cache
+    alpha = float(ctx.cache.get("alpha", hp.get("alpha", 1.0)))
+
+    def units(objective):
+        return objective.units and (lambda batch: objective.units(batch, hp))
+
+    forget_w = _shares(forget_parts, method.forget.reduction_for(ctx.loss_variant),
+                       units(method.forget))
     if method.regularizer is not None:
-        retain_w = _shares(retain_parts, method.regularizer.reduction_for(ctx.loss_variant))
+        retain_w = _shares(retain_parts, method.regularizer.reduction_for(ctx.loss_variant),
+                           units(method.regularizer))
     totals: dict[str, float] = {}
     for i, forget in enumerate(forget_parts):
         terms = {"forget": method.forget.fn(ctx, forget, hp)}

@@ -137,6 +137,10 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             extra[method.forget.name] = method.forget.setup(ctx, batches, hp)
         if method.saliency:
             extra["sure"] = saliency_mask(model, method, ctx, batches, hp)
+    if method.regularizer is not None and method.regularizer.setup is not None:
+        # at θ₀, over the whole retain set (PDU's constraint level)
+        batches = [tensors(retain_rows[i:i + micro]) for i in range(0, len(retain_rows), micro)]
+        extra[method.regularizer.name] = method.regularizer.setup(ctx, batches, hp)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     dtypes = {"dtype": dtype, "trainable_dtype": ", ".join(sorted(
@@ -174,9 +178,12 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
         forget_parts, retain_parts = parts
         tokens = sum(int(part["attention_mask"].sum())
                      for part in forget_parts + (retain_parts or []))
-        log.append({"step": loop.step, "epoch": epoch, **totals,
-                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                    "seconds": loop.seconds(), "tokens": tokens})
+        row = {"step": loop.step, "epoch": epoch, **totals, "lr": scheduler.get_last_lr()[0],
+               "grad_norm": float(grad_norm), "seconds": loop.seconds(), "tokens": tokens}
+        for objective in (method.forget, method.regularizer):
+            if objective is not None and objective.after_step is not None:
+                row.update(objective.after_step(ctx, totals, hp, epoch))
+        log.append(row)
 
     with atomic_dir(out_dir) as run_dir:
         def end_epoch(epoch):
