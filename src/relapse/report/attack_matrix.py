@@ -123,8 +123,9 @@ def attack_matrix(metrics: pd.DataFrame, attacks: pd.DataFrame | None = None,
     utility = _values(cells, umeasure)
     index = _item_index(items)
     q0 = full_quant(metrics.quant)
-    tgt = forget.xs(("target", "none"), level=("method", "attack"))
-    tgt = tgt.groupby(["bench", "quant"]).mean()
+    keys = forget.index.to_frame(index=False)
+    is_target = ((keys.method == "target") & (keys.attack == "none")).to_numpy()
+    tgt = forget[is_target].groupby(["bench", "quant"]).mean()   # over the target's seeds
     rows = []
     for key, f in forget.items():
         bench, method, hp, seed, quant, attack, data, steps, sparsity = key

@@ -96,7 +96,8 @@ def relearn_figure(matrix: pd.DataFrame, budget: float):
     """Knowledge retained vs relearning steps (forget data, at the un-attacked quant; step 0 =
     un-attacked), one colour per method: solid, the most retained among the method's hps whose
     utility drop (mean over seeds) is within the budget; dashed, the most regardless of utility;
-    x where that one breaks the budget."""
+    x where that one breaks the budget. A step where no hp stays within the budget has no solid
+    point."""
     import matplotlib.pyplot as plt
 
     from relapse.report.figures import STYLE, _colour
@@ -109,7 +110,8 @@ def relearn_figure(matrix: pd.DataFrame, budget: float):
     frame = pd.concat([base.assign(attack_steps=0.0), rel], ignore_index=True)
     per_hp = frame.groupby(["bench", "method", "hp", "attack_steps"])[
         ["retained", "utility_drop"]].mean().reset_index()
-    benches = list(dict.fromkeys(frame.bench))
+    # benches without relearning would show step 0 alone
+    benches = list(dict.fromkeys(rel.bench)) or list(dict.fromkeys(frame.bench))
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(benches), figsize=(5.2 * len(benches), 3.8),
                                  squeeze=False)
