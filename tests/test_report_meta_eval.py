@@ -191,3 +191,16 @@ def test_a_utility_budget_outside_0_1_is_refused(root):
         cfg.setdefault("report", {})[key] = value
         with pytest.raises(ConfigError, match=rf"report\.{key}"):
             validate(cfg)
+
+
+def test_utility_is_mmlu_where_the_run_has_it():
+    metrics, attacks = _tables([
+        ("target", "none-w16", {}, 50.0, 90.0), ("npo", "none-w16", {}, 10.0, 80.0),
+        ("npo", "none-w16", PRUNE, 30.0, 40.0)])     # KnowMem_r halves ...
+    mmlu = [{**_row("npo", "none-w16", "test", v, HP, **a), "metric": "mmlu", "stat": "accuracy"}
+            for v, a in ((0.60, {}), (0.57, PRUNE))]  # ... but MMLU drops 5%
+    matrix = attack_matrix(pd.concat([metrics, pd.DataFrame(mmlu)], ignore_index=True), attacks)
+    row = worst_case(matrix, 0.10).iloc[0]
+    assert matrix.utility_measure.iloc[0] == "mmlu/test/accuracy"
+    assert row.chosen_label == "none-w16 + prune s=0.5"
+    assert row.chosen_utility_drop == pytest.approx(1 - 0.57 / 0.60)
