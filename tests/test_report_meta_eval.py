@@ -95,7 +95,8 @@ def test_revival_counts_points_above_below_and_on_the_diagonal():
         "none": (target / 2, target / 4, "undetermined"),   # no per-item scores below
     }
     for hp, (full, four, _) in cases.items():
-        cells += [("npo", "none-w16", {}, full.mean(), 80.0), ("npo", "rtn-w4", {}, four.mean(), 80.0)]
+        cells += [("npo", "none-w16", {}, full.mean(), 80.0),
+                  ("npo", "rtn-w4", {}, four.mean(), 80.0)]
         if hp != "none":
             items |= _items("npo", "none-w16", full, hp) | _items("npo", "rtn-w4", four, hp)
     rows = []

@@ -122,7 +122,8 @@ def to_markdown(table: pd.DataFrame, min_models: int) -> str:
     head = ["diagnostic", "attack", "n models", "rho [95% CI]", "answer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.itertuples():
-        rho = "–" if math.isnan(r.rho) else f"{r.rho:.2f} [{r.rho_ci_low:.2f}, {r.rho_ci_high:.2f}]"
+        rho = ("–" if math.isnan(r.rho)
+               else f"{r.rho:.2f} [{r.rho_ci_low:.2f}, {r.rho_ci_high:.2f}]")
         lines.append(f"| {r.diagnostic} | {r.attack} | {r.n_models} | {rho} | {r.answer} |")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
