@@ -12,6 +12,13 @@ report: "../report/workflow.rst"
 # them. The matching figure becomes an output exactly when its input list is non-empty.
 REPORT_DIAGNOSTICS = quantize_plan.has_diagnostics(config)
 REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, when relearning runs
+# Over the whole attack matrix (relapse.report.meta_eval): the attack table, the attacked cells'
+# per-item scores and the repr files become inputs once the config attacks a model.
+REPORT_ATTACKS = [attack_plan.ATTACKS_TABLE] if ATTACK_CELLS else []
+REPORT_ATTACK_SAMPLES = attack_plan.durability_samples(config) if ATTACK_CELLS else []
+REPORT_META = report_plan.meta_parts(
+    grid.quant_settings(config), attacked=bool(ATTACK_CELLS), relearn=bool(REPORT_RELEARN),
+    diagnosed=bool(REPORT_DIAGNOSTICS or REPRESENT_FILES))
 
 
 
@@ -46,6 +53,9 @@ rule report:
         samples=report_samples,
         diagnostics=report_diagnostics,
         relearn=REPORT_RELEARN,
+        attacks=REPORT_ATTACKS,
+        attack_samples=REPORT_ATTACK_SAMPLES,
+        represent=REPRESENT_FILES,
     output:
         **{
             key: (
@@ -55,7 +65,8 @@ rule report:
                 else o.path
             )
             for key, o in report_plan.outputs(
-                diagnostics=bool(REPORT_DIAGNOSTICS), relearn=bool(REPORT_RELEARN)
+                diagnostics=bool(REPORT_DIAGNOSTICS), relearn=bool(REPORT_RELEARN),
+                meta=REPORT_META,
             ).items()
         },
     params:
@@ -64,7 +75,9 @@ rule report:
         # ... but the command reads it from a file: Linux caps one argument (the whole `bash -c`
         # script) at 128 KiB, and a large grid's config is bigger.
         settings_file=lambda w: settings_file("report", {"config": config}),
-        optional=lambda w, input: report_plan.optional_flags(input.diagnostics, input.relearn),
+        optional=lambda w, input: report_plan.optional_flags(
+            input.diagnostics, input.relearn, REPORT_META, input.attacks, input.attack_samples,
+            input.represent),
     log:
         "logs/report/report.log",
     benchmark:

@@ -8,6 +8,8 @@ Outputs (names fixed in plan.py, which workflow/rules/report.smk declares):
   figures/{retained_by_precision,retained_heatmap}.{png,svg}
   figures/survival_by_layer.{png,svg}   only with diagnostics
   figures/relearn_curves.{png,svg}      only with a relearning table
+  tables/{worst_case,revival,diagnostics_vs_attacks}.{md,csv} and their figures: the parts
+                                  `meta` names (meta_eval.py, plan.meta_parts)
 """
 
 from __future__ import annotations
@@ -133,9 +135,13 @@ def write_figures(frame: pd.DataFrame, chosen: pd.DataFrame, quants: list[str], 
 
 def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir: str | Path,
                  figures_dir: str | Path, diagnostics: list[str] | None = None,
-                 relearn: str | None = None, samples: list[str] | None = None) -> None:
+                 relearn: str | None = None, samples: list[str] | None = None,
+                 meta: list[str] | None = None, attacks: str | None = None,
+                 attack_samples: list[str] | None = None,
+                 represent: list[str] | None = None) -> None:
     """`inputs`: every cell's metrics.parquet; `samples`: their samples.parquet (per-item
-    scores, for the intervals)."""
+    scores, for the intervals); `meta`: the meta_eval parts to write, from the attack table
+    `attacks`, the attacked cells' `attack_samples` and the `represent` (repr.parquet) files."""
     from relapse.io import write_parquet
     from relapse.provenance import provenance
     from relapse.report.inputs import read_diagnostics, read_relearn, read_samples
@@ -160,3 +166,9 @@ def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir
     write_tables(tables, chosen, tables_dir)
     write_figures(frame, chosen, quants, figures_dir, read_diagnostics(diagnostics or []),
                   read_relearn(relearn))
+    if meta:
+        from relapse.report.meta_eval import write_meta
+
+        write_meta(metrics, cfg, tables_dir, figures_dir, set(meta), attacks,
+                   list(dict.fromkeys([*(samples or []), *(attack_samples or [])])),
+                   diagnostics, represent)

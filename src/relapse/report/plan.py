@@ -15,6 +15,13 @@ FIGURES = ("retained_by_precision", "retained_heatmap")
 DIAGNOSTICS_FIGURE = "survival_by_layer"
 RELEARN_FIGURE = "relearn_curves"
 FIGURE_FORMATS = ("png", "svg")
+# Over the whole attack matrix (meta_eval.py): each a table (md, csv) and a figure, but the
+# relearning one, a figure only.
+META_WORST = "worst_case"
+META_RELEARN_FIGURE = "worst_case_relearn"
+META_REVIVAL = "revival"
+META_DIAGNOSTICS = "diagnostics_vs_attacks"
+META_TABLE_FORMATS = ("md", "csv")
 TABLES_DIR = "results/tables"
 FIGURES_DIR = "results/figures"
 
@@ -28,8 +35,29 @@ class Output:
     labels: dict = field(default_factory=dict)
 
 
-def outputs(diagnostics: bool = False, relearn: bool = False) -> dict[str, Output]:
-    """Every output of the report rule by name; those with a caption go into the HTML report."""
+def meta_parts(quants, attacked: bool = False, relearn: bool = False, diagnosed: bool = False
+               ) -> set[str]:
+    """Which meta_eval outputs a run has what they need for: the worst case, an attack beyond
+    the un-attacked quant (another quant, or an attacked cell); revival, a full-precision quant
+    (none-*) and a 4-bit one; the relearning figure, relearning; the diagnostics, the worst
+    case and a diagnostic (survival or repr files)."""
+    quants = list(quants)
+    parts = set()
+    if len(quants) > 1 or attacked:
+        parts.add(META_WORST)
+    if any(q.startswith("none-") for q in quants) and any(q.endswith("-w4") for q in quants):
+        parts.add(META_REVIVAL)
+    if relearn:
+        parts.add(META_RELEARN_FIGURE)
+    if diagnosed and META_WORST in parts:
+        parts.add(META_DIAGNOSTICS)
+    return parts
+
+
+def outputs(diagnostics: bool = False, relearn: bool = False, meta: set[str] = frozenset()
+            ) -> dict[str, Output]:
+    """Every output of the report rule by name; those with a caption go into the HTML report.
+    `meta`: the meta_eval parts the run has (meta_parts)."""
     out = {
         "table": Output(f"{TABLES_DIR}/metrics.parquet"),
         "summary_md": Output(f"{TABLES_DIR}/summary.md"),
@@ -48,13 +76,34 @@ def outputs(diagnostics: bool = False, relearn: bool = False) -> dict[str, Outpu
             out[f"{name}_{fmt}"] = Output(f"{FIGURES_DIR}/{name}.{fmt}",
                                           f"../report/figure_{name}.rst", "Figures", name,
                                           {"figure": name, "format": fmt})
+    for name in (META_WORST, META_REVIVAL, META_DIAGNOSTICS):
+        if name in meta:
+            for fmt in META_TABLE_FORMATS:
+                out[f"{name}_{fmt}"] = Output(f"{TABLES_DIR}/{name}.{fmt}",
+                                              f"../report/table_{name}.rst", "Tables", name,
+                                              {"table": name, "format": fmt})
+    for name in (META_RELEARN_FIGURE, META_REVIVAL, META_DIAGNOSTICS):
+        if name in meta:
+            for fmt in FIGURE_FORMATS:
+                out[f"{name}_figure_{fmt}"] = Output(
+                    f"{FIGURES_DIR}/{name}.{fmt}", f"../report/figure_{name}.rst", "Figures",
+                    name, {"figure": name, "format": fmt})
     return out
 
 
-def optional_flags(diagnostics, relearn) -> str:
+def optional_flags(diagnostics, relearn, meta=(), attacks=(), attack_samples=(), represent=()
+                   ) -> str:
     """The `relapse report` flags for the optional inputs the plan has (an empty string when
     none)."""
     flags = ""
+    if meta:
+        flags += " --meta " + " ".join(sorted(meta))
+    if attacks:
+        flags += f" --attacks {list(attacks)[0]}"
+    if attack_samples:
+        flags += " --attack-samples " + " ".join(str(p) for p in attack_samples)
+    if represent:
+        flags += " --represent " + " ".join(str(p) for p in represent)
     if diagnostics:
         flags += " --diagnostics " + " ".join(str(p) for p in diagnostics)
     if relearn:
