@@ -1,6 +1,6 @@
-"""Sharpness-aware and randomized-smoothing unlearning (relapse.unlearn.smoothing, arXiv
-2502.05374): the step against a perturb-then-descend computation written here with plain
-autograd, exact accumulation, bit-exact restore of θ, and ρ = 0 / σ = 0 as the plain step."""
+"""Smoothness-enhanced unlearning (relapse.unlearn.smoothing, arXiv 2502.05374): the SAM and
+RS steps against computations written here with plain autograd, exact accumulation, bit-exact
+restore of θ, ρ = 0 / σ = 0 as the plain step, and weight averaging against the plain run."""
 
 import copy
 import math
@@ -166,6 +166,8 @@ def test_zero_radius_is_the_plain_method_bit_for_bit(tmp_path, tiny_lm, data_dir
 @pytest.mark.parametrize("params", ["full", "lora"])
 @pytest.mark.parametrize("method, hp", [("npo_gdr_sam", {"alpha": 5, "rho": 0.05}),
                                         ("ga_gdr_rs", {"alpha": 5, "sigma": 0.01, "samples": 2}),
+                                        ("ga_gdr_wa", {"alpha": 5, "wa_start": 1,
+                                                       "wa_interval": 1}),
                                         ("quail_gdr", {"alpha": 5, "margin": 0.5})])
 def test_defense_runs_end_to_end(tmp_path, tiny_lm, data_dir, method, hp, params):
     """Each defense trains on the tiny model under both parameterisations and writes a complete
@@ -186,9 +188,37 @@ def test_defense_runs_end_to_end(tmp_path, tiny_lm, data_dir, method, hp, params
         assert all(torch.equal(a[k], b[k]) for k in a), "the noise is not seeded"
 
 
+def test_weight_averaging_saves_the_mean_of_the_snapshot_steps(tmp_path, tiny_lm, data_dir):
+    """ga_gdr_wa trains as ga_gdr (4 forget rows, batch 4: one step per epoch) and saves the mean
+    of the weights after steps wa_start, wa_start + wa_interval, ...: with start 1, interval 2,
+    epoch 1 and 2 save W₁, epochs 3 and 4 save (W₁ + W₃)/2, W_s the plain run's weights after
+    step s. With wa_start past the last step it saves the plain weights bit for bit."""
+    folder = tiny_lm[0]
+    common = {"lr": 1e-2, "epochs": 4, "params": "full", "alpha": 1.0}
+    epochs = [1, 2, 3, 4]
+    unlearn("ga_gdr", common, 0, folder, data_dir, CFG, tmp_path / "plain", save_epochs=epochs)
+    unlearn("ga_gdr_wa", {**common, "wa_start": 1, "wa_interval": 2}, 0, folder, data_dir, CFG,
+            tmp_path / "wa", save_epochs=epochs)
+    unlearn("ga_gdr_wa", {**common, "wa_start": 5}, 0, folder, data_dir, CFG, tmp_path / "late")
+    plain = {e: _weights(tmp_path / "plain" / f"epoch{e}") for e in epochs}
+    wa = {e: _weights(tmp_path / "wa" / f"epoch{e}") for e in epochs}
+    eps = torch.finfo(torch.float32).eps
+    for k in plain[1]:
+        assert torch.equal(wa[1][k], plain[1][k]) and torch.equal(wa[2][k], plain[1][k]), k
+        mean = (plain[1][k].double() + plain[3][k].double()) / 2
+        for e in (3, 4):
+            tol = 2 * eps * float(mean.abs().max())
+            assert float((wa[e][k].double() - mean).abs().max()) <= tol, (k, e)
+    moved = [k for k in plain[1] if not torch.equal(plain[1][k], plain[3][k])]
+    assert moved and any(not torch.equal(wa[4][k], plain[4][k]) for k in moved)
+    late = _weights(tmp_path / "late" / "epoch4")
+    assert all(torch.equal(late[k], plain[4][k]) for k in late)
+
+
 def test_smoothed_variants_are_registered_with_their_hparams():
     names = set(registry.method_names())
-    assert {"npo_gdr_sam", "ga_klr_rs", "simnpo_sam", "quail_gdr", "quail_gdr_sam"} <= names
+    assert {"npo_gdr_sam", "ga_klr_rs", "npo_wa", "simnpo_sam", "quail_gdr", "quail_gdr_sam"} <= names
+    assert registry.get_method("npo_gdr_wa").defaults()["wa_start"] == 100
     assert registry.get_method("npo_gdr_sam").defaults()["rho"] == 0.01
     rs = registry.get_method("ga_gdr_rs").defaults()
     assert rs["sigma"] == 0.01 and rs["samples"] == 3

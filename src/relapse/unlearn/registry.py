@@ -3,7 +3,7 @@
 Most methods are a forget objective plus an optional regularizer: `npo_gdr` = the `npo` forget
 loss + `alpha` × the `gdr` regularizer, so one new forget loss (one file in objectives/) comes
 with every regularizer. Each such method also has a `_sure` variant (saliency-masked, arXiv
-2410.16454) and the smoothed variants `_sam` and `_rs` (smoothing.py, arXiv 2502.05374).
+2410.16454) and the smoothed variants `_sam`, `_rs`, `_wa` (smoothing.py, arXiv 2502.05374).
 Methods that are not such a sum (RMU) register themselves whole with `register_method`.
 
 Objectives receive a `StepContext` (step.py) and return a scalar tensor:
@@ -122,7 +122,7 @@ class Method:
     saliency: bool = False
     trainable_layers: Callable | None = None
     trainable_modules: Callable | None = None
-    smoothing: str | None = None       # "sam" or "rs" (smoothing.py): the forget term's gradient
+    smoothing: str | None = None       # "sam", "rs" or "wa" (smoothing.py)
 
     def _merged(self, attr: str, common: dict, saliency: dict) -> dict[str, Any]:
         """The shared entries, then the forget objective's, the regularizer's, saliency's and

@@ -17,11 +17,15 @@ shares as the plain step (step.py), so a perturbation is that of the whole batch
 however the batch is split. After a perturbed forward the weights are restored by copying the
 saved θ back (not by subtracting ε, which is not exact in floating point).
 
+  wa   weight averaging: the weights saved are the running mean of the trainable tensors taken
+       after every `wa_interval`-th optimizer step from step `wa_start` on (the code's
+       WeightAveragingCallback: start 100, interval 5); training itself continues from the
+       raw weights. A checkpoint at an earlier epoch is the mean of the snapshots taken up to it
+       (what a run stopped there would save); before the first snapshot, the raw weights.
+
 Not implemented: the paper's gradient penalty and curvature regularization (their exact forms are
 not in the released code, and the method section was not reachable here; both need double
-backpropagation through the model) and weight averaging (a uniform average of the weights every
-5 steps from step 100 in the code: it changes what an epoch checkpoint is, which the
-per-epoch-checkpoint contract of trainer.py would have to define first).
+backpropagation through the model).
 """
 
 from __future__ import annotations
@@ -34,7 +38,63 @@ SMOOTHINGS = {
     "sam": {"hparams": {"rho": 0.01}, "rules": {"rho": number(ge=0)}},
     "rs": {"hparams": {"sigma": 0.01, "samples": 3},
            "rules": {"sigma": number(ge=0), "samples": integer(ge=1)}},
+    "wa": {"hparams": {"wa_start": 100, "wa_interval": 5},
+           "rules": {"wa_start": integer(ge=1), "wa_interval": integer(ge=1)}},
 }
+
+
+def perturbs_the_step(method, hp) -> bool:
+    """Whether the step differs from the plain one: SAM with ρ > 0, RS with σ > 0."""
+    smoothing = getattr(method, "smoothing", None)
+    return (smoothing == "sam" and float(hp["rho"]) > 0) or \
+        (smoothing == "rs" and float(hp["sigma"]) > 0)
+
+
+class WeightAverage:
+    """The running mean of the trainable tensors at steps wa_start, wa_start + k·wa_interval..."""
+
+    def __init__(self, params, hp) -> None:
+        self.params = list(params)
+        self.start, self.interval = int(hp["wa_start"]), int(hp["wa_interval"])
+        self.mean = None
+        self.count = 0
+
+    def after_step(self, step: int) -> None:
+        """`step`: optimizer steps taken so far (1 after the first)."""
+        import torch
+
+        if step < self.start or (step - self.start) % self.interval:
+            return
+        with torch.no_grad():
+            if self.mean is None:
+                self.mean = [p.detach().clone() for p in self.params]
+            else:
+                for m, p in zip(self.mean, self.params):
+                    m.mul_(self.count / (self.count + 1)).add_(p.detach(), alpha=1 / (self.count + 1))
+        self.count += 1
+
+    def swapped_in(self):
+        """A context in which the trainable tensors hold the mean (for saving a checkpoint)."""
+        import contextlib
+
+        import torch
+
+        @contextlib.contextmanager
+        def swap():
+            if self.mean is None:
+                yield
+                return
+            raw = [p.detach().clone() for p in self.params]
+            with torch.no_grad():
+                for p, m in zip(self.params, self.mean):
+                    p.copy_(m)
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for p, r in zip(self.params, raw):
+                        p.copy_(r)
+        return swap()
 
 
 def _forget_gradients(method, ctx, hp, forget_parts, weights, params):

@@ -121,14 +121,15 @@ def accumulate_step(method, ctx, hp, forget_parts, retain_parts=None, guard=None
     own): the accumulated gradient is then the full batch's, however it is split. Weighting by
     sequence count would be exact only for per-sequence losses. A `_sam` or `_rs` method
     (smoothing.py) takes its forget gradient at perturbed weights; with ρ = 0 (or σ = 0) it is
-    the plain step, taken here."""
+    the plain step, taken here (as is every `_wa` step: it averages the saved weights)."""
     alpha = float(hp.get("alpha", 1.0))
     forget_w = _shares(forget_parts, method.forget.reduction_for(ctx.loss_variant))
     retain_w = None
     if method.regularizer is not None:
         retain_w = _shares(retain_parts, method.regularizer.reduction_for(ctx.loss_variant))
-    smoothing = getattr(method, "smoothing", None)
-    if smoothing and float(hp["rho" if smoothing == "sam" else "sigma"]) > 0:
+    from relapse.unlearn.smoothing import perturbs_the_step
+
+    if perturbs_the_step(method, hp):
         from relapse.unlearn.smoothing import smoothed_step
 
         return smoothed_step(method, ctx, hp, forget_parts, retain_parts, forget_w, retain_w,
