@@ -221,6 +221,6 @@ def test_smoothed_variants_are_registered_with_their_hparams():
     assert registry.get_method("npo_gdr_wa").defaults()["wa_start"] == 100
     assert registry.get_method("npo_gdr_sam").defaults()["rho"] == 0.01
     rs = registry.get_method("ga_gdr_rs").defaults()
-    assert rs["sigma"] == 0.01 and rs["samples"] == 3
+    assert rs["sigma"] == 0.1 and rs["samples"] == 3
     assert "rho" not in registry.get_method("npo_gdr").defaults()
     assert "rmu_sam" not in names and "npo_gdr_sure_sam" not in names

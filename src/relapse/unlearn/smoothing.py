@@ -33,10 +33,11 @@ from __future__ import annotations
 from relapse.unlearn.hparams import integer, number
 
 # The variants, with their hyperparameters' defaults and rules (registry.Method merges them).
-# ρ = 0.01: the code's MUSE script (`sam_rho`); σ = 0.01 and n = 3: its RS defaults.
+# ρ = 0.01: the code's MUSE script (`sam_rho`; its WMDP configs use 0.1); σ = 0.1: its only RS
+# config (WMDP, Zephyr-7B, `sam_rho` read as the noise std); n = 3: RSTrainer's fixed count.
 SMOOTHINGS = {
     "sam": {"hparams": {"rho": 0.01}, "rules": {"rho": number(ge=0)}},
-    "rs": {"hparams": {"sigma": 0.01, "samples": 3},
+    "rs": {"hparams": {"sigma": 0.1, "samples": 3},
            "rules": {"sigma": number(ge=0), "samples": integer(ge=1)}},
     "wa": {"hparams": {"wa_start": 100, "wa_interval": 5},
            "rules": {"wa_start": integer(ge=1), "wa_interval": integer(ge=1)}},
