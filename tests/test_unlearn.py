@@ -150,7 +150,12 @@ def _nll(model, tok, texts):
 # their templates, so every forget step also raises retain NLL).
 UNLEARN_HP = {"ga": {}, "ga_gdr": {"alpha": 5}, "ga_klr": {"alpha": 5}, "npo": {},
               "npo_gdr": {"alpha": 20}, "npo_klr": {"alpha": 20}, "simnpo": {},
-              "npo_gdr_sure": {"alpha": 20, "gamma": 50}}
+              "npo_gdr_sure": {"alpha": 20, "gamma": 50},
+              # the defenses (smoothing.py, objectives/quail.py)
+              # (RS's default σ = 0.1 is the code's Zephyr-7B setting: noise too large here)
+              "npo_gdr_sam": {"alpha": 20, "rho": 0.01},
+              "ga_gdr_rs": {"alpha": 5, "sigma": 0.01, "samples": 2},
+              "quail_gdr": {"alpha": 5}}
 
 
 @pytest.mark.parametrize("params", ["full", "lora"])

@@ -3,8 +3,8 @@
 Most methods are a forget objective plus an optional regularizer: `npo_gdr` = the `npo` forget
 loss + `alpha` × the `gdr` regularizer, so one new forget loss (one file in objectives/) comes
 with every regularizer. Each such method also has a `_sure` variant (saliency-masked, arXiv
-2410.16454). Methods that are not such a sum (RMU) register themselves whole with
-`register_method`.
+2410.16454) and the smoothed variants `_sam`, `_rs`, `_wa` (smoothing.py, arXiv 2502.05374).
+Methods that are not such a sum (RMU) register themselves whole with `register_method`.
 
 Objectives receive a `StepContext` (step.py) and return a scalar tensor:
   forget(ctx, batch, hp)       -- batch from the forget split, with `ref_seq_logp` when asked,
@@ -138,15 +138,21 @@ class Method:
     saliency: bool = False
     trainable_layers: Callable | None = None
     trainable_modules: Callable | None = None
+    smoothing: str | None = None       # "sam", "rs" or "wa" (smoothing.py)
 
     def _merged(self, attr: str, common: dict, saliency: dict) -> dict[str, Any]:
-        """The shared entries, then the forget objective's, the regularizer's and saliency's."""
+        """The shared entries, then the forget objective's, the regularizer's, saliency's and
+        the smoothing's."""
+        from relapse.unlearn.smoothing import SMOOTHINGS
+
         out = dict(common)
         for objective in (self.forget, self.regularizer):
             if objective:
                 out.update(getattr(objective, attr))
         if self.saliency:
             out.update(saliency)
+        if self.smoothing:
+            out.update(SMOOTHINGS[self.smoothing][attr])
         return out
 
     def defaults(self) -> dict[str, Any]:
@@ -172,6 +178,8 @@ def _load_objectives() -> None:
 
 
 def _methods() -> dict[str, Method]:
+    from relapse.unlearn.smoothing import SMOOTHINGS
+
     _load_objectives()
     out = {}
     for fname, forget in _FORGET.items():
@@ -182,6 +190,9 @@ def _methods() -> dict[str, Method]:
         for name, reg in combos:
             out[name] = Method(name, forget, reg)
             out[f"{name}_sure"] = Method(f"{name}_sure", forget, reg, saliency=True)
+            for smoothing in SMOOTHINGS:
+                out[f"{name}_{smoothing}"] = Method(f"{name}_{smoothing}", forget, reg,
+                                                    smoothing=smoothing)
     for name, spec in _EXPLICIT.items():
         reg = _REGULARIZERS[spec["regularizer"]] if spec["regularizer"] else None
         out[name] = Method(name, _FORGET[spec["forget"]], reg,

@@ -120,7 +120,9 @@ def accumulate_step(method, ctx, hp, forget_parts, retain_parts=None, guard=None
     Every term is a mean over its own units (`Objective.reduction`), so a micro-batch's term is
     weighted by its share of those units in the whole batch (forget and retain each by their
     own): the accumulated gradient is then the full batch's, however it is split. Weighting by
-    sequence count would be exact only for per-sequence losses."""
+    sequence count would be exact only for per-sequence losses. A `_sam` or `_rs` method
+    (smoothing.py) takes its forget gradient at perturbed weights; with ρ = 0 (or σ = 0) it is
+    the plain step, taken here (as is every `_wa` step: it averages the saved weights)."""
     # a method with a dual variable (PDU) keeps the regularizer's current weight in the cache
     alpha = float(ctx.cache.get("alpha", hp.get("alpha", 1.0)))
 
@@ -129,9 +131,17 @@ def accumulate_step(method, ctx, hp, forget_parts, retain_parts=None, guard=None
 
     forget_w = _shares(forget_parts, method.forget.reduction_for(ctx.loss_variant),
                        units(method.forget))
+    retain_w = None
     if method.regularizer is not None:
         retain_w = _shares(retain_parts, method.regularizer.reduction_for(ctx.loss_variant),
                            units(method.regularizer))
+    from relapse.unlearn.smoothing import perturbs_the_step
+
+    if perturbs_the_step(method, hp):
+        from relapse.unlearn.smoothing import smoothed_step
+
+        return smoothed_step(method, ctx, hp, forget_parts, retain_parts, forget_w, retain_w,
+                             guard=guard, step=step)
     totals: dict[str, float] = {}
     for i, forget in enumerate(forget_parts):
         terms = {"forget": method.forget.fn(ctx, forget, hp)}

@@ -52,6 +52,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     from relapse.unlearn.checkpoints import save_checkpoint
     from relapse.unlearn.registry import get_method
     from relapse.unlearn.restrict import restrict_to_layers, saliency_mask
+    from relapse.unlearn.smoothing import WeightAverage
     from relapse.unlearn.step import StepContext, _ref_seq_logprobs, accumulate_step
 
     method = get_method(method_name)
@@ -152,6 +153,8 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     generator = torch.Generator().manual_seed(seed)
     loop = TrainingLoop(model, trainable, opt, scheduler,
                         grad_clip=float(unlearning_cfg.get("grad_clip", 1.0)))
+    # `_wa` methods save the running mean of the weights (smoothing.py); the others the weights
+    averaged = WeightAverage(trainable, hp) if method.smoothing == "wa" else None
     log: list[dict] = []
     meta = provenance({"method": method_name, "hp": hp, "seed": seed, "unlearning": unlearning_cfg})
 
@@ -178,6 +181,8 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
         forget_parts, retain_parts = parts
         tokens = sum(int(part["attention_mask"].sum())
                      for part in forget_parts + (retain_parts or []))
+        if averaged is not None:
+            averaged.after_step(loop.step)
         row = {"step": loop.step, "epoch": epoch, **totals, "lr": scheduler.get_last_lr()[0],
                "grad_norm": float(grad_norm), "seconds": loop.seconds(), "tokens": tokens}
         for objective in (method.forget, method.regularizer):
@@ -192,7 +197,8 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             folder = run_dir / f"epoch{epoch}"
             folder.mkdir()
             model.eval()
-            save_checkpoint(model, is_lora, folder, target_dir, final=epoch == epochs)
+            with averaged.swapped_in() if averaged is not None else contextlib.nullcontext():
+                save_checkpoint(model, is_lora, folder, target_dir, final=epoch == epochs)
             model.train()
             write_json(folder / "unlearn_manifest.json", {
                 "method": method_name, "hp": {**hp, "epochs": epoch}, "params": hp["params"],
