@@ -268,7 +268,8 @@ def cmd_report(args) -> None:
     try:
         build_report(args.inputs, _settings(args)["config"], args.table, args.tables,
                      args.figures, diagnostics=args.diagnostics, relearn=args.relearn,
-                     samples=args.samples)
+                     samples=args.samples, attacks=args.attacks,
+                     attack_samples=args.attack_samples)
     except ValueError as err:     # e.g. the selection quant is not in the results
         raise SystemExit(f"relapse report: {err}") from None
 
@@ -396,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", nargs="*", default=[],
                    help="the cells' samples.parquet files: per-item scores for the intervals "
                         "over seeds and items and for knowledge retained's")
+    p.add_argument("--attacks", default=None,
+                   help="attacks.parquet: the metric-robustness table and figure when given")
+    p.add_argument("--attack-samples", nargs="*", default=[],
+                   help="the attacked cells' samples.parquet (metric robustness's intervals)")
     p.add_argument("inputs", nargs="+", help="metrics.parquet files")
 
     p = sub.add_parser("check-cells", help="check every cell's metrics.parquet (readable, one "

@@ -12,6 +12,10 @@ report: "../report/workflow.rst"
 # them. The matching figure becomes an output exactly when its input list is non-empty.
 REPORT_DIAGNOSTICS = quantize_plan.has_diagnostics(config)
 REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, when relearning runs
+# Metric robustness (relapse.report.metric_robustness) reads the attacks table, and the attacked
+# cells' per-item scores for its intervals, when attacks run.
+REPORT_ATTACKS = [attack_plan.ATTACKS_TABLE] if ATTACK_CELLS else []
+REPORT_ATTACK_SAMPLES = attack_plan.durability_samples(config) if ATTACK_CELLS else []
 
 
 
@@ -46,6 +50,8 @@ rule report:
         samples=report_samples,
         diagnostics=report_diagnostics,
         relearn=REPORT_RELEARN,
+        attacks=REPORT_ATTACKS,
+        attack_samples=REPORT_ATTACK_SAMPLES,
     output:
         **{
             key: (
@@ -55,7 +61,8 @@ rule report:
                 else o.path
             )
             for key, o in report_plan.outputs(
-                diagnostics=bool(REPORT_DIAGNOSTICS), relearn=bool(REPORT_RELEARN)
+                diagnostics=bool(REPORT_DIAGNOSTICS), relearn=bool(REPORT_RELEARN),
+                attacks=bool(REPORT_ATTACKS),
             ).items()
         },
     params:
@@ -64,7 +71,9 @@ rule report:
         # ... but the command reads it from a file: Linux caps one argument (the whole `bash -c`
         # script) at 128 KiB, and a large grid's config is bigger.
         settings_file=lambda w: settings_file("report", {"config": config}),
-        optional=lambda w, input: report_plan.optional_flags(input.diagnostics, input.relearn),
+        optional=lambda w, input: report_plan.optional_flags(
+            input.diagnostics, input.relearn, input.attacks, input.attack_samples
+        ),
     log:
         "logs/report/report.log",
     benchmark:

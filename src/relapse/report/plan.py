@@ -14,6 +14,13 @@ TABLE_FORMATS = ("md", "tex", "csv")
 FIGURES = ("retained_by_precision", "retained_heatmap")
 DIAGNOSTICS_FIGURE = "survival_by_layer"
 RELEARN_FIGURE = "relearn_curves"
+# The meta-evaluation (report.metric_robustness, report.faithfulness): faithfulness from the
+# metrics alone, robustness (tables + heatmap) only when attacks ran.
+FAITHFULNESS = "faithfulness"
+FAITHFULNESS_FORMATS = ("md", "csv")
+ROBUSTNESS = "metric_robustness"
+ROBUSTNESS_FORMATS = ("parquet", "md", "csv")
+ROBUSTNESS_FIGURE = "metric_robustness"
 FIGURE_FORMATS = ("png", "svg")
 TABLES_DIR = "results/tables"
 FIGURES_DIR = "results/figures"
@@ -28,7 +35,8 @@ class Output:
     labels: dict = field(default_factory=dict)
 
 
-def outputs(diagnostics: bool = False, relearn: bool = False) -> dict[str, Output]:
+def outputs(diagnostics: bool = False, relearn: bool = False, attacks: bool = False
+            ) -> dict[str, Output]:
     """Every output of the report rule by name; those with a caption go into the HTML report."""
     out = {
         "table": Output(f"{TABLES_DIR}/metrics.parquet"),
@@ -42,19 +50,31 @@ def outputs(diagnostics: bool = False, relearn: bool = False) -> dict[str, Outpu
             out[f"{name}_{fmt}"] = Output(f"{TABLES_DIR}/{name}.{fmt}",
                                           f"../report/table_{name}.rst", "Tables", name,
                                           {"table": name, "format": fmt})
+    for fmt in FAITHFULNESS_FORMATS:
+        out[f"{FAITHFULNESS}_{fmt}"] = Output(f"{TABLES_DIR}/{FAITHFULNESS}.{fmt}")
+    for fmt in ROBUSTNESS_FORMATS * attacks:
+        out[f"{ROBUSTNESS}_{fmt}"] = Output(f"{TABLES_DIR}/{ROBUSTNESS}.{fmt}")
     figures = list(FIGURES) + [DIAGNOSTICS_FIGURE] * diagnostics + [RELEARN_FIGURE] * relearn
     for name in figures:
         for fmt in FIGURE_FORMATS:
             out[f"{name}_{fmt}"] = Output(f"{FIGURES_DIR}/{name}.{fmt}",
                                           f"../report/figure_{name}.rst", "Figures", name,
                                           {"figure": name, "format": fmt})
+    for fmt in FIGURE_FORMATS * attacks:
+        out[f"{ROBUSTNESS_FIGURE}_figure_{fmt}"] = Output(
+            f"{FIGURES_DIR}/{ROBUSTNESS_FIGURE}.{fmt}", f"../report/figure_{ROBUSTNESS_FIGURE}.rst",
+            "Figures", ROBUSTNESS_FIGURE, {"figure": ROBUSTNESS_FIGURE, "format": fmt})
     return out
 
 
-def optional_flags(diagnostics, relearn) -> str:
+def optional_flags(diagnostics, relearn, attacks=(), attack_samples=()) -> str:
     """The `relapse report` flags for the optional inputs the plan has (an empty string when
     none)."""
     flags = ""
+    if attacks:
+        flags += f" --attacks {list(attacks)[0]}"
+    if attack_samples:
+        flags += " --attack-samples " + " ".join(str(p) for p in attack_samples)
     if diagnostics:
         flags += " --diagnostics " + " ".join(str(p) for p in diagnostics)
     if relearn:
