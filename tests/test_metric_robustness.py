@@ -303,3 +303,55 @@ def test_report_stage_writes_the_meta_evaluation(tmp_path):
     assert run(bare) == 0
     assert not list(bare.rglob("metric_robustness*"))
     assert (bare / "tables" / "faithfulness.md").exists()
+
+
+def _mia_samples(cells):
+    """MIA samples rows: per cell, per-text loss scores of 12 forget texts (member 1) and 12
+    holdout texts (member 0), items numbered within each class as evaluate writes them."""
+    out = []
+    for quant, (forget, holdout) in cells.items():
+        for member, scores in ((1.0, forget), (0.0, holdout)):
+            for item, score in enumerate(scores):
+                out.append({"bench": B, "method": "ga", "hp": H1, "seed": 0, "quant": quant,
+                            "metric": "mia_loss", "split": "forget_vs_holdout", "item": item,
+                            "member": member, "score": float(score)})
+    return pd.DataFrame(out)
+
+
+def test_mia_intervals_draw_the_texts_once_for_every_cell():
+    """The 4-bit cell's scores are a monotone map of the full-precision ones: the same ranks,
+    so the same AUC in every resample that draws the same texts for both: Q = 1, a zero-width
+    interval. A 4-bit cell that forgets less (members' losses lower) gets Q < 1 with a spread."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    forget, holdout = rng.uniform(0, 3, 12), rng.uniform(1, 4, 12)
+    labels = [1] * 12 + [0] * 12
+
+    def auc_row(quant, f, h):
+        # relapse's orientation: AUC of the loss score with forget texts labelled 1
+        return _row("ga", H1, quant, "mia_loss", "forget_vs_holdout", "auc",
+                    roc_auc_score(labels, np.r_[f, h]))
+
+    metrics = pd.DataFrame([auc_row("none-w16", forget, holdout),
+                            auc_row("rtn-w4", 2 * forget + 1, 2 * holdout + 1)])
+    samples = _mia_samples({"none-w16": (forget, holdout),
+                            "rtn-w4": (2 * forget + 1, 2 * holdout + 1)})
+    row = _get(robustness_table(metrics, None, samples, {"samples": 300, "seed": 0}),
+               "quantization rtn-w4", "mia_loss", "forget_vs_holdout")
+    assert (row.value, row.ci_low, row.ci_high) == (1.0, 1.0, 1.0)
+    assert row.n_items == 24
+    revived = forget * 0.3                                  # members look more familiar
+    metrics = pd.DataFrame([auc_row("none-w16", forget, holdout),
+                            auc_row("rtn-w4", revived, holdout)])
+    samples = _mia_samples({"none-w16": (forget, holdout), "rtn-w4": (revived, holdout)})
+    row = _get(robustness_table(metrics, None, samples, {"samples": 300, "seed": 0}),
+               "quantization rtn-w4", "mia_loss", "forget_vs_holdout")
+    before = 1 - roc_auc_score(labels, np.r_[forget, holdout])
+    after = 1 - roc_auc_score(labels, np.r_[revived, holdout])
+    assert after > before and row.value == pytest.approx(before / after, rel=1e-12)
+    assert row.ci_low < row.value <= row.ci_high <= 1.0
+    # without the texts' classes, no interval
+    row = _get(robustness_table(metrics, None, samples.drop(columns="member")),
+               "quantization rtn-w4", "mia_loss", "forget_vs_holdout")
+    assert math.isnan(row.ci_low) and row.interval == "none: no per-item scores"

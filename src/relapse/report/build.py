@@ -190,6 +190,8 @@ def write_meta_evaluation(metrics: pd.DataFrame, cfg: dict, tables_dir: Path, fi
     table = pd.read_parquet(attacks)
     frames = [read_item_scores(samples, name, set(table.split), column)
               for name, column in dict.fromkeys((s[0], s[1]) for s in ITEM_SCORES.values())]
+    frames += [read_item_scores(samples, name, {"forget_vs_holdout"}, "score", ("member",))
+               for name in sorted(set(table.metric)) if name.startswith("mia_")]
     frames = [f for f in frames if f is not None]
     items = pd.concat(frames, ignore_index=True) if frames else None
     robust = write_robustness(metrics, table, tables_dir, items, boot,

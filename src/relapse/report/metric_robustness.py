@@ -27,7 +27,9 @@ point values. relapse extends it, and says so in each row's `family` / `attack`:
     percentile bootstrap over items and seeds (relapse.stats.resampled_cell_means: one item draw
     per resample shared by every cell, the same questions having been put to every model; seeds
     drawn per cell) where the metric has per-item scores (KnowMem, VerbMem, facts recalled, QA
-    exact match); none (NaN) for the AUC-based ones, whose items are not resampled here.
+    exact match); for an MIA AUC the forget and the holdout texts are drawn apart (both classes
+    in every resample) and the AUC recomputed; none (NaN) for PrivLeak, whose retrain reference
+    would have to be resampled with it.
 Orientation and zeros, decided here (the paper's formulas assume a non-negative metric that rises
 with knowledge):
   - every metric is first put on the knowledge scale (1 - AUC for an MIA AUC, -PrivLeak/100,
@@ -184,21 +186,18 @@ def _score(entry: dict, value) -> np.ndarray:
 
 # --- the per-item resamples ------------------------------------------------------------------
 
-def _item_matrices(samples: pd.DataFrame | None, bench: str, metric: str, split: str, stat: str,
-                   needed: set) -> dict[tuple, np.ndarray] | None:
-    """cell -> seeds x items knowledge scores, on the items every needed cell has; None when a
-    needed cell has no per-item scores (no interval then)."""
-    source = ITEM_SCORES.get((metric, stat))
-    if samples is None or source is None or source[1] not in samples or not needed:
+def _cell_grids(samples: pd.DataFrame | None, bench: str, metric: str, split: str, column: str,
+                needed: set, items: list[str]) -> dict[tuple, pd.DataFrame] | None:
+    """cell -> seeds x items `column`, on the items every needed cell has (items keyed by the
+    `items` columns); None when a needed cell has none (no interval then)."""
+    if samples is None or column not in samples or not needed:
         return None
-    name, column, scale = source
-    offset, sign = orientation(metric, split)
-    hit = _with_attack_keys(samples[(samples.bench == bench) & (samples.metric == name)
+    hit = _with_attack_keys(samples[(samples.bench == bench) & (samples.metric == metric)
                                     & (samples.split == split)]).dropna(subset=[column])
     grids = {}
     for key, cell in hit.groupby(CELL[1:], sort=False):
         if key in needed:
-            grids[key] = cell.pivot_table(index="seed", columns="item", values=column,
+            grids[key] = cell.pivot_table(index="seed", columns=items, values=column,
                                           aggfunc="mean").dropna(axis=1)
     if set(grids) != needed:
         return None
@@ -207,7 +206,60 @@ def _item_matrices(samples: pd.DataFrame | None, bench: str, metric: str, split:
         common = grid.columns if common is None else common.intersection(grid.columns)
     if common is None or not len(common):
         return None
-    return {k: offset + sign * scale * g[common].to_numpy(dtype=float) for k, g in grids.items()}
+    return {k: g[common] for k, g in grids.items()}
+
+
+def _mean_resamples(samples, bench, metric, split, stat, needed, boot):
+    """cell -> resampled knowledge (seed x item mean) for a metric with per-item scores, and
+    the item count; (None, 0) without them."""
+    from relapse.stats import resampled_cell_means
+
+    name, column, scale = ITEM_SCORES[(metric, stat)]
+    grids = _cell_grids(samples, bench, name, split, column, needed, ["item"])
+    if grids is None:
+        return None, 0
+    offset, sign = orientation(metric, split)
+    order = sorted(grids)
+    means = resampled_cell_means([scale * grids[k].to_numpy(dtype=float) for k in order],
+                                 **boot)
+    return ({k: offset + sign * means[:, i] for i, k in enumerate(order)},
+            grids[order[0]].shape[1])
+
+
+def _auc_resamples(samples, bench, metric, split, needed, boot):
+    """cell -> resampled knowledge of an MIA AUC: each resample draws the forget texts and the
+    holdout texts (apart, so both classes are always there) once for every cell, each cell's
+    seeds on their own; the AUC of each drawn seed (P(member score > holdout score) + 1/2 P(tie),
+    relapse.evaluate.mia's), averaged over the drawn seeds. (None, 0) without per-text scores."""
+    if samples is None or "member" not in samples:
+        return None, 0
+    grids = _cell_grids(samples, bench, metric, split, "score", needed, ["member", "item"])
+    if grids is None:
+        return None, 0
+    columns = next(iter(grids.values())).columns
+    members = np.flatnonzero(columns.get_level_values("member") == 1)
+    holdout = np.flatnonzero(columns.get_level_values("member") == 0)
+    if not len(members) or not len(holdout):
+        return None, 0
+    rng = np.random.default_rng(boot["seed"])
+    n = boot["samples"]
+    pick_m = members[rng.integers(0, len(members), size=(n, len(members)))]
+    pick_h = holdout[rng.integers(0, len(holdout), size=(n, len(holdout)))]
+    offset, sign = orientation(metric, split)
+    from scipy.stats import rankdata
+
+    n1, n0 = pick_m.shape[1], pick_h.shape[1]
+    out = {}
+    for key in sorted(grids):
+        x = grids[key].to_numpy(dtype=float)                     # seeds x texts
+        aucs = np.empty((len(x), n))
+        for s, row in enumerate(x):        # Mann-Whitney U of each resample, from its ranks
+            ranks = rankdata(np.concatenate([row[pick_m], row[pick_h]], axis=1), axis=1)
+            aucs[s] = (ranks[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+        seeds = rng.integers(0, len(x), size=(n, len(x)))        # seeds drawn per cell
+        auc = aucs[seeds, np.arange(n)[:, None]].mean(axis=1)
+        out[key] = offset + sign * auc
+    return out, len(members) + len(holdout)
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -219,8 +271,6 @@ def robustness_table(metrics: pd.DataFrame, attacks: pd.DataFrame | None,
     pruning) and one `robustness` row (the harmonic mean of that metric's rows); see the module
     docstring. `samples`: per-item scores of the un-attacked and attacked cells with the attack
     key columns (inputs.read_item_scores), for the intervals; `boot`: {samples, seed}."""
-    from relapse.stats import resampled_cell_means
-
     boot = {"samples": 1000, "seed": 0, **(boot or {})}
     values = cell_values(metrics, attacks)
     rows = []
@@ -231,12 +281,11 @@ def robustness_table(metrics: pd.DataFrame, attacks: pd.DataFrame | None,
         point = {tuple(k): v for k, v in zip(cells[CELL[1:]].itertuples(index=False, name=None),
                                                cells.knowledge)}
         needed = {c for e in plan for c in e["cells"]}
-        grids = _item_matrices(samples, bench, metric, split, stat, needed)
-        draws = None
-        if grids is not None and boot["samples"] > 0:
-            order = sorted(grids)
-            means = resampled_cell_means([grids[k] for k in order], **boot)
-            draws = {k: means[:, i] for i, k in enumerate(order)}
+        draws, n_items = None, 0
+        if boot["samples"] > 0 and (metric, stat) in ITEM_SCORES:
+            draws, n_items = _mean_resamples(samples, bench, metric, split, stat, needed, boot)
+        elif boot["samples"] > 0 and metric.startswith("mia_") and stat == "auc":
+            draws, n_items = _auc_resamples(samples, bench, metric, split, needed, boot)
         groups: dict[str, list[dict]] = {}
         for entry in plan:
             groups.setdefault(entry["attack"], []).append(entry)
@@ -260,7 +309,6 @@ def robustness_table(metrics: pd.DataFrame, attacks: pd.DataFrame | None,
         if draws is not None:
             hm_low, hm_high = np.nanpercentile(harmonic_mean(np.array(per_row_draws)),
                                                [2.5, 97.5])
-        n_items = next(iter(grids.values())).shape[1] if grids else 0
         rows.append({"bench": bench, "metric": metric, "split": split, "stat": stat,
                      "family": "robustness", "attack": "harmonic mean", "quant": None,
                      "steps": np.nan, "sparsity": np.nan,
@@ -284,7 +332,8 @@ CAPTION = ("Metric robustness (open-unlearning's meta-evaluation, arXiv 2506.126
            "make to the retrain and the unlearned model at the same quant; each the mean over "
            "the unlearned models attacked. Robustness: the harmonic mean of a metric's scores. "
            "1 = the attack never makes the metric read knowledge back; 0 = it always does. "
-           "95% CI: percentile bootstrap over items and seeds where per-item scores exist.")
+           "95% CI: percentile bootstrap over items (MIA: forget and holdout texts drawn apart) "
+           "and seeds where per-item scores exist; none for PrivLeak.")
 
 
 def to_markdown(table: pd.DataFrame) -> str:
