@@ -129,7 +129,8 @@ def test_every_caption_is_clean_restructuredtext(default_config):
     from relapse.report.plan import outputs
 
     used = {(ROOT / "workflow" / "rules" / o.caption).resolve()
-            for o in outputs(diagnostics=True, relearn=True).values() if o.caption}
+            for o in outputs(diagnostics=True, relearn=True, attacks=True).values()
+            if o.caption}
     assert used <= set(CAPTIONS) and ROOT / "workflow" / "report" / "workflow.rst" in CAPTIONS
     for path in CAPTIONS:
         html = render_caption(path, default_config)

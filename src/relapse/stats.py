@@ -165,3 +165,21 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
         return mean, mean, mean
     half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
     return mean, mean - half, mean + half
+
+
+def resampled_cell_means(matrices: Sequence, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Resampled means of k cells scored on the same items (each a seeds x items matrix, the
+    same items in the same column order): each resample draws the items once, with
+    replacement, and uses that draw for every cell (the same questions were put to every
+    model, so any statistic of the k means is paired); each cell's seeds are drawn on their
+    own, as in bootstrap_seeds_items. Returns a (samples x k) array; `samples` = 0, no cell or
+    no item gives an empty (0 x k) one."""
+    xs = [np.atleast_2d(np.asarray(m, dtype=float)) for m in matrices]
+    if samples <= 0 or not xs or xs[0].shape[1] == 0:
+        return np.empty((0, len(xs)))
+    n_items = xs[0].shape[1]
+    if any(x.shape[1] != n_items for x in xs):
+        raise ValueError("resampled_cell_means: every cell needs the same items")
+    rng = np.random.default_rng(seed)
+    items = _counts(rng.integers(0, n_items, size=(samples, n_items)), n_items)
+    return np.stack([_resampled_means(x, items, rng) for x in xs], axis=1)

@@ -67,6 +67,7 @@ rule report:
             for key, o in report_plan.outputs(
                 diagnostics=bool(REPORT_DIAGNOSTICS), relearn=bool(REPORT_RELEARN),
                 meta=REPORT_META,
+                attacks=bool(REPORT_ATTACKS),
             ).items()
         },
     params:

@@ -10,6 +10,9 @@ Outputs (names fixed in plan.py, which workflow/rules/report.smk declares):
   figures/relearn_curves.{png,svg}      only with a relearning table
   tables/{worst_case,revival,diagnostics_vs_attacks}.{md,csv} and their figures: the parts
                                   `meta` names (meta_eval.py, plan.meta_parts)
+  tables/faithfulness.{md,csv}          the meta-evaluation's faithfulness (report.faithfulness)
+  tables/metric_robustness.{parquet,md,csv}, figures/metric_robustness.{png,svg}
+                                        only with an attacks table (report.metric_robustness)
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from relapse.report.selection import DEFAULT as DEFAULT_SELECTION
 from relapse.report.selection import select_hps
 
 DEFAULT_REPORT = {"retained_metrics": ["knowmem_forget", "verbmem_forget"],
-                  "selection": DEFAULT_SELECTION}
+                  "selection": DEFAULT_SELECTION, "faithfulness": {"min_pool": 5}}
 
 
 def report_settings(cfg: dict) -> dict:
     got = cfg.get("report", {})
     return {"retained_metrics": got.get("retained_metrics", DEFAULT_REPORT["retained_metrics"]),
-            "selection": {**DEFAULT_REPORT["selection"], **got.get("selection", {})}}
+            "selection": {**DEFAULT_REPORT["selection"], **got.get("selection", {})},
+            "faithfulness": {**DEFAULT_REPORT["faithfulness"], **got.get("faithfulness", {})}}
 
 
 def retained_keys(settings: dict) -> list[str]:
@@ -141,7 +145,8 @@ def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir
                  represent: list[str] | None = None) -> None:
     """`inputs`: every cell's metrics.parquet; `samples`: their samples.parquet (per-item
     scores, for the intervals); `meta`: the meta_eval parts to write, from the attack table
-    `attacks`, the attacked cells' `attack_samples` and the `represent` (repr.parquet) files."""
+    `attacks`, the attacked cells' `attack_samples` and the `represent` (repr.parquet) files;
+    `attacks` also gives the metric-robustness table and figure."""
     from relapse.io import write_parquet
     from relapse.provenance import provenance
     from relapse.report.inputs import read_diagnostics, read_relearn, read_samples
@@ -172,3 +177,34 @@ def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir
         write_meta(metrics, cfg, tables_dir, figures_dir, set(meta), attacks,
                    list(dict.fromkeys([*(samples or []), *(attack_samples or [])])),
                    diagnostics, represent)
+    write_meta_evaluation(metrics, cfg, tables_dir, figures_dir, attacks,
+                          list(dict.fromkeys([*(samples or []), *(attack_samples or [])])))
+
+
+def write_meta_evaluation(metrics: pd.DataFrame, cfg: dict, tables_dir: Path, figures_dir: Path,
+                          attacks: str | None, samples: list[str]) -> None:
+    """Faithfulness always; metric robustness (table and heatmap) when an attacks table is
+    given."""
+    from relapse.provenance import provenance
+    from relapse.report import figures
+    from relapse.report.faithfulness import write_faithfulness
+    from relapse.report.inputs import read_item_scores
+    from relapse.report.measures import bootstrap_settings
+    from relapse.report.metric_robustness import ITEM_SCORES, write_robustness
+    from relapse.report.plan import ROBUSTNESS_FIGURE
+
+    boot = bootstrap_settings(cfg.get("evaluation", {}).get("bootstrap"))
+    write_faithfulness(metrics, tables_dir, report_settings(cfg)["faithfulness"]["min_pool"],
+                       boot)
+    if not attacks:
+        return
+    table = pd.read_parquet(attacks)
+    frames = [read_item_scores(samples, name, set(table.split), column)
+              for name, column in dict.fromkeys((s[0], s[1]) for s in ITEM_SCORES.values())]
+    frames += [read_item_scores(samples, name, {"forget_vs_holdout"}, "score", ("member",))
+               for name in sorted(set(table.metric)) if name.startswith("mia_")]
+    frames = [f for f in frames if f is not None]
+    items = pd.concat(frames, ignore_index=True) if frames else None
+    robust = write_robustness(metrics, table, tables_dir, items, boot,
+                              provenance(cfg, report=report_settings(cfg)))
+    figures.save(figures.robustness_heatmap(robust), figures_dir / ROBUSTNESS_FIGURE)

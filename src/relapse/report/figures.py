@@ -225,3 +225,45 @@ def relearn_curves(relearn: pd.DataFrame, chosen: pd.DataFrame | None = None):
                            bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
     return fig
+
+
+def robustness_heatmap(table: pd.DataFrame):
+    """Heatmap of metric robustness (report.metric_robustness): rows = metric (split), columns =
+    attacks (quantization, relearning, pruning, then the harmonic mean), colour and text = the
+    score (1: the attack never makes the metric read knowledge back). One panel per bench."""
+    from relapse.report.metric_robustness import FAMILIES
+
+    if table.empty:
+        with plt.rc_context(STYLE):
+            fig, ax = plt.subplots(figsize=(4, 1.5))
+            ax.text(0.5, 0.5, "no attacked unlearned model", ha="center", va="center")
+            ax.set_axis_off()
+        return fig
+    benches = list(dict.fromkeys(table.bench))
+    order = table.sort_values("family", key=lambda s: s.map(FAMILIES.index), kind="stable")
+    attacks = list(dict.fromkeys(order.attack))
+    sizes = [len(table[table.bench == b][["metric", "split"]].drop_duplicates()) for b in benches]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(benches), 1, squeeze=False, sharex=True,
+                                 height_ratios=sizes, layout="constrained",
+                                 figsize=(4.0 + 1.0 * len(attacks), 1.2 + 0.35 * sum(sizes)))
+        image = None
+        for ax, bench in zip(axes[:, 0], benches):
+            sub = table[table.bench == bench]
+            grid = sub.pivot_table(index=["metric", "split"], columns="attack", values="value",
+                                   aggfunc="mean").reindex(columns=attacks)
+            values = grid.to_numpy(dtype=float)
+            image = ax.imshow(values, cmap="cividis", vmin=0, vmax=1, aspect="auto")
+            for (i, j), v in np.ndenumerate(values):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if v > 0.55 else "white")
+            ax.set_yticks(range(len(grid)), [f"{m} ({s})" for m, s in grid.index])
+            ax.set_ylabel("metric (split)")
+            ax.set_title(bench)
+        last = axes[-1, 0]
+        last.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
+        last.set_xlabel("attack")
+        cbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)
+        cbar.set_label("robustness score\n(1 = no knowledge read back)")
+    return fig

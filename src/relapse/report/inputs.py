@@ -77,11 +77,12 @@ def read_samples(paths: list[str | Path], metrics: set[str], splits: set[str],
 ATTACK_KEYS = ("attack", "attack_data", "attack_steps", "sparsity")
 
 
-def read_item_scores(paths: list[str | Path], metric: str, splits: set[str], score: str
-                     ) -> pd.DataFrame | None:
+def read_item_scores(paths: list[str | Path], metric: str, splits: set[str], score: str,
+                     extra: tuple[str, ...] = ()) -> pd.DataFrame | None:
     """Per-item `score` of `metric` on `splits` from samples.parquet files of un-attacked and
     attacked cells alike: the key columns, the attack's key columns (attack `none` for an
-    un-attacked cell) and `score`. None when no file has any such row."""
+    un-attacked cell), `score` and the `extra` columns a file has (e.g. an MIA text's
+    `member`). None when no file has any such row."""
     import pyarrow.parquet as pq
 
     frames = []
@@ -91,7 +92,8 @@ def read_item_scores(paths: list[str | Path], metric: str, splits: set[str], sco
         names = set(pq.read_schema(path).names)
         if not set(SAMPLE_KEYS) <= names or score not in names:
             continue
-        columns = list(SAMPLE_KEYS) + [k for k in ATTACK_KEYS if k in names] + [score]
+        columns = list(SAMPLE_KEYS) + [k for k in ATTACK_KEYS if k in names] + [score] + \
+            [c for c in extra if c in names]
         frame = pq.read_table(path, columns=columns,
                               filters=[("metric", "=", metric),
                                        ("split", "in", sorted(splits))]).to_pandas()

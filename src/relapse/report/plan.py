@@ -14,6 +14,13 @@ TABLE_FORMATS = ("md", "tex", "csv")
 FIGURES = ("retained_by_precision", "retained_heatmap")
 DIAGNOSTICS_FIGURE = "survival_by_layer"
 RELEARN_FIGURE = "relearn_curves"
+# The meta-evaluation (report.metric_robustness, report.faithfulness): faithfulness from the
+# metrics alone, robustness (tables + heatmap) only when attacks ran.
+FAITHFULNESS = "faithfulness"
+FAITHFULNESS_FORMATS = ("md", "csv")
+ROBUSTNESS = "metric_robustness"
+ROBUSTNESS_FORMATS = ("parquet", "md", "csv")
+ROBUSTNESS_FIGURE = "metric_robustness"
 FIGURE_FORMATS = ("png", "svg")
 # Over the whole attack matrix (meta_eval.py): each a table (md, csv) and a figure, but the
 # relearning one, a figure only.
@@ -54,10 +61,11 @@ def meta_parts(quants, attacked: bool = False, relearn: bool = False, diagnosed:
     return parts
 
 
-def outputs(diagnostics: bool = False, relearn: bool = False, meta: set[str] = frozenset()
-            ) -> dict[str, Output]:
+def outputs(diagnostics: bool = False, relearn: bool = False, meta: set[str] = frozenset(),
+            attacks: bool = False) -> dict[str, Output]:
     """Every output of the report rule by name; those with a caption go into the HTML report.
-    `meta`: the meta_eval parts the run has (meta_parts)."""
+    `meta`: the meta_eval parts the run has (meta_parts); `attacks`: whether an attack
+    table exists (metric robustness)."""
     out = {
         "table": Output(f"{TABLES_DIR}/metrics.parquet"),
         "summary_md": Output(f"{TABLES_DIR}/summary.md"),
@@ -70,6 +78,10 @@ def outputs(diagnostics: bool = False, relearn: bool = False, meta: set[str] = f
             out[f"{name}_{fmt}"] = Output(f"{TABLES_DIR}/{name}.{fmt}",
                                           f"../report/table_{name}.rst", "Tables", name,
                                           {"table": name, "format": fmt})
+    for fmt in FAITHFULNESS_FORMATS:
+        out[f"{FAITHFULNESS}_{fmt}"] = Output(f"{TABLES_DIR}/{FAITHFULNESS}.{fmt}")
+    for fmt in ROBUSTNESS_FORMATS * attacks:
+        out[f"{ROBUSTNESS}_{fmt}"] = Output(f"{TABLES_DIR}/{ROBUSTNESS}.{fmt}")
     figures = list(FIGURES) + [DIAGNOSTICS_FIGURE] * diagnostics + [RELEARN_FIGURE] * relearn
     for name in figures:
         for fmt in FIGURE_FORMATS:
@@ -88,6 +100,10 @@ def outputs(diagnostics: bool = False, relearn: bool = False, meta: set[str] = f
                 out[f"{name}_figure_{fmt}"] = Output(
                     f"{FIGURES_DIR}/{name}.{fmt}", f"../report/figure_{name}.rst", "Figures",
                     name, {"figure": name, "format": fmt})
+    for fmt in FIGURE_FORMATS * attacks:
+        out[f"{ROBUSTNESS_FIGURE}_figure_{fmt}"] = Output(
+            f"{FIGURES_DIR}/{ROBUSTNESS_FIGURE}.{fmt}", f"../report/figure_{ROBUSTNESS_FIGURE}.rst",
+            "Figures", ROBUSTNESS_FIGURE, {"figure": ROBUSTNESS_FIGURE, "format": fmt})
     return out
 
 
