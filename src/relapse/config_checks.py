@@ -58,6 +58,7 @@ def check_plan(cfg: dict) -> None:
     _check_one_shot(cfg)
     _check_privleak_reference(cfg)
     _check_attacks(cfg)
+    _check_lm_eval(cfg)
 
 
 def _check_kind_keys(cfg: dict) -> None:
@@ -157,3 +158,19 @@ def _check_attacks(cfg: dict) -> None:
         plan.check(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _check_lm_eval(cfg: dict) -> None:
+    """Metric lm_eval: every task known to lm-eval, every local snapshot holding what its task
+    reads (relapse.evaluate.lmeval_tasks), before any job."""
+    if "lm_eval" not in cfg["evaluation"]["metrics"]:
+        return
+    from relapse.evaluate.lmeval_tasks import TaskError, check
+
+    try:
+        check(cfg["evaluation"]["lm_eval"])
+    except TaskError as err:
+        raise ConfigError(str(err)) from None
+    except ImportError as err:       # lm-eval is a dependency; a broken venv says so here
+        raise ConfigError(f"evaluation.metrics: 'lm_eval' needs lm-eval installed ({err})") \
+            from None
