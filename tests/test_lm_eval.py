@@ -240,3 +240,122 @@ def test_validation_refuses_missing_snapshot_config_and_unknown_task(tmp_path, r
     with pytest.raises(ConfigError, match=r"no column\(s\) \['choices'\]"):
         validate(lm_eval_config(raw, {"tasks": ["wmdp_bio"],
                                       "snapshots": {"wmdp_bio": str(bad)}}))
+
+
+def test_selection_can_floor_on_mmlu_and_minimize_wmdp():
+    """The same grid picks differently with the utility floor on MMLU and the forget measure
+    WMDP-Bio (RMU's tuning) than on KnowMem_r / KnowMem_f."""
+    from relapse.report.selection import rule_text, select_hps
+
+    cols = ["bench", "method", "hp", "quant", "KnowMem_f", "KnowMem_r", "MMLU", "WMDP_bio"]
+    frame = pd.DataFrame([
+        ("w", "target", "default", "none-w16", 90, 80, 58.0, 64.0),
+        # KnowMem-wise best (KnowMem_r 79 >= 72, lowest KnowMem_f), but MMLU 50 < 90% of 58
+        ("w", "rmu", "a", "none-w16", 10, 79, 50.0, 26.0),
+        # MMLU 57.1 >= 52.2 and the lowest WMDP-Bio among those that keep it
+        ("w", "rmu", "b", "none-w16", 60, 75, 57.1, 31.2),
+        ("w", "rmu", "c", "none-w16", 40, 60, 57.9, 45.0),
+    ], columns=cols)
+    assert select_hps(frame, {"quant": "none-w16"}).hp.tolist() == ["a"]
+    chosen = select_hps(frame, {"quant": "none-w16", "utility": "mmlu", "forget": "wmdp_bio"})
+    row = chosen.iloc[0]
+    assert row.hp == "b" and row.meets_floor and row.floor_MMLU == pytest.approx(0.9 * 58.0)
+    assert row.WMDP_bio == 31.2 and row.MMLU == 57.1
+    # utility alone: among MMLU-keeping hps, the lowest KnowMem_f
+    assert select_hps(frame, {"quant": "none-w16", "utility": "mmlu"}).hp.tolist() == ["c"]
+    assert "MMLU >= 90%" in rule_text({"utility": "mmlu", "forget": "wmdp_bio"})
+    with pytest.raises(ValueError, match="report.selection.utility: 'mmlu' selects on MMLU"):
+        select_hps(frame.drop(columns="MMLU"), {"quant": "none-w16", "utility": "mmlu"})
+
+
+def test_report_shows_and_retains_lm_eval_measures():
+    """WMDP and MMLU rows become wide-frame columns, the main tables' measures, and knowledge
+    retained at matched quant (unlearned / target at the same quant)."""
+    from relapse.report.measures import main_measures, wide
+
+    rows = []
+    for method, hp, quant, wmdp, mmlu in [("target", "default", "none-w16", 64.0, 58.0),
+                                          ("target", "default", "rtn-w4", 60.0, 55.0),
+                                          ("rmu", "x", "none-w16", 32.0, 57.0),
+                                          ("rmu", "x", "rtn-w4", 45.0, 54.0)]:
+        keys = {"bench": "w", "method": method, "hp": hp, "quant": quant, "seed": 0}
+        rows += [{**keys, "metric": "lm_eval", "split": "wmdp_bio", "stat": "acc", "value": wmdp},
+                 {**keys, "metric": "lm_eval", "split": "mmlu", "stat": "acc", "value": mmlu},
+                 {**keys, "metric": "knowmem", "split": "forget", "stat": "rougeL_f1",
+                  "value": 1.0}]
+    metrics = pd.DataFrame(rows)
+    assert [m.name for m in main_measures(metrics)][-2:] == ["WMDP_bio", "MMLU"]
+    frame = wide(metrics, ["lm_eval_wmdp_bio", "lm_eval_mmlu"]).set_index(["method", "quant"])
+    assert frame.loc[("rmu", "rtn-w4"), "retained WMDP_bio"] == pytest.approx(45.0 / 60.0)
+    assert frame.loc[("rmu", "none-w16"), "retained MMLU"] == pytest.approx(57.0 / 58.0)
+    assert frame.loc[("target", "rtn-w4"), "WMDP_bio"] == 60.0
+
+
+def test_selection_on_a_task_not_evaluated_is_refused(root):
+    raw = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    raw.setdefault("report", {})["selection"] = {"utility": "mmlu"}
+    with pytest.raises(ConfigError, match=r"report.selection.utility: 'mmlu' .*metric lm_eval "
+                                          r"not in evaluation.metrics"):
+        validate(raw)
+
+
+def wmdp_corpora(root, subset="cyber", n=9):
+    """cais/wmdp-corpora-shaped: {subset}-forget-corpus (cyber only) and {subset}-retain-corpus,
+    split train, column text (plus the others the hub's files carry)."""
+    def texts(prefix):
+        return pd.DataFrame({"title": [f"{prefix} {i}" for i in range(n)],
+                             "text": [" ".join(f"{prefix}{i}w{j}" for j in range(60))
+                                      for i in range(n)]})
+    configs = {f"{subset}-retain-corpus": {"train": texts("r")}}
+    if subset == "cyber":
+        configs["cyber-forget-corpus"] = {"train": texts("f")}
+    return write_snapshot(root, configs)
+
+
+def test_wmdp_corpus_kind_on_a_made_up_snapshot(tmp_path, tiny_lm):
+    """Forget and retain are the first `samples` texts, each cut to its first max_length tokens;
+    holdout and retain_eval the next `eval_texts`; bio reads its forget texts from the gated
+    repository's snapshot (forget_source)."""
+    from relapse.data.corpora import get_corpus
+    from relapse.data.corpora.hub import CorpusError
+
+    _, _, tok = tiny_lm
+    kind = get_corpus("wmdp")
+    src = wmdp_corpora(tmp_path / "corpora")
+    cfg = {"kind": "wmdp", "subset": "cyber", "source": str(src), "samples": 5, "eval_texts": 3,
+           "max_length": 16}
+    kind.check(cfg)
+    splits, record = kind.build(cfg, tok)
+    assert {k: len(v) for k, v in splits.items()} == {
+        "forget": 5, "retain": 5, "holdout": 3, "retain_eval": 3, "privleak_forget": 3,
+        "privleak_holdout": 3}
+    assert splits["forget"].text[0].startswith("f0w0 f0w1") and "f5w0" in splits["holdout"].text[0]
+    assert splits["retain_eval"].text[0].startswith("r5w0")
+    assert all(len(tok(t).input_ids) <= 16 for t in splits["forget"].text)
+    assert len(tok(splits["forget"].text[0]).input_ids) >= 15     # cut at max_length, not before
+    assert record["subset"] == "cyber" and record["forget_source"] == str(src)
+    with pytest.raises(CorpusError, match="has 9 texts; samples 8 \\+ eval_texts 3"):
+        kind.build({**cfg, "samples": 8}, tok)
+    # bio: retain from wmdp-corpora, forget from the (gated) forget repository's snapshot
+    bio = wmdp_corpora(tmp_path / "bio", "bio")
+    forget = write_snapshot(tmp_path / "bio-forget", {"default": {"train": pd.DataFrame(
+        {"text": [f"hazard text {i} " * 20 for i in range(9)]})}}, folders={"default": "data"})
+    bio_cfg = {**cfg, "subset": "bio", "source": str(bio), "forget_source": str(forget)}
+    splits, _ = kind.build(bio_cfg, tok)
+    assert splits["forget"].text[1].startswith("hazard text 1")
+    assert splits["retain"].text[0].startswith("r0w0")
+    # the cyber snapshot has no bio retain corpus: refused at validation, naming what exists
+    with pytest.raises(CorpusError, match=r"no config 'bio-retain-corpus'; configs there: "
+                                          r"cyber-retain-corpus, cyber-forget-corpus"):
+        kind.check({**bio_cfg, "source": str(src)})
+
+
+def test_wmdp_config_plans(tmp_path):
+    """config/wmdp.yaml (RMU on Zephyr-7B) validates and plans with no data and no model."""
+    from test_paper_configs import QUANTS, planned
+
+    counts = planned(tmp_path, "wmdp.yaml")
+    cells = (1 + 2) * QUANTS                    # rmu's one hp, target and retrain
+    want = {"check_corpus": 1, "fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": 1,
+            "quantize": cells, "evaluate": cells, "report": 1}
+    assert {k: counts.get(k, 0) for k in want} == want
