@@ -24,8 +24,8 @@ def tokenizer():
 
 
 def test_registry_lists_one_kind_per_file():
-    assert corpus_kinds() == ["muse", "synthetic", "tofu"]
-    with pytest.raises(KeyError, match="allowed: muse, synthetic, tofu"):
+    assert corpus_kinds() == ["muse", "synthetic", "tofu", "wmdp"]
+    with pytest.raises(KeyError, match="allowed: muse, synthetic, tofu, wmdp"):
         get_corpus("wmdp")
 
 
