@@ -359,3 +359,18 @@ def test_wmdp_config_plans(tmp_path):
     want = {"check_corpus": 1, "fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": 1,
             "quantize": cells, "evaluate": cells, "report": 1}
     assert {k: counts.get(k, 0) for k in want} == want
+
+
+def test_benchmarks_page_quotes_lm_eval_cost(root):
+    import json
+
+    cost = json.loads((root / "benchmarks" / "lm_eval_cost.json").read_text())
+    row = [line for line in (root / "docs" / "benchmarks.md").read_text().splitlines()
+           if line.startswith("| `lm_eval_cost.py` |")]
+    assert len(row) == 1
+    assert (f"{cost['warm_cell_s']:g} s per cell ({cost['ms_per_item_warm']:g} ms per item); "
+            f"{cost['first_cell_s']:g} s in a fresh evaluate job") in row[0]
+    assert f"{cost['per_job_overhead_vs_default_evaluate']:g}× the default's" in row[0]
+    # the default config runs no lm_eval
+    default = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    assert "lm_eval" not in default.get("evaluation", {}).get("metrics", [])
