@@ -26,7 +26,7 @@ def tokenizer():
 def test_registry_lists_one_kind_per_file():
     assert corpus_kinds() == ["muse", "synthetic", "tofu", "wmdp"]
     with pytest.raises(KeyError, match="allowed: muse, synthetic, tofu, wmdp"):
-        get_corpus("wmdp")
+        get_corpus("wmdp_bio")
 
 
 def test_chunks_cover_the_text_and_fit_max_length(tokenizer):
