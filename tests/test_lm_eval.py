@@ -228,12 +228,14 @@ def test_validation_refuses_missing_snapshot_config_and_unknown_task(tmp_path, r
     with pytest.raises(ConfigError, match=r"snapshots: 'mmlu' not in evaluation.lm_eval.tasks"):
         validate(lm_eval_config(raw, {"tasks": ["wmdp_bio"],
                                       "snapshots": {"mmlu": str(snapshots["mmlu"])}}))
-    # few-shot MMLU reads the dev split: a snapshot without it is refused
+    # MMLU reads its dev split (lm-eval builds the few-shot set even at 0 shots): a snapshot
+    # without it is refused
     nodev = write_snapshot(tmp_path / "nodev", {"anatomy": {"test": mcq("a", 3, "anatomy")}})
-    with pytest.raises(ConfigError, match=r"task mmlu_anatomy: .*no split 'dev'.*splits there: "
-                                          r"test"):
-        validate(lm_eval_config(raw, {"tasks": ["mmlu_anatomy"], "num_fewshot": 5,
-                                      "snapshots": {"mmlu_anatomy": str(nodev)}}))
+    for shots in (None, 5):
+        with pytest.raises(ConfigError, match=r"task mmlu_anatomy: .*no split 'dev'.*splits "
+                                              r"there: test"):
+            validate(lm_eval_config(raw, {"tasks": ["mmlu_anatomy"], "num_fewshot": shots,
+                                          "snapshots": {"mmlu_anatomy": str(nodev)}}))
     # a wmdp split without the column lm-eval's prompt reads
     bad = write_snapshot(tmp_path / "bad", {"wmdp-bio": {"test": mcq("b", 3).drop(
         columns="choices")}})
@@ -374,3 +376,36 @@ def test_benchmarks_page_quotes_lm_eval_cost(root):
     # the default config runs no lm_eval
     default = yaml.safe_load((root / "config" / "config.yaml").read_text())
     assert "lm_eval" not in default.get("evaluation", {}).get("metrics", [])
+
+
+def test_mmlu_group_is_the_item_mean_over_its_subjects(tmp_path, tiny_lm, data_dir):
+    """Task `mmlu` (lm-eval's group of 57 subjects, through its 4 category subgroups) on a
+    snapshot with every subject: the group's row is the accuracy over all items (lm-eval
+    weights subjects by size), equal to the direct computation; each subject has its own row;
+    the per-item samples are the group's."""
+    from relapse.evaluate.lmeval_tasks import leaves
+    from relapse.quantize.stage import quantize_model
+
+    folder, model, tok = tiny_lm
+    subjects = {cfg["dataset_name"]: cfg for _, cfg in leaves("mmlu")}
+    assert len(subjects) == 57
+    frames = {s: mcq(s, 1 + i % 2, s) for i, s in enumerate(sorted(subjects))}
+    # every subject with its dev split: lm-eval reads it when it builds the task, even at 0 shots
+    snap = write_snapshot(tmp_path / "mmlu", {s: {"test": f, "dev": mcq(s + "-dev", 1, s)}
+                                              for s, f in frames.items()})
+    quantize_model(folder, tmp_path / "cell", "none", 16, {})
+    metrics, samples = run_cell(tmp_path / "cell", tmp_path, data_dir,
+                                {"tasks": ["mmlu"], "snapshots": {"mmlu": str(snap)}})
+    prompts, answers = [], []
+    for s, f in frames.items():
+        prompts += [subjects[s]["description"] + f"{q}\n" + "".join(
+            f"{LETTERS[k]}. {c}\n" for k, c in enumerate(cs)) + "Answer:"
+            for q, cs in zip(f.question, f.choices)]
+        answers += list(f.answer)
+    acc, _ = direct_accuracy(model, tok, prompts, answers)
+    rows = metrics[metrics.metric == "lm_eval"].set_index("split")
+    assert rows.loc["mmlu", "value"] == pytest.approx(100 * acc, abs=1e-9)
+    assert rows.loc["mmlu", "n"] == len(answers) == 85        # 29 subjects x 1 + 28 x 2
+    assert {"mmlu_stem", "mmlu_humanities", "mmlu_anatomy"} <= set(rows.index)
+    assert (rows.task == "mmlu").all() and rows.loc["mmlu_anatomy", "n"] == frames["anatomy"].shape[0]
+    assert set(samples.split) == {"mmlu"} and len(samples) == 85

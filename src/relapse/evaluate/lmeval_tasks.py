@@ -6,9 +6,11 @@ lacks what a task reads.
 A task is pointed at a local snapshot in the hub layout (`evaluation.lm_eval.snapshots`: task ->
 folder) by overriding its `dataset_path`; lm-eval then calls `datasets.load_dataset(folder,
 dataset_name, ...)`, which reads the snapshot's README `configs:` metadata offline, as relapse
-reads MUSE and TOFU snapshots (relapse.data.corpora.hub). The override is given to lm-eval as an
-inline group whose one member is the task with `dataset_path` replaced (lm-eval passes a
-group's overrides down to every subtask), so nothing of lm-eval is patched.
+reads MUSE and TOFU snapshots (relapse.data.corpora.hub). The task (or group, whose overrides
+lm-eval passes down to every subtask) is built by lm-eval's own task factory with that override
+and handed to simple_evaluate as an object: an inline config dict would not do, since lm-eval
+0.4.13 takes a dict naming a registered group as a new group and passes its `task:` list down as
+every subtask's name. Nothing of lm-eval is patched.
 
 lm-eval's task index (TaskManager) takes a few seconds to build: it is built once per process.
 """
@@ -23,7 +25,6 @@ from pathlib import Path
 # a snapshot whose split lacks one is refused at validation. Other datasets: not checked.
 COLUMNS = {"cais/mmlu": ("question", "subject", "choices", "answer"),
            "cais/wmdp": ("question", "choices", "answer")}
-WRAPPER = "relapse_local"       # the inline group that carries a snapshot override
 
 
 class TaskError(ValueError):
@@ -78,13 +79,17 @@ def leaves(name: str) -> list[tuple[str, dict]]:
 
 
 def splits_read(cfg: dict, num_fewshot: int | None) -> list[str]:
-    """The splits a leaf task reads: the one it scores (test, else validation) and, with
-    few-shot examples, the one they come from."""
+    """The splits a leaf task reads: the one it scores (test, else validation) and the one its
+    few-shot examples come from: a declared `fewshot_split` is read when the task is built, even
+    at 0 shots (mmlu's `dev`: a snapshot without it fails in lm-eval with KeyError 'dev'); the
+    training or validation split only with few-shot examples."""
     scored = cfg.get("test_split") or cfg.get("validation_split")
     out = [scored] if scored else []
     shots = cfg.get("num_fewshot", 0) if num_fewshot is None else num_fewshot
-    fewshot = cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split")
-    if shots and fewshot and fewshot not in out:
+    fewshot = cfg.get("fewshot_split")
+    if not fewshot and shots:
+        fewshot = cfg.get("training_split") or cfg.get("validation_split")
+    if fewshot and fewshot not in out:
         out.append(fewshot)
     return out
 
@@ -129,22 +134,17 @@ def check(lcfg: dict) -> None:
 
 
 def task_specs(lcfg: dict) -> list:
-    """What simple_evaluate is given: a task's name, or the inline group that points it at its
-    snapshot."""
+    """What simple_evaluate is given: a task's name, or the task (group, tag's tasks) built with
+    its `dataset_path` pointed at its snapshot."""
     snapshots = lcfg.get("snapshots") or {}
+    manager = task_manager()
     out = []
     for task in lcfg["tasks"]:
         if task not in snapshots:
             out.append(task)
             continue
-        kind = "group" if _is_group(task) else "task"
-        out.append({"group": f"{WRAPPER}_{task}",
-                    "task": [{kind: task,
-                              "dataset_path": str(Path(snapshots[task]).expanduser())}]})
+        built = manager._factory.build(
+            manager.task_index[task], registry=manager.task_index,
+            overrides={"dataset_path": str(Path(snapshots[task]).expanduser())})
+        out += built if isinstance(built, list) else [built]
     return out
-
-
-def _is_group(name: str) -> bool:
-    from lm_eval.tasks._index import Kind
-
-    return task_manager().task_index[name].kind in (Kind.GROUP, Kind.TAG)

@@ -67,10 +67,7 @@ def run(model, tokenizer, lcfg: dict, batch_size: int) -> dict:
 def results_rows(res: dict, lcfg: dict, version: str) -> list[MetricResult]:
     """MetricResults from lm-eval's result dict: one per configured task and per subtask or
     subgroup of it, for each accuracy statistic it reports."""
-    from relapse.evaluate.lmeval_tasks import WRAPPER
-
-    subtasks = {k: [m for m in v if not m.startswith(WRAPPER)] for k, v in
-                res.get("group_subtasks", {}).items() if not k.startswith(WRAPPER)}
+    subtasks = res.get("group_subtasks", {})
     snapshots = lcfg.get("snapshots") or {}
     out = []
     for task in lcfg["tasks"]:
