@@ -409,3 +409,26 @@ def test_mmlu_group_is_the_item_mean_over_its_subjects(tmp_path, tiny_lm, data_d
     assert {"mmlu_stem", "mmlu_humanities", "mmlu_anatomy"} <= set(rows.index)
     assert (rows.task == "mmlu").all() and rows.loc["mmlu_anatomy", "n"] == frames["anatomy"].shape[0]
     assert set(samples.split) == {"mmlu"} and len(samples) == 85
+
+
+def test_retained_wmdp_has_a_paired_item_interval():
+    """The per-item correctness in samples.parquet (metric lm_eval, column acc) gives WMDP's
+    knowledge retained its paired bootstrap interval, around the ratio of the two accuracies."""
+    from relapse.report.measures import wide
+
+    rng = np.random.default_rng(0)
+    target, unlearned = rng.random(200) < 0.64, rng.random(200) < 0.32
+    rows, samples = [], []
+    for method, hp, correct in (("target", "default", target), ("rmu", "x", unlearned)):
+        keys = {"bench": "w", "method": method, "hp": hp, "quant": "rtn-w4", "seed": 0}
+        rows.append({**keys, "metric": "lm_eval", "split": "wmdp_bio", "stat": "acc",
+                     "value": 100 * correct.mean()})
+        samples += [{**keys, "metric": "lm_eval", "split": "wmdp_bio", "item": i,
+                     "acc": float(c)} for i, c in enumerate(correct)]
+    frame = wide(pd.DataFrame(rows), ["lm_eval_wmdp_bio"], pd.DataFrame(samples),
+                 {"samples": 200, "seed": 0}).set_index("method")
+    ratio = unlearned.mean() / target.mean()
+    lo, hi = frame.loc["rmu", "retained WMDP_bio lo"], frame.loc["rmu", "retained WMDP_bio hi"]
+    assert frame.loc["rmu", "retained WMDP_bio"] == pytest.approx(ratio)
+    assert lo < ratio < hi and hi - lo < 1
+    assert frame.loc["rmu", "WMDP_bio lo"] < 100 * unlearned.mean() < frame.loc["rmu", "WMDP_bio hi"]
