@@ -288,6 +288,12 @@ def test_report_shows_and_retains_lm_eval_measures():
     metrics = pd.DataFrame(rows)
     assert [m.name for m in main_measures(metrics)][-2:] == ["WMDP_bio", "MMLU"]
     frame = wide(metrics, ["lm_eval_wmdp_bio", "lm_eval_mmlu"]).set_index(["method", "quant"])
+    from relapse.report.captions import main_caption
+
+    caption = main_caption({"evaluation": {"metrics": ["lm_eval"],
+                                           "lm_eval": {"max_items": 500}}})
+    assert "WMDP (lower is better" in caption and "the first 500 items of each task" in caption
+    assert "WMDP" not in main_caption({"evaluation": {"metrics": ["knowmem"]}})
     assert frame.loc[("rmu", "rtn-w4"), "retained WMDP_bio"] == pytest.approx(45.0 / 60.0)
     assert frame.loc[("rmu", "none-w16"), "retained MMLU"] == pytest.approx(57.0 / 58.0)
     assert frame.loc[("target", "rtn-w4"), "WMDP_bio"] == 60.0
@@ -407,7 +413,8 @@ def test_mmlu_group_is_the_item_mean_over_its_subjects(tmp_path, tiny_lm, data_d
     assert rows.loc["mmlu", "value"] == pytest.approx(100 * acc, abs=1e-9)
     assert rows.loc["mmlu", "n"] == len(answers) == 85        # 29 subjects x 1 + 28 x 2
     assert {"mmlu_stem", "mmlu_humanities", "mmlu_anatomy"} <= set(rows.index)
-    assert (rows.task == "mmlu").all() and rows.loc["mmlu_anatomy", "n"] == frames["anatomy"].shape[0]
+    assert (rows.task == "mmlu").all()
+    assert rows.loc["mmlu_anatomy", "n"] == len(frames["anatomy"])
     assert set(samples.split) == {"mmlu"} and len(samples) == 85
 
 
@@ -431,4 +438,5 @@ def test_retained_wmdp_has_a_paired_item_interval():
     lo, hi = frame.loc["rmu", "retained WMDP_bio lo"], frame.loc["rmu", "retained WMDP_bio hi"]
     assert frame.loc["rmu", "retained WMDP_bio"] == pytest.approx(ratio)
     assert lo < ratio < hi and hi - lo < 1
-    assert frame.loc["rmu", "WMDP_bio lo"] < 100 * unlearned.mean() < frame.loc["rmu", "WMDP_bio hi"]
+    low, high = frame.loc["rmu", "WMDP_bio lo"], frame.loc["rmu", "WMDP_bio hi"]
+    assert low < 100 * unlearned.mean() < high

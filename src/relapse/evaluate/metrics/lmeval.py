@@ -9,9 +9,9 @@ lmeval_tasks), for a cluster without internet.
 
 The numbers are lm-eval's: for a multiple-choice task, an item is correct when the choice
 continuation with the highest summed log-probability given the prompt is the answer (`acc`;
-`acc_norm` too where the task defines it). Rows: metric `lm_eval`, split = lm-eval's name of the
-task, subtask or group (`mmlu`, `mmlu_anatomy`, `wmdp_bio`), stat `acc`; value and `stderr` (lm-eval's
-standard error) x100, as the papers quote MMLU and WMDP; `task` (the configured name), `subtask`,
+`acc_norm` too where the task defines it). Rows: metric `lm_eval`, split = lm-eval's name of
+the task, subtask or group (`mmlu`, `mmlu_anatomy`, `wmdp_bio`), stat `acc`; value and `stderr`
+(lm-eval's standard error) x100, as the papers quote MMLU and WMDP; `task` (the configured name), `subtask`,
 `num_fewshot`, `max_items` (lm-eval's `limit`: the first max_items items of every leaf task),
 `lm_eval_version`, `task_version` and `dataset` (the snapshot folder or hub id). A group's value
 is lm-eval's aggregate; its interval resamples the items of its subtasks. The per-item scores of
