@@ -3,6 +3,8 @@ estimated from FLOPs, with the relative cost of each method's step measured on t
 relapse's own step code. No GPU is used. Writes benchmarks/paper_cost.json.
 
     .venv/bin/python benchmarks/paper_cost.py [--dry-run] [--steps 2]
+    .venv/bin/python benchmarks/paper_cost.py --only wmdp    # config/wmdp.yaml's grid alone,
+                                                              # into the existing JSON
 
 --dry-run recounts the jobs per rule with `snakemake -n --quiet rules` (about 40 s on 2 cores);
 without it the counts recorded below (from that command) are used. Every input that is not
@@ -56,13 +58,24 @@ INPUTS = {
                   "world_facts 117 (TOFU paper / dataset card)",
         "forget": 400, "retain": 3600, "holdout": 400,
         "perturbed": {"forget": 400, "retain": 400, "real_authors": 100, "world_facts": 117}},
+    "wmdp": {
+        "source": "cais/wmdp dataset card: wmdp-bio 1273, wmdp-chem 408, wmdp-cyber 1987 "
+                  "test questions; cais/mmlu: 14042 test questions over 57 subjects; "
+                  "config/wmdp.yaml: RMU, 150 batches of 4 texts of <= 512 tokens (WMDP's run)",
+        "questions": {"wmdp_bio": 1273, "wmdp_chem": 408, "wmdp_cyber": 1987, "mmlu": 14042},
+        "model_7b": "Zephyr-7B (Mistral-7B: hidden 4096, intermediate 14336, 32 layers, vocab "
+                    "32000; grouped-query attention, 8 kv heads)",
+        "hidden": 4096, "intermediate": 14336, "layers": 32, "vocab": 32000, "kv_share": 0.25},
     "jobs_recorded": {
         "source": "snakemake -n --quiet rules --configfile config/{muse,tofu}.yaml "
                   "(Snakemake 9.27.1, this tree)",
         "muse": {"fetch_pretrained": 4, "prepare_corpus": 2, "unlearn": 192, "select_epoch": 320,
                  "quantize": 2916, "evaluate": 2916, "diagnose": 320, "report": 1, "all": 1},
         "tofu": {"fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": 96, "select_epoch": 96,
-                 "quantize": 882, "evaluate": 882, "diagnose": 96, "report": 1, "all": 1}},
+                 "quantize": 882, "evaluate": 882, "diagnose": 96, "report": 1, "all": 1},
+        "wmdp": {"check_corpus": 1, "fetch_pretrained": 2, "prepare_corpus": 1, "unlearn": 1,
+                 "select_epoch": 1, "quantize": 27, "evaluate": 27, "diagnose": 1,
+                 "check_cells": 1, "report": 1, "all": 1}},
 }
 
 ASSUMPTIONS = {
@@ -98,6 +111,13 @@ ASSUMPTIONS = {
     "reference_note": "hub references stored in bf16/fp16 (13.5 GB) and hard-linked from the "
                       "HF cache (counted once)",
     "concurrent_gpu_jobs": 8,
+    "lm_eval_prompt_tokens": {"mmlu": 110, "wmdp_bio": 130, "wmdp_cyber": 350,
+                              "wmdp_chem": 130},
+    "lm_eval_note": "zero-shot prompt lengths with the Llama/Mistral tokenizer (guess: MMLU and "
+                    "WMDP-Bio/Chem questions are a few sentences; WMDP-Cyber's often carry code "
+                    "or disassembly). lm-eval scores the 4 one-token continuations ' A'..' D' of "
+                    "one prompt in one forward (HFLM groups requests by context), so one fp32 "
+                    "forward per question",
 }
 
 PEAK_NOTE = ("peak with temp(): references + every checkpoint + the target's quantized folders "
@@ -282,6 +302,58 @@ def disk(cfg: dict, jobs: dict, n_ckpt: int, benches: int, P: dict, A: dict) -> 
         "note": PEAK_NOTE}
 
 
+def wmdp_grid(A: dict, jobs: dict) -> dict:
+    """config/wmdp.yaml: RMU (one run) on Zephyr-7B, then 9 quant cells of the target, the
+    retrain placeholder and the unlearned model, each scored by lm-eval (WMDP-Cyber + MMLU,
+    fp32 forwards) and perplexity. RMU's step: forget and retain batches through the updated
+    model (activation gradients only; 3 down-projections train), the frozen model's retain
+    forward; all forwards taken as full-depth (RMU's forward_with_cache runs the whole model)."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/wmdp.yaml").read_text())
+    w = INPUTS["wmdp"]
+    m = {k: w[k] for k in ("hidden", "intermediate", "layers", "vocab")}
+    h, i, n, v = m["hidden"], m["intermediate"], m["layers"], m["vocab"]
+    linear = n * ((2 + 2 * w["kv_share"]) * h * h + 3 * h * i)
+    P = {"linear": linear, "head": v * h, "embed": v * h, "total": linear + 2 * v * h}
+    corpus = cfg["benchmarks"]["wmdp"]["corpus"]
+    bs, seq = cfg["unlearning"]["batch_size"], corpus["max_length"]
+    steps = math.ceil(corpus["samples"] / bs) * cfg["methods"]["rmu"]["epochs"]
+    per_step = 2 * bs * seq * step_flops_per_token(P, m, seq, "lora") \
+        + bs * seq * fwd_flops_per_token(P, m, seq)
+    unlearn_h = (per_step * steps / (A["gpu_bf16_flops"] * A["mfu"])
+                 + P["total"] * 4 / A["io_bytes_s"]) / 3600
+    ev = cfg["evaluation"]
+    prompt = A["lm_eval_prompt_tokens"]
+    lm_tokens = {t: w["questions"][t] * prompt[t] for t in ev["lm_eval"]["tasks"]}
+    ppl_tokens = 2 * corpus["eval_texts"] * seq
+    fp32_rate = A["gpu_fp32_flops"] * A["mfu"]
+    load_s = P["total"] * 4 / A["io_bytes_s"]
+    lm_s = sum(tok * fwd_flops_per_token(P, m, prompt[t]) for t, tok in lm_tokens.items()) \
+        / fp32_rate
+    ppl_s = ppl_tokens * fwd_flops_per_token(P, m, seq) / fp32_rate
+    job_h = (lm_s + ppl_s + load_s) / 3600
+    n_q = sum(len(s["bits"]) for s in cfg["quantization"]["schemes"])
+    q_hours = sum(A["quantize_hours"][s["scheme"]] * len(s["bits"])
+                  for s in cfg["quantization"]["schemes"])
+    assert jobs["quantize"] == jobs["evaluate"] == 3 * n_q, jobs
+    stages = {"unlearn": {"jobs": jobs["unlearn"], "gpu_hours": unlearn_h},
+              "quantize": {"jobs": jobs["quantize"], "gpu_hours": q_hours * 3},
+              "evaluate": {"jobs": jobs["evaluate"], "gpu_hours": job_h * jobs["evaluate"]},
+              "diagnose": {"jobs": jobs["diagnose"],
+                           "gpu_hours": jobs["diagnose"] * (2 + 2 * (n_q - 1)) * load_s / 3600}}
+    stages["total"] = {"jobs": sum(jobs.values()),
+                       "gpu_hours": sum(s["gpu_hours"] for s in stages.values())}
+    for s in stages.values():
+        s["gpu_hours"] = round(s["gpu_hours"], 1)
+    return {"config": "config/wmdp.yaml", "jobs": jobs, "stages": stages, "params_7b": P,
+            "unlearn": {"steps": steps, "tflop_per_step": round(per_step / 1e12, 1),
+                        "gpu_hours": round(unlearn_h, 3)},
+            "evaluate_per_job": {"lm_eval_prompt_tokens": lm_tokens, "ppl_tokens": ppl_tokens,
+                                 "lm_eval_gpu_s": round(lm_s), "ppl_gpu_s": round(ppl_s),
+                                 "load_s": round(load_s), "gpu_h_per_job": job_h}}
+
+
 # ---------------------------------------------------------------- CPU measurement
 def measure(steps: int) -> dict:
     import torch
@@ -367,8 +439,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dry-run", action="store_true", help="recount jobs with snakemake -n")
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--only", choices=["wmdp"],
+                        help="compute this grid alone into the existing JSON")
     args = parser.parse_args()
     A, m7 = ASSUMPTIONS, INPUTS["model_7b"]
+    wmdp_jobs = dry_run_counts("config/wmdp.yaml") if args.dry_run \
+        else INPUTS["jobs_recorded"]["wmdp"]
+    if args.only == "wmdp":
+        from relapse.io import atomic_file
+
+        out = ROOT / "benchmarks" / "paper_cost.json"
+        result = json.loads(out.read_text())
+        result["inputs"]["wmdp"] = INPUTS["wmdp"]
+        result["inputs"]["jobs_recorded"]["wmdp"] = INPUTS["jobs_recorded"]["wmdp"]
+        result["assumptions"] = A
+        result["grids"]["wmdp"] = wmdp_grid(A, wmdp_jobs)
+        with atomic_file(out) as tmp:        # the file's own layout: the other grids' lines stay
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["grids"]["wmdp"]["stages"], indent=1))
+        return
     P = llama_params(m7)
     muse = yaml.safe_load((ROOT / "config/muse.yaml").read_text())["benchmarks"]
     C = corpora(A, {b: e["corpus"].get("packing", "stream") for b, e in muse.items()})
@@ -403,6 +492,7 @@ def main() -> None:
         result["grids"][grid] = {"config": path, "jobs": jobs, "stages": stages,
                                  "unlearn": un, "evaluate_per_job": ev,
                                  "disk": disk(cfg, jobs, n_ckpt, len(benches), P, A)}
+    result["grids"]["wmdp"] = wmdp_grid(A, wmdp_jobs)
     result["cpu_measurement"] = measure(args.steps)
     from relapse.io import write_json
 

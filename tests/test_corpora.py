@@ -24,9 +24,9 @@ def tokenizer():
 
 
 def test_registry_lists_one_kind_per_file():
-    assert corpus_kinds() == ["muse", "synthetic", "tofu"]
-    with pytest.raises(KeyError, match="allowed: muse, synthetic, tofu"):
-        get_corpus("wmdp")
+    assert corpus_kinds() == ["muse", "synthetic", "tofu", "wmdp"]
+    with pytest.raises(KeyError, match="allowed: muse, synthetic, tofu, wmdp"):
+        get_corpus("wmdp_bio")
 
 
 def test_chunks_cover_the_text_and_fit_max_length(tokenizer):

@@ -58,6 +58,7 @@ def check_plan(cfg: dict) -> None:
     _check_one_shot(cfg)
     _check_privleak_reference(cfg)
     _check_attacks(cfg)
+    _check_lm_eval(cfg)
 
 
 def _check_kind_keys(cfg: dict) -> None:
@@ -157,3 +158,31 @@ def _check_attacks(cfg: dict) -> None:
         plan.check(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _check_lm_eval(cfg: dict) -> None:
+    """Metric lm_eval: every task known to lm-eval, every local snapshot holding what its task
+    reads (relapse.evaluate.lmeval_tasks), before any job; a selection on MMLU or WMDP needs
+    that task evaluated."""
+    selection = cfg["report"]["selection"]
+    tasks = cfg["evaluation"]["lm_eval"]["tasks"] \
+        if "lm_eval" in cfg["evaluation"]["metrics"] else []
+    for key, default in (("utility", "knowmem_retain"), ("forget", "knowmem_forget")):
+        value = selection.get(key, default)
+        if value != default and value not in tasks:
+            raise ConfigError(
+                f"report.selection.{key}: {value!r} selects on lm-eval task {value}, which this "
+                f"config does not evaluate (evaluation.lm_eval.tasks: "
+                f"{', '.join(tasks) if tasks else 'metric lm_eval not in evaluation.metrics'}); "
+                f"allowed: {default}, or add metric lm_eval with task {value}")
+    if "lm_eval" not in cfg["evaluation"]["metrics"]:
+        return
+    from relapse.evaluate.lmeval_tasks import TaskError, check
+
+    try:
+        check(cfg["evaluation"]["lm_eval"])
+    except TaskError as err:
+        raise ConfigError(str(err)) from None
+    except ImportError as err:       # lm-eval is a dependency; a broken venv says so here
+        raise ConfigError(f"evaluation.metrics: 'lm_eval' needs lm-eval installed ({err})") \
+            from None

@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from relapse.report import captions
-from relapse.report.measures import has_world, main_measures, measures, quant_order, wide
+from relapse.report.measures import (has_world, lm_eval_measures, main_measures, measures,
+                                     quant_order, wide)
 from relapse.report.plan import DIAGNOSTICS_FIGURE, FIGURES, RELEARN_FIGURE
 from relapse.report.paper_tables import PaperTable, grid_table, main_table, retained_table
 from relapse.report.selection import DEFAULT as DEFAULT_SELECTION
@@ -165,7 +166,8 @@ def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir
     _write_text(tables_dir / "summary.md", to_markdown(summary, caption))
     _write_csv(tables_dir / "summary.csv", summary)
 
-    wanted = measures(retained_keys(report_settings(cfg)), has_world(metrics))
+    wanted = measures(retained_keys(report_settings(cfg)), has_world(metrics),
+                      lm_eval_measures(metrics))
     items = read_samples(samples or [], *sample_columns(wanted))
     tables, frame, chosen, quants = paper_tables(metrics, cfg, items)
     write_tables(tables, chosen, tables_dir)

@@ -95,11 +95,27 @@ WORLD_TEXT = ("KnowMem_world: the same few-shot QA on real-world facts that the 
               "injection nor the unlearning targets). ")
 
 
+def lm_eval_text(cfg: dict) -> str:
+    """The WMDP / MMLU columns (metric lm_eval), when the config evaluates them."""
+    ev = cfg.get("evaluation", {})
+    if "lm_eval" not in ev.get("metrics", []):
+        return ""
+    lcfg = ev.get("lm_eval", {})
+    shots = lcfg.get("num_fewshot")
+    items = lcfg.get("max_items")
+    return ("WMDP (lower is better: hazardous knowledge) and MMLU (higher is better: general "
+            "utility): lm-evaluation-harness multiple-choice accuracy x100 (the choice with the "
+            "highest summed log-probability), "
+            + ("each task's default shots (0 for WMDP and MMLU)" if shots is None
+               else f"{shots} shots")
+            + (f", the first {items} items of each task" if items else "") + ". ")
+
+
 def main_caption(cfg: dict, world: bool = False) -> str:
     return ("Unlearning under quantization, each method at its selected hp, with the target "
             "and retrain models. M1 VerbMem_f and M2 KnowMem_f (lower is better), M3 PrivLeak "
             f"(Min-K% AUC {privleak_text(cfg)}, %, 0 is best), M4 "
-            "KnowMem_r (higher is better). " + (WORLD_TEXT if world else "")
+            "KnowMem_r (higher is better). " + (WORLD_TEXT if world else "") + lm_eval_text(cfg)
             + rule_text(cfg.get("report", {}).get("selection", {})) + " " + _context(cfg))
 
 

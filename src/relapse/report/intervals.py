@@ -30,6 +30,7 @@ ITEM_SCORES = {
     ("verbmem", "rougeL_f1"): ("verbmem", "rougeL_f1", 100.0),
     ("verbmem_facts", "facts_recalled"): ("verbmem", "facts_recalled", 1.0),
     ("qa_em", "exact_match"): ("knowmem", "exact_match", 1.0),
+    ("lm_eval", "acc"): ("lm_eval", "acc", 100.0),      # MMLU, WMDP: per-item correctness
 }
 METHOD_TEXT = ("the percentile bootstrap over seeds and items (one item draw per resample, shared "
                "by every seed; with one seed, the item bootstrap) where per-item scores exist "

@@ -38,8 +38,18 @@ MAIN = (
 # answers (split `world`, relapse.data.world). Shown beside KnowMem_r when a run has it.
 WORLD = Measure("KnowMem_world", "knowmem", "world", "rougeL_f1", "KnowMem_world ↑",
                 r"KnowMem$_{world}\uparrow$")
+# lm-evaluation-harness accuracies (metric lm_eval, x100): WMDP is forget-side (hazardous
+# knowledge to remove), MMLU utility. Shown in the main tables when a run measured them.
+LM_EVAL = (
+    Measure("WMDP_bio", "lm_eval", "wmdp_bio", "acc", "WMDP-Bio ↓", r"WMDP-Bio$\downarrow$"),
+    Measure("WMDP_cyber", "lm_eval", "wmdp_cyber", "acc", "WMDP-Cyber ↓",
+            r"WMDP-Cyber$\downarrow$"),
+    Measure("WMDP_chem", "lm_eval", "wmdp_chem", "acc", "WMDP-Chem ↓", r"WMDP-Chem$\downarrow$"),
+    Measure("MMLU", "lm_eval", "mmlu", "acc", "MMLU ↑", r"MMLU$\uparrow$"),
+)
 # Quantities whose ratio to the target makes sense: the choices of `report.retained_metrics`.
 RETAINABLE = {
+    **{f"lm_eval_{m.split}": m for m in LM_EVAL},
     "knowmem_forget": Measure("KnowMem_f", "knowmem", "forget", "rougeL_f1", "KnowMem_f", r"KnowMem$_f$"),
     # KnowMem_f on the forget people the relearning attack never sees (relapse.data.relearn_split)
     "knowmem_forget_heldout": Measure("KnowMem_f_heldout", "knowmem", "forget_heldout", "rougeL_f1",
@@ -64,14 +74,24 @@ def has_world(metrics: pd.DataFrame) -> bool:
     return bool(((metrics.metric == WORLD.metric) & (metrics.split == WORLD.split)).any())
 
 
+def lm_eval_measures(metrics: pd.DataFrame) -> list[Measure]:
+    """The LM_EVAL measures the run measured (metric lm_eval with that task)."""
+    if "metric" not in metrics or not (metrics.metric == "lm_eval").any():
+        return []
+    return [m for m in LM_EVAL if not measure_rows(metrics, m).empty]
+
+
 def main_measures(metrics: pd.DataFrame) -> list[Measure]:
-    """The seed paper's four, and KnowMem_world after KnowMem_r when the run measured it."""
-    return [*MAIN, WORLD] if has_world(metrics) else list(MAIN)
+    """The seed paper's four, KnowMem_world after KnowMem_r when the run measured it, then the
+    WMDP and MMLU accuracies it measured."""
+    return [*MAIN, WORLD][:5 if has_world(metrics) else 4] + lm_eval_measures(metrics)
 
 
-def measures(retained: list[str] | tuple[str, ...] = (), world: bool = False) -> list[Measure]:
-    """The main four (and KnowMem_world), then every retained quantity not already among them."""
-    out = [*MAIN, WORLD] if world else list(MAIN)
+def measures(retained: list[str] | tuple[str, ...] = (), world: bool = False,
+             lm_eval: list[Measure] | tuple[Measure, ...] = ()) -> list[Measure]:
+    """The main four (and KnowMem_world, and the lm_eval measures given), then every retained
+    quantity not already among them."""
+    out = ([*MAIN, WORLD] if world else list(MAIN)) + list(lm_eval)
     for key in retained:
         if RETAINABLE[key].name not in {m.name for m in out}:
             out.append(RETAINABLE[key])
@@ -97,7 +117,7 @@ def wide(metrics: pd.DataFrame, retained: list[str] | tuple[str, ...] = ("knowme
     the per-item scores (inputs.read_samples), without which retained has no interval;
     `bootstrap`: {samples, seed}. KnowMem_world is a column when the run measured it."""
     boot = bootstrap_settings(bootstrap)
-    wanted = measures(retained, world=has_world(metrics))
+    wanted = measures(retained, world=has_world(metrics), lm_eval=lm_eval_measures(metrics))
 
     def rows_of(m: Measure) -> pd.DataFrame:
         return measure_rows(metrics, m)
