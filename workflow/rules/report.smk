@@ -78,3 +78,36 @@ rule report:
         "relapse report --settings @{params.settings_file:q} --table {output.table} "
         f"--tables {report_plan.TABLES_DIR} --figures {report_plan.FIGURES_DIR} "
         "{input.metrics}{params.optional} --samples {input.samples} > {log} 2>&1"
+
+
+# The durability ranking (relapse.report.ranking): each method at its selected hp, from the
+# durability table (attack.smk) and KnowMem_r of the metrics table; a target of `all` only when
+# an unlearned model is attacked.
+RANKING_OUTPUTS = report_plan.ranking_outputs()
+RANKING_TARGETS = [o.path for o in RANKING_OUTPUTS.values()] if DURABILITY else []
+
+
+rule ranking:
+    input:
+        durability=f"{attack_plan.DURABILITY_STEM}.csv",
+        metrics=rules.report.output.table,
+    output:
+        **{
+            key: report(o.path, caption=o.caption, category=o.category,
+                        subcategory=o.subcategory, labels=o.labels)
+            for key, o in RANKING_OUTPUTS.items()
+        },
+    log:
+        "logs/report/ranking.log",
+    benchmark:
+        "results/benchmarks/report/ranking.tsv"
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    shell:
+        "relapse ranking --settings '{{}}' --durability {input.durability} "
+        "--metrics {input.metrics} "
+        f"--out {report_plan.TABLES_DIR}/{report_plan.RANKING} "
+        f"--figure {report_plan.FIGURES_DIR}/{report_plan.RANKING_FIGURE} > {{log}} 2>&1"

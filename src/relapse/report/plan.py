@@ -17,6 +17,9 @@ RELEARN_FIGURE = "relearn_curves"
 FIGURE_FORMATS = ("png", "svg")
 TABLES_DIR = "results/tables"
 FIGURES_DIR = "results/figures"
+# The durability ranking (relapse.report.ranking): only when an unlearned model is attacked.
+RANKING = "ranking"
+RANKING_FIGURE = "durability_ranking"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,18 @@ def outputs(diagnostics: bool = False, relearn: bool = False) -> dict[str, Outpu
             out[f"{name}_{fmt}"] = Output(f"{FIGURES_DIR}/{name}.{fmt}",
                                           f"../report/figure_{name}.rst", "Figures", name,
                                           {"figure": name, "format": fmt})
+    return out
+
+
+def ranking_outputs() -> dict[str, Output]:
+    """The ranking rule's outputs: the table (Markdown, CSV) and its figure (PNG, SVG)."""
+    out = {f"table_{fmt}": Output(f"{TABLES_DIR}/{RANKING}.{fmt}", "../report/table_ranking.rst",
+                                  "Tables", RANKING, {"table": RANKING, "format": fmt})
+           for fmt in ("md", "csv")}
+    for fmt in FIGURE_FORMATS:
+        out[f"figure_{fmt}"] = Output(f"{FIGURES_DIR}/{RANKING_FIGURE}.{fmt}",
+                                      f"../report/figure_{RANKING_FIGURE}.rst", "Figures",
+                                      RANKING_FIGURE, {"figure": RANKING_FIGURE, "format": fmt})
     return out
 
 
