@@ -218,10 +218,12 @@ def test_defenses_config_plans_every_method(tmp_path):
     stats = text.split("Job stats:")[1]
     counts = dict((m[0], int(m[1])) for m in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
     models = 2 * len(methods)
-    # before the checkpoint: every hp at full precision, target and retrain at the 3 quants
+    # before the checkpoint: every hp at full precision, target and retrain at the 3 quants,
+    # and the baselines' attacks (retrain relearned and pruned, target pruned: the matched
+    # reference), 2 relearn variants (forget, holdout) + 2 pruned models evaluated
     want = {"unlearn": models, "select_epoch": models, "quantize": models + 2 * 3,
-            "evaluate": models + 2 * 3, "select_hps": 1, "attack_tables": 1, "durability": 1,
-            "ranking": 1, "report": 1}
+            "evaluate": models + 2 * 3, "select_hps": 1, "attack": 3, "evaluate_attack": 4,
+            "attack_tables": 1, "durability": 1, "ranking": 1, "report": 1}
     assert {k: counts.get(k, 0) for k in want} == want
     assert not (tmp_path / "results").exists()
     assert yaml.safe_load((ROOT / "config" / "defenses.yaml").read_text())["attacks"]["hps"] \

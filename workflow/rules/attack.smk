@@ -53,10 +53,12 @@ DURABILITY = (
     if attack_plan.attacks_unlearned(config)
     else []
 )
+# The static cells are targets too: under hps: selected the baselines' attacks then run beside
+# the unlearning instead of waiting for the checkpoint (as PRESELECTION_METRICS, common.smk).
 ATTACK_TARGETS = (
     [attack_plan.ATTACKS_TABLE, attack_plan.RELEARN_TABLE]
     if ATTACK_CELLS or DURABILITY else []
-) + DURABILITY
+) + DURABILITY + [c.metrics for c in ATTACK_CELLS]
 
 
 wildcard_constraints:
