@@ -43,5 +43,7 @@ rule all:
         rules.report.output,
         PRESELECTION_METRICS,
         ATTACK_TARGETS,
+        attack_represent_files,
+        RANKING_TARGETS,
         LLMERASER_TABLES,
     default_target: True

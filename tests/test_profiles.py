@@ -22,7 +22,7 @@ GPU_PARTITION = "gpu"
 # device); every other rule runs a model and asks for a GPU when the config's device is cuda.
 CPU_ONLY = {"prepare_data", "prepare_data_pretrained", "prepare_corpus", "fetch_pretrained",
             "prepare_lora_setting", "train_tokenizer", "load_gguf", "select_epoch", "check_corpus", "check_cells",
-            "report", "attack_tables", "durability", "llmeraser_table", "select_hps"}
+            "report", "attack_tables", "durability", "ranking", "llmeraser_table", "select_hps"}
 
 
 def workflow_rules() -> set[str]:

@@ -39,7 +39,7 @@ GPU_RULES = {"train_reference", "snap_reference", "unlearn", "quantize", "evalua
 CPU_RULES = {"prepare_data", "train_tokenizer", "select_epoch", "check_cells", "report"}
 # The default config's attack slice (config `attacks:`); tests/data/small.yaml has none.
 ATTACK_GPU_RULES = {"attack", "evaluate_attack", "represent"}
-ATTACK_CPU_RULES = {"attack_tables", "durability"}
+ATTACK_CPU_RULES = {"attack_tables", "durability", "ranking"}
 KEYS = ["bench", "method", "hp", "seed", "quant", "metric", "split", "stat"]
 # The real-cluster run is bounded by progress, not by a wall clock: it is stopped only after
 # this long without a SLURM job state change, a Snakemake job starting or finishing, or a job

@@ -62,7 +62,7 @@ def test_dry_run_of_the_default_plans_the_grid(tmp_path):
         # s0.5 evaluated, and the target pruned at s0.5 at both quants (the matched reference
         # of pruning); represent: one per unlearned model at none-w16
         "attack": 14, "evaluate_attack": 20, "represent": 2, "attack_tables": 1, "durability": 1,
-        "check_cells": 1, "report": 1, "all": 1, "total": 158}
+        "ranking": 1, "check_cells": 1, "report": 1, "all": 1, "total": 159}
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

@@ -237,6 +237,12 @@ def cmd_durability(args) -> None:
                      s.get("label", {}), args.samples, s.get("bootstrap"))
 
 
+def cmd_ranking(args) -> None:
+    from relapse.report.ranking import write_ranking
+
+    write_ranking(args.durability, args.metrics, args.out, args.figure)
+
+
 def cmd_llmeraser_table(args) -> None:
     from relapse.report.llmeraser import write_llmeraser_tables
 
@@ -381,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", nargs="*", default=[],
                    help="samples.parquet of the attacked and un-attacked cells: the per-item "
                         "scores the verdict pairs")
+    stage("ranking", cmd_ranking, "durability", "metrics", "out", "figure")
     p = stage("llmeraser-table", cmd_llmeraser_table, "table", "markdown")
     p.add_argument("--unlearned", nargs="+", required=True, help="llmeraser unlearned/ folders")
     p.add_argument("--samples", nargs="+", required=True,
@@ -434,7 +441,7 @@ RESOURCE_STAGE = {
     "unlearn": "unlearn", "unlearn-one-shot": "unlearn", "select-epoch": "unlearn",
     "attack": "unlearn", "quantize": "quantize", "evaluate": "evaluate",
     "diagnose": "diagnose", "represent": "diagnose", "report": "report",
-    "attack-tables": "report", "durability": "report", "llmeraser-table": "report",
+    "attack-tables": "report", "durability": "report", "ranking": "report", "llmeraser-table": "report",
     "check-cells": "report"}
 OUT_OF_MEMORY = 3
 NO_KERNEL = 4

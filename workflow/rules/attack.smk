@@ -10,23 +10,55 @@ from relapse.attacks import plan as attack_plan
 from relapse.attacks.registry import attack_names
 
 # The slice was checked by relapse.config.validate (relapse.attacks.plan.check).
+# attacks.hps: selected: the unlearned models attacked are each method's hp that the select_hps
+# checkpoint (select.smk) picks, so their cells, and the inputs of the tables and the
+# representation files that name them, are known only once it has run (input functions below);
+# before, ATTACK_CELLS holds the baselines' cells.
+
+
+def attack_selection():
+    """bench -> {(method, hp)} from the select_hps checkpoints of the attacked benches under
+    attacks.hps: selected; None otherwise (the static slice)."""
+    if not attack_plan.follows_selection(config):
+        return None
+    from relapse.report.selection import read_selection
+
+    benches = config["attacks"].get("benchmarks") or BENCHES
+    return {b: read_selection(checkpoints.select_hps.get(bench=b).output[0]) for b in benches}
+
+
+def attack_cell_metrics(w):
+    return [c.metrics for c in attack_plan.attack_cells(config, attack_selection())]
+
+
+def attack_base_metrics(w):
+    return [c.metrics for c in attack_plan.baseline_cells(config, attack_selection())]
+
+
+def attack_represent_files(w):
+    return attack_plan.represent_files(config, attack_selection())
+
+
+def durability_samples(w):
+    return attack_plan.durability_samples(config, attack_selection())
+
 
 ATTACK_CELLS = attack_plan.attack_cells(config)
-REPRESENT_FILES = attack_plan.represent_files(config)
 # The report plots the relearning curves (report.smk) when relearning runs.
-RELEARN_CURVES = (
-    [attack_plan.RELEARN_TABLE] if any(c.attack == "relearn" for c in ATTACK_CELLS) else []
-)
+RELEARN_CURVES = [attack_plan.RELEARN_TABLE] if attack_plan.attacks_relearn(config) else []
 # The durability table needs an attacked unlearned model (and the report's hp selection).
 DURABILITY = (
     [f"{attack_plan.DURABILITY_STEM}.md", f"{attack_plan.DURABILITY_STEM}.csv",
      attack_plan.LABELS_TABLE]
-    if any(c.method not in grid.BASELINES for c in ATTACK_CELLS)
+    if attack_plan.attacks_unlearned(config)
     else []
 )
+# The static cells are targets too: under hps: selected the baselines' attacks then run beside
+# the unlearning instead of waiting for the checkpoint (as PRESELECTION_METRICS, common.smk).
 ATTACK_TARGETS = (
-    [attack_plan.ATTACKS_TABLE, attack_plan.RELEARN_TABLE] if ATTACK_CELLS else []
-) + REPRESENT_FILES + DURABILITY
+    [attack_plan.ATTACKS_TABLE, attack_plan.RELEARN_TABLE]
+    if ATTACK_CELLS or DURABILITY else []
+) + DURABILITY + [c.metrics for c in ATTACK_CELLS]
 
 
 wildcard_constraints:
@@ -98,8 +130,8 @@ rule evaluate_attack:
 
 rule attack_tables:
     input:
-        attacked=[c.metrics for c in ATTACK_CELLS],
-        base=[c.metrics for c in attack_plan.baseline_cells(config)],
+        attacked=attack_cell_metrics,
+        base=attack_base_metrics,
     output:
         attacks=attack_plan.ATTACKS_TABLE,
         relearn=attack_plan.RELEARN_TABLE,
@@ -194,7 +226,7 @@ rule durability:
         metrics="results/tables/metrics.parquet",
         selection="results/tables/selection.csv",
         # per-item scores: the verdict pairs the models' answers item by item
-        samples=attack_plan.durability_samples(config),
+        samples=durability_samples,
     output:
         md=f"{attack_plan.DURABILITY_STEM}.md",
         csv=f"{attack_plan.DURABILITY_STEM}.csv",

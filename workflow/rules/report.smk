@@ -14,11 +14,23 @@ REPORT_DIAGNOSTICS = quantize_plan.has_diagnostics(config)
 REPORT_RELEARN = RELEARN_CURVES   # attack.smk: the relearning-curves table, when relearning runs
 # Over the whole attack matrix (relapse.report.meta_eval): the attack table, the attacked cells'
 # per-item scores and the repr files become inputs once the config attacks a model.
-REPORT_ATTACKS = [attack_plan.ATTACKS_TABLE] if ATTACK_CELLS else []
-REPORT_ATTACK_SAMPLES = attack_plan.durability_samples(config) if ATTACK_CELLS else []
+# Under attacks.hps: selected the attacked cells are known only after the select_hps checkpoint,
+# so the samples and repr files are input functions (attack.smk) and whether any exist is
+# decided from the config alone.
+REPORT_ATTACKED = bool(ATTACK_CELLS) or attack_plan.attacks_unlearned(config)
+REPORT_ATTACKS = [attack_plan.ATTACKS_TABLE] if REPORT_ATTACKED else []
+REPORT_REPRESENTS = attack_plan.attacks_represent(config)
 REPORT_META = report_plan.meta_parts(
-    grid.quant_settings(config), attacked=bool(ATTACK_CELLS), relearn=bool(REPORT_RELEARN),
-    diagnosed=bool(REPORT_DIAGNOSTICS or REPRESENT_FILES))
+    grid.quant_settings(config), attacked=REPORT_ATTACKED, relearn=bool(REPORT_RELEARN),
+    diagnosed=bool(REPORT_DIAGNOSTICS) or REPORT_REPRESENTS)
+
+
+def report_attack_samples(w):
+    return durability_samples(w) if REPORT_ATTACKED else []
+
+
+def report_represent_files(w):
+    return attack_represent_files(w) if REPORT_REPRESENTS else []
 
 
 
@@ -54,8 +66,8 @@ rule report:
         diagnostics=report_diagnostics,
         relearn=REPORT_RELEARN,
         attacks=REPORT_ATTACKS,
-        attack_samples=REPORT_ATTACK_SAMPLES,
-        represent=REPRESENT_FILES,
+        attack_samples=report_attack_samples,
+        represent=report_represent_files,
     output:
         **{
             key: (
@@ -92,3 +104,36 @@ rule report:
         "relapse report --settings @{params.settings_file:q} --table {output.table} "
         f"--tables {report_plan.TABLES_DIR} --figures {report_plan.FIGURES_DIR} "
         "{input.metrics}{params.optional} --samples {input.samples} > {log} 2>&1"
+
+
+# The durability ranking (relapse.report.ranking): each method at its selected hp, from the
+# durability table (attack.smk) and KnowMem_r of the metrics table; a target of `all` only when
+# an unlearned model is attacked.
+RANKING_OUTPUTS = report_plan.ranking_outputs()
+RANKING_TARGETS = [o.path for o in RANKING_OUTPUTS.values()] if DURABILITY else []
+
+
+rule ranking:
+    input:
+        durability=f"{attack_plan.DURABILITY_STEM}.csv",
+        metrics=rules.report.output.table,
+    output:
+        **{
+            key: report(o.path, caption=o.caption, category=o.category,
+                        subcategory=o.subcategory, labels=o.labels)
+            for key, o in RANKING_OUTPUTS.items()
+        },
+    log:
+        "logs/report/ranking.log",
+    benchmark:
+        "results/benchmarks/report/ranking.tsv"
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    shell:
+        "relapse ranking --settings '{{}}' --durability {input.durability} "
+        "--metrics {input.metrics} "
+        f"--out {report_plan.TABLES_DIR}/{report_plan.RANKING} "
+        f"--figure {report_plan.FIGURES_DIR}/{report_plan.RANKING_FIGURE} > {{log}} 2>&1"

@@ -5,7 +5,9 @@ The slice is set by `attacks:` in the config: the quant ids attacked (`quants`; 
 runs), on the `benchmarks` listed (none: all), the `baselines` listed (target, retrain), and the
 unlearned models whose hp matches `hps` (key -> value or list of values; {} matches every hp),
 or any one of a list of such points (the DAG is static: the report's hp selection is not known
-when it is planned, so a config lists the hp it expects to be selected beside the others).
+when it is planned, so a config lists the hp it expects to be selected beside the others), or
+`selected`: each method's hp that the select_hps checkpoint picks (the workflow passes its pick,
+bench -> {(method, hp)}, as `selected`; before it is known, only the baselines are attacked).
 With `represent.attacked`, the representation diagnostics also run on every attacked model
 folder of an unlearned model at each represented quant that is attacked. Pruning also runs on
 the target of each attacked bench (`matched_models`): the durability table divides by it.
@@ -22,6 +24,9 @@ ATTACKS_TABLE = "results/tables/attacks.parquet"
 RELEARN_TABLE = "results/tables/relearn.parquet"
 DURABILITY_STEM = "results/tables/durability"
 LABELS_TABLE = "results/tables/labels.csv"
+SELECTED = "selected"                 # attacks.hps: follow the hp selection (select_hps)
+
+Selection = dict[str, set[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,15 @@ def in_slice(hp: str, hps: dict[str, Any] | list[dict[str, Any]]) -> bool:
     return any(_matches(hp, point) for point in points)
 
 
-def attacked_models(cfg: dict) -> list[tuple[str, str, str, int]]:
-    """(bench, method, hp, seed) of every model the attacks cover."""
+def follows_selection(cfg: dict) -> bool:
+    """attacks.hps: selected -- the attacked hps are known only once select_hps has run."""
+    return cfg.get("attacks", {}).get("hps") == SELECTED
+
+
+def attacked_models(cfg: dict, selected: Selection | None = None
+                    ) -> list[tuple[str, str, str, int]]:
+    """(bench, method, hp, seed) of every model the attacks cover; under `hps: selected`, the
+    unlearned ones are those `selected` names (none while it is None)."""
     acfg = cfg.get("attacks", {})
     benches = acfg.get("benchmarks") or list(cfg["benchmarks"])
     out = []
@@ -76,9 +88,40 @@ def attacked_models(cfg: dict) -> list[tuple[str, str, str, int]]:
         seed = grid.reference_seed(cfg, bench)
         out += [(bench, b, "default", seed) for b in grid.BASELINES
                 if b in acfg.get("baselines", grid.BASELINES)]
+    if follows_selection(cfg):
+        chosen = selected or {}
+        return out + [m for m in grid.unlearned_models(cfg)
+                      if m[0] in benches and (m[1], m[2]) in chosen.get(m[0], set())]
     out += [m for m in grid.unlearned_models(cfg)
             if m[0] in benches and in_slice(m[2], acfg.get("hps", {}))]
     return out
+
+
+def attacks_unlearned(cfg: dict) -> bool:
+    """Whether an unlearned model will be attacked (the durability table and the ranking
+    exist), known before any selection: under `hps: selected` every method of an attacked
+    bench has a selected hp."""
+    acfg = cfg.get("attacks", {})
+    if not acfg.get("quants") or not enabled_attacks(cfg):
+        return False
+    if follows_selection(cfg):
+        benches = acfg.get("benchmarks") or list(cfg["benchmarks"])
+        return any(m[0] in benches for m in grid.unlearned_models(cfg))
+    return any(m[1] not in grid.BASELINES for m in attacked_models(cfg))
+
+
+def attacks_relearn(cfg: dict) -> bool:
+    """Whether a relearning cell will exist (the relearning-curves table), before selection."""
+    acfg = cfg.get("attacks", {})
+    return bool("relearn" in enabled_attacks(cfg) and acfg.get("quants")
+                and (attacked_models(cfg) or attacks_unlearned(cfg)))
+
+
+def attacks_represent(cfg: dict) -> bool:
+    """Whether a repr.parquet will exist, before selection: representations are enabled and an
+    unlearned model is attacked (represent_files lists only unlearned models)."""
+    rcfg = cfg.get("attacks", {}).get("represent", {})
+    return bool(rcfg.get("enabled", False) and rcfg.get("quants") and attacks_unlearned(cfg))
 
 
 def enabled_attacks(cfg: dict) -> list[str]:
@@ -121,8 +164,8 @@ def _check_slice(cfg: dict) -> None:
                                        and acfg.get("represent", {}).get("quants")):
         return
     hps_cfg = acfg.get("hps", {})
-    if hps_cfg == []:
-        return                         # an empty list: the baselines only, on purpose
+    if hps_cfg == [] or hps_cfg == SELECTED:
+        return                         # the baselines only, on purpose; or the selection's hps
     benches = acfg.get("benchmarks") or list(cfg["benchmarks"])
     hps = sorted({(m, hp) for b, m, hp, _ in grid.unlearned_models(cfg) if b in benches})
     if any(in_slice(hp, hps_cfg) for _, hp in hps):
@@ -162,34 +205,38 @@ def _check_label(cfg: dict) -> None:
                                  if key.endswith("control") and set(data) - {"forget"} else ""))
 
 
-def matched_models(cfg: dict, attack: str) -> list[tuple[str, str, str, int]]:
+def matched_models(cfg: dict, attack: str, selected: Selection | None = None
+                   ) -> list[tuple[str, str, str, int]]:
     """The attacked models, and for `prune` the target of every attacked bench with an attacked
     unlearned model even where `baselines` leaves it out: knowledge retained after pruning at s
     divides by the target pruned at s (matched, as a quantized model's by the target at its
     quant), so the target is pruned as the retrain model is relearned."""
-    models = attacked_models(cfg)
+    models = attacked_models(cfg, selected)
     if attack != "prune":
         return models
     benches = dict.fromkeys(b for b, m, _, _ in models if m not in grid.BASELINES)
+    if follows_selection(cfg):       # the same target jobs before and after the selection
+        benches = dict.fromkeys(b for b, m, _, _ in grid.unlearned_models(cfg)
+                                if b in (cfg["attacks"].get("benchmarks") or cfg["benchmarks"]))
     extra = [(b, "target", "default", grid.reference_seed(cfg, b)) for b in benches
              if (b, "target", "default", grid.reference_seed(cfg, b)) not in models]
     return models + extra
 
 
-def attack_cells(cfg: dict) -> list[AttackCell]:
+def attack_cells(cfg: dict, selected: Selection | None = None) -> list[AttackCell]:
     from relapse.attacks.registry import get_attack
 
     acfg = cfg.get("attacks", {})
     out = []
     for name in enabled_attacks(cfg):
         variants = list(get_attack(name).variants(acfg[name]))
-        for bench, method, hp, seed in matched_models(cfg, name):
+        for bench, method, hp, seed in matched_models(cfg, name, selected):
             for quant in acfg.get("quants", []):
                 out += [AttackCell(bench, method, hp, seed, quant, name, v) for v in variants]
     return out
 
 
-def represent_files(cfg: dict) -> list[str]:
+def represent_files(cfg: dict, selected: Selection | None = None) -> list[str]:
     """repr.parquet of every unlearned model of the slice at each `represent.quants`, and with
     `represent.attacked` of each of its attacked model folders at those quants (attacked ones):
     {quant}/{attack}/{variant}/repr.parquet, compared with the un-attacked references."""
@@ -197,30 +244,31 @@ def represent_files(cfg: dict) -> list[str]:
     if not rcfg.get("enabled", False):
         return []
     quants = rcfg.get("quants", [])
-    models = [m for m in attacked_models(cfg) if m[1] not in grid.BASELINES]
+    models = [m for m in attacked_models(cfg, selected) if m[1] not in grid.BASELINES]
     out = [f"results/{b}/{m}/{hp}/s{seed}/{q}/repr.parquet"
            for b, m, hp, seed in models for q in quants]
     if rcfg.get("attacked", False):
-        out += [f"{c.root}/{c.attack}/{c.variant}/repr.parquet" for c in attack_cells(cfg)
+        out += [f"{c.root}/{c.attack}/{c.variant}/repr.parquet"
+                for c in attack_cells(cfg, selected)
                 if c.method not in grid.BASELINES and c.quant in quants]
     return out
 
 
-def durability_samples(cfg: dict) -> list[str]:
+def durability_samples(cfg: dict, selected: Selection | None = None) -> list[str]:
     """The samples.parquet the durability verdict pairs by item: every attacked cell's, the
     attacked models' un-attacked cells', and the target's at each attacked quant."""
     quants = cfg.get("attacks", {}).get("quants", [])
-    out = [c.samples for c in attack_cells(cfg)]
-    out += [f"{c.root}/{c.quant}/samples.parquet" for c in baseline_cells(cfg)]
-    benches = dict.fromkeys(m[0] for m in attacked_models(cfg))
+    out = [c.samples for c in attack_cells(cfg, selected)]
+    out += [f"{c.root}/{c.quant}/samples.parquet" for c in baseline_cells(cfg, selected)]
+    benches = dict.fromkeys(m[0] for m in attacked_models(cfg, selected))
     out += [f"results/{b}/target/default/s{grid.reference_seed(cfg, b)}/{q}/samples.parquet"
             for b in benches for q in quants]
     return list(dict.fromkeys(out))
 
 
-def baseline_cells(cfg: dict) -> Iterable[grid.Cell]:
+def baseline_cells(cfg: dict, selected: Selection | None = None) -> Iterable[grid.Cell]:
     """The un-attacked cells of the attacked models: step 0 of every curve."""
     quants = cfg.get("attacks", {}).get("quants", [])
-    for bench, method, hp, seed in attacked_models(cfg):
+    for bench, method, hp, seed in attacked_models(cfg, selected):
         for quant in quants:
             yield grid.Cell(bench, method, hp, seed, quant)

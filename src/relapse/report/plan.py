@@ -31,6 +31,9 @@ META_DIAGNOSTICS = "diagnostics_vs_attacks"
 META_TABLE_FORMATS = ("md", "csv")
 TABLES_DIR = "results/tables"
 FIGURES_DIR = "results/figures"
+# The durability ranking (relapse.report.ranking): only when an unlearned model is attacked.
+RANKING = "ranking"
+RANKING_FIGURE = "durability_ranking"
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,18 @@ def outputs(diagnostics: bool = False, relearn: bool = False, meta: set[str] = f
         out[f"{ROBUSTNESS_FIGURE}_figure_{fmt}"] = Output(
             f"{FIGURES_DIR}/{ROBUSTNESS_FIGURE}.{fmt}", f"../report/figure_{ROBUSTNESS_FIGURE}.rst",
             "Figures", ROBUSTNESS_FIGURE, {"figure": ROBUSTNESS_FIGURE, "format": fmt})
+    return out
+
+
+def ranking_outputs() -> dict[str, Output]:
+    """The ranking rule's outputs: the table (Markdown, CSV) and its figure (PNG, SVG)."""
+    out = {f"table_{fmt}": Output(f"{TABLES_DIR}/{RANKING}.{fmt}", "../report/table_ranking.rst",
+                                  "Tables", RANKING, {"table": RANKING, "format": fmt})
+           for fmt in ("md", "csv")}
+    for fmt in FIGURE_FORMATS:
+        out[f"figure_{fmt}"] = Output(f"{FIGURES_DIR}/{RANKING_FIGURE}.{fmt}",
+                                      f"../report/figure_{RANKING_FIGURE}.rst", "Figures",
+                                      RANKING_FIGURE, {"figure": RANKING_FIGURE, "format": fmt})
     return out
 
 
