@@ -198,8 +198,17 @@ def test_defenses_config_plans_every_method(tmp_path):
     from relapse.unlearn.oneshot import one_shot_methods
     from relapse.unlearn.registry import method_names
 
-    missing = set(method_names()) - set(one_shot_methods()) - methods
-    assert not missing, f"config/defenses.yaml lacks trained method(s) {sorted(missing)}"
+    from relapse.unlearn.registry import get_method
+
+    trained = [get_method(m) for m in set(method_names()) - set(one_shot_methods())]
+    configured = [get_method(m) for m in methods]
+    # every forget loss, every method registered whole (rmu, pdu) and every defense variant
+    missing = ({m.forget.name for m in trained} - {m.forget.name for m in configured})
+    missing |= {m.name for m in trained if m.name in ("rmu", "pdu")} - methods
+    kinds = {"sure": lambda m: m.saliency, **{s: (lambda m, s=s: m.smoothing == s)
+                                              for s in ("sam", "rs", "wa")}}
+    missing |= {k for k, has in kinds.items() if not any(has(m) for m in configured)}
+    assert not missing, f"config/defenses.yaml lacks {sorted(missing)}"
     assert cfg["attacks"]["hps"] == "selected" and cfg["quantization"]["models"] == "selected"
     assert cfg["attacks"]["relearn"]["heldout"] > 0
     assert {"rtn-w4", "bnb_nf4-w4"} <= {f"{s.get('name', s['scheme'])}-w{b}"
