@@ -369,6 +369,7 @@ def linear_bytes_formula(entry: dict, bits: int, m: dict) -> float:
     """CODES_FORMULA's bytes per quantized Linear parameter."""
     scheme, group = entry["scheme"], entry.get("group_size", 128)
     if scheme == "rtn":
+        group = entry.get("group_size", 64)            # relapse's rtn default
         zero = 0 if entry.get("symmetric", False) else 4
         return bits / 8 + (4 + zero) / group
     if scheme == "bnb" and bits == 4:
