@@ -10,6 +10,11 @@ checkpoint used to hold: the base as it was loaded for training, upcast to fp32,
 (peft.tuners.lora.layer.Linear.get_delta_weight, then an in-place add), in plain torch, so no
 job pays peft's import (7 s, DESIGN §10b). A base whose content changed since training is
 refused: the adapter was fitted to the old one.
+
+The merge runs on the CPU whatever device the model then goes to, so every job (a CPU quantize
+job, a GPU evaluation) gets the same merged bits. The old checkpoint was merged on the training
+device; a CUDA-trained run's old merged folder may therefore differ from this merge in the last
+bit of B @ A (the same on one device: tests/test_lora_checkpoint.py).
 """
 
 from __future__ import annotations
