@@ -2,7 +2,7 @@
 estimated from FLOPs, with the relative cost of each method's step measured on this CPU with
 relapse's own step code. No GPU is used. Writes benchmarks/paper_cost.json.
 
-    .venv/bin/python benchmarks/paper_cost.py [--dry-run] [--steps 2]
+    .venv/bin/python benchmarks/paper_cost.py [--dry-run] [--steps 2] [--no-measure]
     .venv/bin/python benchmarks/paper_cost.py --only wmdp    # config/wmdp.yaml's grid alone,
                                                               # into the existing JSON
 
@@ -16,6 +16,12 @@ forward (2·N per token) where the objective needs one (KLR: the retain batch, e
 the forget set once, at θ₀). GPU seconds = FLOPs / (peak × MFU). The CPU measurement times
 relapse.unlearn.step.accumulate_step + clipping + AdamW on a 2-layer Llama at sequence length
 2048 and checks that the FLOP model predicts the methods' relative step times.
+
+Every grid is costed twice (issue 28): `before`, the formats and metric budget relapse had
+(every checkpoint and quantized cell a 27 GB fp32 folder, perplexity over every retain2/holdout
+text), and `after`: LoRA checkpoints as adapters over their base (relapse.models.adapter),
+quantized cells as integer codes + scales (bytes per param from benchmarks/quantized_codes.json
+where it measured the scheme, else CODES_FORMULA), and the configs' `utility.max_items`.
 """
 
 from __future__ import annotations
@@ -118,7 +124,38 @@ ASSUMPTIONS = {
                     "or disassembly). lm-eval scores the 4 one-token continuations ' A'..' D' of "
                     "one prompt in one forward (HFLM groups requests by context), so one fp32 "
                     "forward per question",
+    "lora_merge_gflop_s_per_thread": 0.55,
+    "lora_merge_note": "an adapter checkpoint is merged on the CPU where it is loaded (quantize "
+                       "of each quantized cell, evaluate of its full-precision cell, diagnose): "
+                       "2·r·(in·out) FLOPs per Linear (103 GFLOP on 7B); the rank-8 products ran "
+                       "at 1.1 GFLOP/s on 2 threads here, taken to scale with the job's threads "
+                       "(config resources); the GPU waits meanwhile",
 }
+
+# A quantized cell stored as codes (issue 28, item 1): per quantized Linear parameter
+#   bytes/param = bits / 8 + (scale_bytes + zero_bytes) / group
+# (one scale, and for an asymmetric grid one zero point, per group of `group` weights); the
+# tensors that are not quantized (embeddings, LM head, norms) stay as in the source (fp32), and
+# no separate quant_steps grid is kept (the scales are the steps).
+CODES_FORMULA = {
+    "formula": "bits/8 + (scale_bytes + zero_bytes)/group per quantized Linear parameter; "
+               "unquantized tensors at the source's 4 bytes; no separate grid file",
+    "rtn": {"scale_bytes": 4, "zero_bytes_asymmetric": 4, "group": "group_size (config)",
+            "note": "fp32 scale and fp32 zero point per group (asymmetric)"},
+    "bnb_4bit": {"scale_bytes": 4, "zero_bytes": 0, "group": 64,
+                 "note": "bitsandbytes fp4/nf4: one fp32 absmax per block of 64, no double "
+                         "quantization (relapse's default)"},
+    "bnb_int8": {"scale_bytes": 4, "zero_bytes": 0, "group": "in_features",
+                 "note": "LLM.int8: one fp32 absmax per output row"},
+    "gptq_awq": {"scale_bytes": 2, "zero_bytes": "bits/8", "group": "group_size (config)",
+                 "note": "GPTQModel's packed format (kept, read through it): fp16 scale and a "
+                         "packed zero point per group; g_idx (4 bytes per input column) ignored"},
+}
+CODES_JSON = ROOT / "benchmarks" / "quantized_codes.json"
+ADAPTER_NOTE = ("a params=lora checkpoint is its adapter (r=8 on every decoder Linear: "
+                "r·(in + out) fp32 numbers per Linear) + a pointer to its base "
+                "(relapse.models.adapter); its full-precision cell hard-links it, and loading "
+                "it reads the bf16 base (13.5 GB) + the adapter and merges in memory")
 
 PEAK_NOTE = ("peak with temp(): references + every checkpoint + the target's quantized folders "
              "(inputs of every diagnose job, kept to the end) + the quantized folders of the "
@@ -198,12 +235,19 @@ def methods_of(cfg: dict):
         yield name, base, name.endswith("_sure"), len(m["lr"]), max(m["epochs"]), len(m["epochs"])
 
 
-def unlearn_cost(cfg: dict, bench: str, C: dict, P: dict, m7: dict, A: dict) -> dict:
+def lora_params(m: dict, r: int = 8) -> int:
+    """r·(in + out) per decoder Linear: q/k/v/o (h→h), gate/up (h→i), down (i→h)."""
+    h, i = m["hidden"], m["intermediate"]
+    return m["layers"] * r * (4 * (h + h) + 3 * (h + i))
+
+
+def unlearn_cost(cfg: dict, bench: str, C: dict, P: dict, m7: dict, A: dict,
+                 adapters: bool = False) -> dict:
     c = C[bench]
     bs = cfg["unlearning"]["batch_size"]
     steps_epoch = math.ceil(c["forget_chunks"] / bs)
     rate = A["gpu_bf16_flops"] * A["mfu"]
-    ckpt_s = llama_params(m7)["total"] * 4 / A["io_bytes_s"]
+    fp32_save_s = llama_params(m7)["total"] * 4 / A["io_bytes_s"]
     total_s, runs, ckpts, rows = 0.0, 0, 0, {}
     for name, base, sure, n_lr, max_ep, n_ep in methods_of(cfg):
         forget, reg = METHOD_PARTS[base]
@@ -219,6 +263,8 @@ def unlearn_cost(cfg: dict, bench: str, C: dict, P: dict, m7: dict, A: dict) -> 
             if sure:                  # ∇_W L_forget over the whole forget set (base weights)
                 once += c["forget_tokens"] * step_flops_per_token(P, m7, c["forget_seq"], "full")
             steps = steps_epoch * max_ep
+            ckpt_s = lora_params(m7) * 4 / A["io_bytes_s"] if adapters and params == "lora" \
+                else fp32_save_s
             seconds = (per_step * steps + once) / rate + n_ep * ckpt_s
             rows[f"{name}/{params}"] = {"steps": steps, "tflop_per_step": round(per_step / 1e12, 1),
                                         "gpu_h_per_run": round(seconds / 3600, 3), "runs": n_lr}
@@ -229,8 +275,11 @@ def unlearn_cost(cfg: dict, bench: str, C: dict, P: dict, m7: dict, A: dict) -> 
             "gpu_hours": total_s / 3600, "per_method": rows}
 
 
-def eval_cost(bench: str, C: dict, P: dict, m7: dict, A: dict, cfg: dict) -> dict:
-    """One evaluate job: teacher-forced scoring (fp32 forwards) + greedy decoding (bandwidth)."""
+def eval_cost(bench: str, C: dict, P: dict, m7: dict, A: dict, cfg: dict,
+              utility_cap: int | None = None, load_bytes: float | None = None) -> dict:
+    """One evaluate job: teacher-forced scoring (fp32 forwards) + greedy decoding (bandwidth)
+    + loading the cell (`load_bytes`, default a 27 GB fp32 folder). `utility_cap`:
+    evaluation.utility.max_items, texts per perplexity split (a uniform sample)."""
     bpt = A["bytes_per_token"]
     ev = cfg["evaluation"]
     bs = ev["batch_size"]
@@ -238,13 +287,13 @@ def eval_cost(bench: str, C: dict, P: dict, m7: dict, A: dict, cfg: dict) -> dic
     fp32_rate = A["gpu_fp32_flops"] * A["mfu"]
     step_s = llama_params(m7)["total"] * 4 / (A["gpu_hbm_bytes_s"] * A["decode_bandwidth_efficiency"])
 
-    def capped(bytes_, n):
-        return n * min(bytes_ / n / bpt, cap)
+    def capped(bytes_, n, items=None):
+        return min(n, items or n) * min(bytes_ / n / bpt, cap)
 
     if bench in ("news", "books"):
         src = INPUTS["muse_news" if bench == "news" else "muse_books"]
-        scored = {"utility_retain_eval": capped(*src["retain2"]),
-                  "utility_holdout": capped(*src["holdout"]),
+        scored = {"utility_retain_eval": capped(*src["retain2"], utility_cap),
+                  "utility_holdout": capped(*src["holdout"], utility_cap),
                   "privleak": capped(*src["privleak_forget"]) + capped(*src["privleak_holdout"])}
         vb = INPUTS["muse_books"]["verbmem"]
         verb_prompt = vb[0] / vb[1] / bpt - ev["verbmem"]["max_new_tokens"]
@@ -257,8 +306,9 @@ def eval_cost(bench: str, C: dict, P: dict, m7: dict, A: dict, cfg: dict) -> dic
     else:
         t, q = INPUTS["tofu_forget10"], A["tofu_qa_tokens"]
         pert = sum(t["perturbed"].values())
+        per_split = min(400, utility_cap or 400)      # retain_eval (retain_perturbed), holdout10
         scored = {"tofu_answer_losses": pert * 7 * q,          # answer, paraphrase, 5 perturbed
-                  "utility": 800 * q, "privleak": 800 * q}
+                  "utility": 2 * per_split * q, "privleak": 800 * q}
         n_qa = [t["forget"], t["retain"] - 10, t["holdout"]]
         prefill = sum(n_qa) * q / 2 + t["forget"] * q / 2
         decode_steps = (sum(math.ceil(n / bs) for n in n_qa) * ev["knowmem"]["max_new_tokens"]
@@ -267,10 +317,17 @@ def eval_cost(bench: str, C: dict, P: dict, m7: dict, A: dict, cfg: dict) -> dic
         seq = q
     tokens = sum(scored.values()) + prefill
     flops = tokens * fwd_flops_per_token(P, m7, min(seq, cap))
-    load_s = llama_params(m7)["total"] * 4 / A["io_bytes_s"]
+    load_s = (load_bytes or llama_params(m7)["total"] * 4) / A["io_bytes_s"]
+    scoring_s = {k: v * fwd_flops_per_token(P, m7, min(seq, cap)) / fp32_rate
+                 for k, v in scored.items()}
     seconds = flops / fp32_rate + decode_steps * step_s + load_s
     return {"scored_tokens": {k: round(v) for k, v in scored.items()}, "prefill_tokens": round(prefill),
             "decode_steps": decode_steps, "pflop": round(flops / 1e15, 1),
+            "utility_max_items": utility_cap,
+            "gpu_s": {**{f"scoring {k}": round(v) for k, v in scoring_s.items()},
+                      "prefill": round(prefill * fwd_flops_per_token(P, m7, min(seq, cap))
+                                       / fp32_rate),
+                      "decoding": round(decode_steps * step_s), "load": round(load_s)},
             "gpu_h_per_job": seconds / 3600}
 
 
@@ -352,6 +409,111 @@ def wmdp_grid(A: dict, jobs: dict) -> dict:
             "evaluate_per_job": {"lm_eval_prompt_tokens": lm_tokens, "ppl_tokens": ppl_tokens,
                                  "lm_eval_gpu_s": round(lm_s), "ppl_gpu_s": round(ppl_s),
                                  "load_s": round(load_s), "gpu_h_per_job": job_h}}
+def quants_of(cfg: dict) -> list[tuple[str, dict, int]]:
+    """(quant id, scheme entry, bits) of every quantized cell but the full-precision one."""
+    return [(f"{e.get('name', e['scheme'])}-w{b}", e, b)
+            for e in cfg["quantization"]["schemes"] if e["scheme"] != "none" for b in e["bits"]]
+
+
+def measured_codes() -> dict[str, dict]:
+    """Quant id -> {"linear_bytes_per_param" or "bytes_per_param": value} found anywhere in
+    benchmarks/quantized_codes.json (written by the quantized-codes benchmark), keyed like
+    `rtn-w4`; {} when the file is absent."""
+    if not CODES_JSON.exists():
+        return {}
+    found: dict[str, dict] = {}
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if isinstance(key, str) and re.fullmatch(r"[a-z0-9_]+-w\d+", key) \
+                        and isinstance(value, dict):
+                    for field in ("linear_bytes_per_param", "bytes_per_param"):
+                        if isinstance(value.get(field), (int, float)) and key not in found:
+                            found[key] = {field: float(value[field])}
+                            break
+                walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+
+    walk(json.loads(CODES_JSON.read_text()))
+    return found
+
+
+def linear_bytes_formula(entry: dict, bits: int, m: dict) -> float:
+    """CODES_FORMULA's bytes per quantized Linear parameter."""
+    scheme, group = entry["scheme"], entry.get("group_size", 128)
+    if scheme == "rtn":
+        group = entry.get("group_size", 64)            # relapse's rtn default
+        zero = 0 if entry.get("symmetric", False) else 4
+        return bits / 8 + (4 + zero) / group
+    if scheme == "bnb" and bits == 4:
+        return bits / 8 + 4 / 64
+    if scheme == "bnb":             # int8: one fp32 scale per output row of in_features weights
+        h, i, n = m["hidden"], m["intermediate"], m["layers"]
+        rows = n * (4 * h + 2 * i + h)                 # q/k/v/o and gate/up: h inputs; down: i
+        return 1 + 4 * rows / llama_params(m)["linear"]
+    if scheme in ("gptq", "awq"):
+        return bits / 8 + (2 + bits / 8) / group
+    raise ValueError(f"no codes formula for scheme {scheme}")
+
+
+def codes_cells(cfg: dict, P: dict, m: dict) -> dict:
+    """Quant id -> {"gb": a 7B cell's folder as codes, "source": measured | formula}."""
+    measured = measured_codes()
+    out = {}
+    for qid, entry, bits in quants_of(cfg):
+        got = measured.get(qid, {})
+        if "linear_bytes_per_param" in got:
+            gb = (P["linear"] * got["linear_bytes_per_param"] + (P["head"] + P["embed"]) * 4) / 1e9
+            source = "measured (benchmarks/quantized_codes.json, per quantized Linear parameter)"
+        elif "bytes_per_param" in got:
+            gb = P["total"] * got["bytes_per_param"] / 1e9
+            source = "measured (benchmarks/quantized_codes.json, whole folder per parameter)"
+        else:
+            bpp = linear_bytes_formula(entry, bits, m)
+            gb = (P["linear"] * bpp + (P["head"] + P["embed"]) * 4) / 1e9
+            source = f"formula ({bpp:.4f} bytes per quantized Linear parameter)"
+        out[qid] = {"gb": round(gb, 3), "bytes_per_param": round(gb * 1e9 / P["total"], 4),
+                    "source": source}
+    return out
+
+
+def disk_after(cfg: dict, n_ckpt: int, benches: int, P: dict, A: dict, cells: dict) -> dict:
+    """Disk with adapters and codes. Full-precision cells are hard links of their source
+    (relapse.quantize.stage), so they add nothing: the `before` estimate counted each as a copy."""
+    GB, TB = 1e9, 1000
+    fp32 = P["total"] * 4 / GB
+    ref = P["total"] * A["reference_hub_bytes_per_param"] / GB
+    adapter = lora_params(INPUTS["model_7b"]) * 4 / GB
+    lora_share = cfg["unlearning"]["params"].count("lora") / len(cfg["unlearning"]["params"])
+    per_set = sum(c["gb"] for c in cells.values())      # one model's quantized cells
+    refs = 2 * benches * ref
+    ckpts = n_ckpt * ((1 - lora_share) * fp32 + lora_share * adapter)
+    base_q, unl_q = 2 * benches * per_set, n_ckpt * per_set
+    kept_target = benches * per_set
+    inflight = A["concurrent_gpu_jobs"] * per_set
+    return {
+        "model_folder_gb": {"fp32": round(fp32, 2), "reference_bf16": round(ref, 2),
+                            "lora_adapter": round(adapter, 3),
+                            **{f"{q} (codes)": c["gb"] for q, c in cells.items()}},
+        "cells": cells, "adapter_note": ADAPTER_NOTE,
+        "references_tb": refs / TB, "checkpoints_tb": ckpts / TB,
+        "quantized_tb_without_temp": (base_q + unl_q) / TB,
+        "total_without_temp_tb": (refs + ckpts + base_q + unl_q) / TB,
+        "quantized_peak_with_temp_tb": (kept_target + inflight) / TB,
+        "total_peak_with_temp_tb": (refs + ckpts + kept_target + inflight) / TB,
+        "hard_link_correction_tb": (n_ckpt * fp32 + 2 * benches * ref) / TB,
+        "hard_link_note": "the before estimate counted every full-precision cell as a copy of "
+                          "its source (fp32 per checkpoint, the reference per baseline); "
+                          "relapse hard-links them, so this much of before's total was never "
+                          "on disk: it is a correction of the estimate, not a new format",
+        "note": "full-precision cells: hard links (0 bytes); " + PEAK_NOTE}
+
+
+def utility_caps(cfg: dict) -> int | None:
+    return (cfg["evaluation"].get("utility") or {}).get("max_items")
 
 
 # ---------------------------------------------------------------- CPU measurement
@@ -439,6 +601,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dry-run", action="store_true", help="recount jobs with snakemake -n")
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--no-measure", action="store_true",
+                        help="keep the CPU step timing already in paper_cost.json")
     parser.add_argument("--only", choices=["wmdp"],
                         help="compute this grid alone into the existing JSON")
     args = parser.parse_args()
@@ -466,40 +630,93 @@ def main() -> None:
         cfg = yaml.safe_load((ROOT / path).read_text())
         jobs = dry_run_counts(path) if args.dry_run else INPUTS["jobs_recorded"][grid]
         benches = list(cfg["benchmarks"])
-        un = {b: unlearn_cost(cfg, b, C, P, m7, A) for b in benches}
-        ev = {b: eval_cost(b, C, P, m7, A, cfg) for b in benches}
-        n_ckpt = sum(u["checkpoints"] for u in un.values())
-        assert jobs["unlearn"] == sum(u["runs"] for u in un.values()), (jobs, un)
-        assert jobs["select_epoch"] == n_ckpt == jobs["diagnose"], (jobs, n_ckpt)
-        n_q = {b: jobs["quantize"] // len(benches) for b in benches}
-        q_hours = sum(A["quantize_hours"][s["scheme"]] * len(s["bits"])
-                      for s in cfg["quantization"]["schemes"])
-        fp32_read_s = P["total"] * 4 / A["io_bytes_s"]
-        diag_h = (2 + 2 * (sum(len(s["bits"]) for s in cfg["quantization"]["schemes"]) - 1)) \
-            * fp32_read_s / 3600
-        stages = {
-            "unlearn": {"jobs": jobs["unlearn"], "gpu_hours": sum(u["gpu_hours"] for u in un.values())},
-            "quantize": {"jobs": jobs["quantize"],
-                         "gpu_hours": q_hours * (n_ckpt + 2 * len(benches))},
-            "evaluate": {"jobs": jobs["evaluate"],
-                         "gpu_hours": sum(ev[b]["gpu_h_per_job"] * n_q[b] for b in benches)},
-            "diagnose": {"jobs": jobs["diagnose"], "gpu_hours": diag_h * jobs["diagnose"]},
+        cells = codes_cells(cfg, P, m7)
+        fp32_b = P["total"] * 4
+        n_cells = len(cells)
+        n_none = sum(len(e["bits"]) for e in cfg["quantization"]["schemes"]
+                     if e["scheme"] == "none")
+        per_set = sum(c["gb"] for c in cells.values()) * 1e9
+        # an evaluate job loads its cell: full-precision cells as before (a LoRA one reads its
+        # base + adapter, taken as the same bytes), quantized cells as codes
+        load_after = (n_none * fp32_b + per_set) / (n_none + n_cells)
+        versions = {
+            "before": {"adapters": False, "cap": None, "load": None,
+                       "q_save": {q: 0.0 for q in cells}, "diag_bytes": None},
+            "after": {"adapters": True, "cap": utility_caps(cfg), "load": load_after,
+                      "q_save": {q: (fp32_b - c["gb"] * 1e9) / A["io_bytes_s"] / 3600
+                                 for q, c in cells.items()},
+                      "diag_bytes": 2 * fp32_b + 2 * per_set},
         }
-        stages["total"] = {"jobs": sum(jobs.values()),
-                           "gpu_hours": sum(s["gpu_hours"] for s in stages.values())}
-        for s in stages.values():
-            s["gpu_hours"] = round(s["gpu_hours"])
-        result["grids"][grid] = {"config": path, "jobs": jobs, "stages": stages,
-                                 "unlearn": un, "evaluate_per_job": ev,
-                                 "disk": disk(cfg, jobs, n_ckpt, len(benches), P, A)}
+        out = {"config": path, "jobs": jobs, "codes_cells": cells}
+        for version, v in versions.items():
+            un = {b: unlearn_cost(cfg, b, C, P, m7, A, adapters=v["adapters"]) for b in benches}
+            ev = {b: eval_cost(b, C, P, m7, A, cfg, utility_cap=v["cap"], load_bytes=v["load"])
+                  for b in benches}
+            n_ckpt = sum(u["checkpoints"] for u in un.values())
+            assert jobs["unlearn"] == sum(u["runs"] for u in un.values()), (jobs, un)
+            assert jobs["select_epoch"] == n_ckpt == jobs["diagnose"], (jobs, n_ckpt)
+            n_q = {b: jobs["quantize"] // len(benches) for b in benches}
+            by_id = {q: e for q, e, _ in quants_of(cfg)}
+            q_hours = n_none * A["quantize_hours"]["none"] + sum(
+                max(A["quantize_hours"][by_id[q]["scheme"]] - v["q_save"][q], 0.0)
+                for q in cells)
+            diag_bytes = v["diag_bytes"] or (2 + 2 * n_cells) * fp32_b
+            diag_h = diag_bytes / A["io_bytes_s"] / 3600
+            stages = {
+                "unlearn": {"jobs": jobs["unlearn"],
+                            "gpu_hours": sum(u["gpu_hours"] for u in un.values())},
+                "quantize": {"jobs": jobs["quantize"],
+                             "gpu_hours": q_hours * (n_ckpt + 2 * len(benches))},
+                "evaluate": {"jobs": jobs["evaluate"],
+                             "gpu_hours": sum(ev[b]["gpu_h_per_job"] * n_q[b] for b in benches)},
+                "diagnose": {"jobs": jobs["diagnose"], "gpu_hours": diag_h * jobs["diagnose"]},
+            }
+            if v["adapters"]:
+                m = m7
+                merge_gflop = 2 * 8 * m["layers"] * (4 * m["hidden"] ** 2
+                                                     + 3 * m["hidden"] * m["intermediate"]) / 1e9
+                lora_ckpts = n_ckpt * cfg["unlearning"]["params"].count("lora") \
+                    / len(cfg["unlearning"]["params"])
+                res = cfg.get("resources", {})
+
+                def merge_h(stage, loads):
+                    rate = A["lora_merge_gflop_s_per_thread"] * res.get(stage, {}).get("threads", 1)
+                    return loads * merge_gflop / rate / 3600
+
+                merges = {"quantize": merge_h("quantize", lora_ckpts * n_cells),
+                          "evaluate": merge_h("evaluate", lora_ckpts * n_none),
+                          "diagnose": merge_h("diagnose", lora_ckpts)}
+                for stage, hours in merges.items():
+                    stages[stage]["gpu_hours"] += hours
+                stages["lora_merge_hours_included"] = {k: round(h, 1) for k, h in merges.items()}
+            stages["total"] = {"jobs": sum(jobs.values()),
+                               "gpu_hours": sum(st["gpu_hours"] for st in stages.values()
+                                                if "gpu_hours" in st)}
+            for st in stages.values():
+                if "gpu_hours" in st:
+                    st["gpu_hours"] = round(st["gpu_hours"])
+            space = (disk(cfg, jobs, n_ckpt, len(benches), P, A) if version == "before"
+                     else disk_after(cfg, n_ckpt, len(benches), P, A, cells))
+            out[version] = {"stages": stages, "unlearn": un, "evaluate_per_job": ev,
+                            "disk": space}
+        result["grids"][grid] = out
+    # config/wmdp.yaml: one RMU run on Zephyr-7B, estimated as it is configured (no before/after)
     result["grids"]["wmdp"] = wmdp_grid(A, wmdp_jobs)
-    result["cpu_measurement"] = measure(args.steps)
+    previous = ROOT / "benchmarks" / "paper_cost.json"
+    if args.no_measure and previous.exists():
+        result["cpu_measurement"] = json.loads(previous.read_text())["cpu_measurement"]
+    else:
+        result["cpu_measurement"] = measure(args.steps)
     from relapse.io import write_json
 
     write_json(ROOT / "benchmarks" / "paper_cost.json", result)
-    print(json.dumps({g: {"stages": r["stages"], "disk": {k: v for k, v in r["disk"].items()
-                                                          if k.endswith("tb")}}
-                      for g, r in result["grids"].items()}, indent=1))
+    print(json.dumps({g: {v: {"stages": {k: s.get("gpu_hours", s)
+                                         for k, s in r[v]["stages"].items()},
+                              "disk": {k: round(x, 2) for k, x in r[v]["disk"].items()
+                                       if k.endswith("tb")}}
+                          for v in ("before", "after")}
+                      for g, r in result["grids"].items() if "after" in r}, indent=1))
+    print(json.dumps({"wmdp": result["grids"]["wmdp"]["stages"]}, indent=1))
     print(json.dumps(result["cpu_measurement"]["results"], indent=1))
 
 

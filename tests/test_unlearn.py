@@ -103,6 +103,7 @@ def test_lora_adapter_merges_to_the_same_logits(tmp_path, tiny_lm, data_dir):
     folder, _, tok = tiny_lm
     out = _run(tmp_path, tiny_lm, data_dir, method="ga_gdr", params="lora", lr=1e-2)
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert not (out / "model.safetensors").exists()     # the adapter and a pointer to its base
     merged = load_model(out)
     adapter = PeftModel.from_pretrained(load_model(folder), str(out / "adapter")).eval()
     ids = tok("Alden Ashdown was born in", return_tensors="pt").input_ids
@@ -128,7 +129,12 @@ def test_nan_loss_fails_with_diagnostic_and_writes_nothing(tmp_path, tiny_lm, da
 
 
 def _weights(folder):
-    return load_file(str(folder / "model.safetensors"))
+    """A checkpoint's weights: its file, or a LoRA checkpoint's merged over its base."""
+    if (folder / "model.safetensors").exists():
+        return load_file(str(folder / "model.safetensors"))
+    from relapse.models.io import load_model
+
+    return load_model(folder).state_dict()
 
 
 def _same(a, b):
@@ -265,7 +271,7 @@ def test_epoch_checkpoints_equal_shorter_runs(tmp_path, tiny_lm, data_dir):
     short = _run(tmp_path, tiny_lm, data_dir, name="short", epochs=1)
     assert _same(_weights(long.parent / "epoch1"), _weights(short))
     assert not (long.parent / "epoch2").exists()
-    # a LoRA run's intermediate checkpoint is merged from a copy: training goes on unchanged
+    # saving a LoRA run's intermediate checkpoint leaves training unchanged
     lora_long = _run(tmp_path, tiny_lm, data_dir, name="ll", params="lora", epochs=2, save_epochs=[1, 2])
     lora_short = _run(tmp_path, tiny_lm, data_dir, name="ls", params="lora", epochs=2)
     assert _same(_weights(lora_long), _weights(lora_short))

@@ -179,8 +179,8 @@ def corpus_fingerprint(bench):
 
 
 def quantize_source(w):
-    """Baselines are quantized from their reference folder, unlearned models from their run
-    folder (LoRA runs keep merged weights there, beside the adapter)."""
+    """Baselines are quantized from their reference folder, unlearned models from their
+    unlearned/ folder (a LoRA run's: its adapter, merged over the target on load)."""
     if w.method in grid.BASELINES:
         return f"results/{w.bench}/reference/{w.method}"
     return f"{run_dir(w)}/unlearned"
@@ -192,8 +192,12 @@ def quantize_inputs(w):
     inputs = {"source": quantize_source(w)}
     if get_quantizer(QUANTS[w.quant]["scheme"]).needs_data:
         inputs["data"] = f"results/{w.bench}/data"
-    if (config["quantization"]["lora_merge"] == "adapter" and w.method not in grid.BASELINES
-            and grid.parse_hp_id(w.hp).get("params") == "lora"):
+    lora = w.method not in grid.BASELINES and grid.parse_hp_id(w.hp).get("params") == "lora"
+    if lora and w.method not in ONE_SHOT:
+        # the base the adapter checkpoint points at (relapse.models.adapter): a rewritten base
+        # reruns the cell, and one changed behind Snakemake's back fails on its fingerprint
+        inputs["lora_base"] = f"results/{w.bench}/reference/target"
+    if config["quantization"]["lora_merge"] == "adapter" and lora:
         seed = grid.reference_seed(config, w.bench)
         inputs["base"] = f"results/{w.bench}/target/default/s{seed}/{w.quant}/model"
     return inputs

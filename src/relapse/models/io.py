@@ -25,11 +25,18 @@ def resolve_device(device: str = "auto") -> str:
 
 def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32",
                trust_remote_code: bool = False):
-    """A causal LM from a folder holding safetensors weights (pickle files are refused)."""
+    """A causal LM from a folder holding safetensors weights (pickle files are refused), or
+    from a LoRA checkpoint (an adapter and a pointer to its base: relapse.models.adapter),
+    merged in memory."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from relapse.models.adapter import is_adapter_checkpoint, load_adapter_checkpoint
+
     path = Path(path)
+    if is_adapter_checkpoint(path):
+        return load_adapter_checkpoint(path, device=device, dtype=dtype,
+                                       trust_remote_code=trust_remote_code)
     require_safetensors(path)
     check_model_files(path)
     model = AutoModelForCausalLM.from_pretrained(

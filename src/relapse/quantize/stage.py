@@ -1,8 +1,9 @@
 """The quantize stage: load a model of the grid, apply one scheme at one bit width, save it.
 
 Output folder: the dequantized weights (model.safetensors, so the evaluation loads every scheme
-alike), the tokenizer, `quant_manifest.json` (scheme, bits, settings, library and version,
-source) and `quant_steps.safetensors` (the grid of every quantized weight, for the survival
+alike; the full-precision cell of a LoRA run links its adapter and base pointer, which
+load_model merges), the tokenizer, `quant_manifest.json` (scheme, bits, settings, library and
+version, source) and `quant_steps.safetensors` (the grid of every quantized weight, for the survival
 diagnostics: relapse.quantize.grid). With `lora_merge: adapter` a LoRA-unlearned model is its
 reference base quantized (the target's folder at the same quant, reused) plus the
 full-precision `adapter/` on top."""
@@ -70,6 +71,7 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             used = base_manifest.get("settings", {})
             manifest_extra["base_quant"] = str(base)
         elif quantizer.is_identity:
+            from relapse.models.adapter import ADAPTER_DIR, LORA_BASE, is_adapter_checkpoint
             from relapse.models.io import WEIGHT_HASHES
 
             # The source's own files, hard-linked: the full-precision cell needs neither torch nor
@@ -81,6 +83,12 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             for name in names:
                 if (source_dir / name).exists():
                     link_or_copy(source_dir / name, tmp / name)
+            if is_adapter_checkpoint(source_dir):
+                # a LoRA checkpoint stays an adapter over its base: the loaders merge it
+                (tmp / ADAPTER_DIR).mkdir()
+                for path in sorted((source_dir / ADAPTER_DIR).iterdir()):
+                    link_or_copy(path, tmp / ADAPTER_DIR / path.name)
+                link_or_copy(source_dir / LORA_BASE, tmp / LORA_BASE)
             used = quantizer.resolve(settings, bits)
         else:
             from relapse.models.io import copy_tokenizer, load_model, save_model

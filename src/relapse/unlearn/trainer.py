@@ -2,7 +2,7 @@
 
 A run trains once to the largest requested epoch and saves a checkpoint at every requested
 epoch (`run/epoch{E}/`), so an `epochs` grid axis costs one job. Each checkpoint is a plain model
-folder (LoRA runs also keep their adapter in `adapter/`; checkpoints.py). The step is step.py's,
+folder, or for LoRA runs the adapter and a pointer to its base (checkpoints.py). The step is step.py's,
 the optimizer loop relapse.models.training's, the layer restriction and SURE mask restrict.py's.
 """
 
@@ -41,6 +41,7 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
 
     from relapse.io import atomic_dir, write_json, write_parquet
     from relapse.models.batching import batch_training_rows, training_rows
+    from relapse.models.adapter import base_record
     from relapse.models.io import load_model
     from relapse.models.modules import make_trainable
     from relapse.models.tokenizer import load_tokenizer
@@ -65,6 +66,9 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
     loss_variant = unlearning_cfg.get("loss_variant", "paper")
     tokenizer = load_tokenizer(target_dir)
     dtype = base_dtype(target_dir, device)
+    is_lora = hp["params"] == "lora"
+    # a LoRA checkpoint points at this base: its content as loaded now, fingerprinted
+    base = base_record(target_dir, dtype) if is_lora else None
     model = load_model(target_dir, device=device, dtype=dtype)
     # bf16 matmuls on CUDA; on the CPU only under a bf16 base (fp32 trainables meet bf16 inputs)
     autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) \
@@ -97,7 +101,6 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
         return {k: v.to(device)
                 for k, v in batch_training_rows(rows, tokenizer.pad_token_id).items()}
 
-    is_lora = hp["params"] == "lora"
     needs_ref_model = method.needs_reference or loss_variant == "muse"
     reference = None
     if not is_lora and needs_ref_model:
@@ -198,7 +201,8 @@ def unlearn(method_name: str, hp: dict[str, Any], seed: int, target_dir: str | P
             folder.mkdir()
             model.eval()
             with averaged.swapped_in() if averaged is not None else contextlib.nullcontext():
-                save_checkpoint(model, is_lora, folder, target_dir, final=epoch == epochs)
+                save_checkpoint(model, is_lora, folder, target_dir, final=epoch == epochs,
+                                base=base)
             model.train()
             write_json(folder / "unlearn_manifest.json", {
                 "method": method_name, "hp": {**hp, "epochs": epoch}, "params": hp["params"],
