@@ -25,13 +25,19 @@ def resolve_device(device: str = "auto") -> str:
 
 def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32",
                trust_remote_code: bool = False):
-    """A causal LM from a folder holding safetensors weights (pickle files are refused)."""
+    """A causal LM from a folder holding safetensors weights (pickle files are refused); a
+    quantized cell stored as codes (relapse.models.codes) is decoded to its exact weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from relapse.models.codes import check_not_legacy, is_codes_folder, load_codes_model
+
     path = Path(path)
     require_safetensors(path)
+    check_not_legacy(path)
     check_model_files(path)
+    if is_codes_folder(path):
+        return load_codes_model(path, device, dtype, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=getattr(torch, dtype), use_safetensors=True,
         trust_remote_code=trust_remote_code)

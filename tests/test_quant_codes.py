@@ -1,0 +1,212 @@
+"""Quantized cells stored as codes (relapse.models.codes): bit packing, the weights a codes folder
+decodes to against the dequantized fp32 weights the quantizers compute (what a folder held before
+codes), the grids the diagnostics read from the codes, and old folders refused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from relapse.models.codes import CODES_FILE, CODES_JSON
+from relapse.models.io import load_model, save_model
+from relapse.models.packing import pack_bits, packed_size, unpack_bits
+from relapse.quantize.grid import Grid, distinct_levels, read_grids
+from relapse.quantize.registry import QuantJob, get_quantizer
+from relapse.quantize.stage import quantize_model
+
+CASES = [
+    ("rtn", 8, {"group_size": 16}),
+    ("rtn", 4, {}),                                        # group 64 > 32 columns: per row
+    ("rtn", 4, {"group_size": 16, "symmetric": True}),
+    ("rtn", 3, {"group_size": -1, "symmetric": True}),
+    ("rtn", 3, {"group_size": 32, "lm_head": True, "embeddings": True}),
+    ("rtn", 5, {"group_size": 8}),
+    ("bnb", 4, {"quant_type": "fp4"}),                    # blocks straddle rows (32 columns)
+    ("bnb", 4, {"quant_type": "nf4", "blocksize": 32, "double_quant": True}),
+    ("bnb", 8, {}),
+    ("gguf", 8, {"type": "q8_0"}),
+    ("gguf", 5, {"type": "q5_0"}),
+    ("gguf", 5, {"type": "q5_1"}),
+    ("gguf", 4, {"type": "q4_0"}),
+    ("gguf", 4, {"type": "q4_1"}),
+]
+
+
+def _ids(case):
+    scheme, bits, settings = case
+    return f"{scheme}{bits}-" + "-".join(f"{k}={v}" for k, v in settings.items())
+
+
+# --- packing ------------------------------------------------------------------------------------
+
+
+def _pack_by_hand(codes: list[int], bits: int) -> bytes:
+    """The documented layouts, written with Python integers."""
+    if bits == 8:
+        return bytes(codes)
+    if bits == 4:
+        codes = codes + [0] * (len(codes) % 2)
+        return bytes((codes[i] << 4) | codes[i + 1] for i in range(0, len(codes), 2))
+    codes = codes + [0] * (-len(codes) % 8)
+    out = b""
+    for start in range(0, len(codes), 8):
+        word = sum(c << (bits * i) for i, c in enumerate(codes[start:start + 8]))
+        out += word.to_bytes(bits, "little")
+    return out
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (13, 3), (2, 33), (1001,)])
+def test_packing_round_trips_on_odd_shapes(bits, shape):
+    rng = np.random.default_rng(bits * 100 + len(shape))
+    codes = torch.from_numpy(rng.integers(0, 2 ** bits, size=shape)).to(torch.int64)
+    codes.view(-1)[0] = 2 ** bits - 1                     # the largest code is always there
+    packed = pack_bits(codes, bits)
+    n = codes.numel()
+    assert packed.dtype == torch.uint8 and packed.numel() == packed_size(n, bits)
+    assert packed.numel() == {8: n, 4: (n + 1) // 2}.get(bits, -(-n // 8) * bits)
+    assert bytes(packed.tolist()) == _pack_by_hand(codes.reshape(-1).tolist(), bits)
+    assert torch.equal(unpack_bits(packed, bits, n).long(), codes.reshape(-1))
+
+
+def test_packing_refuses_codes_out_of_range_and_wrong_sizes():
+    with pytest.raises(ValueError, match="outside"):
+        pack_bits(torch.tensor([0, 8]), 3)
+    with pytest.raises(ValueError, match="outside"):
+        pack_bits(torch.tensor([-1]), 4)
+    with pytest.raises(ValueError, match="do not hold"):
+        unpack_bits(torch.zeros(3, dtype=torch.uint8), 3, 9)
+    with pytest.raises(ValueError, match="1 to 8"):
+        pack_bits(torch.tensor([0]), 9)
+
+
+# --- bit-identical weights ----------------------------------------------------------------------
+
+
+def _today(folder, scheme, bits, settings, out):
+    """What the quantize stage wrote before codes: the quantizer's dequantized fp32 weights saved
+    as model.safetensors, and the grid it recorded."""
+    model = load_model(folder)
+    job = QuantJob(source_dir=folder, out_dir=out)
+    out.mkdir()
+    get_quantizer(scheme).quantize(model, bits, settings, job)
+    save_model(model, out, tokenizer_dir=folder)
+    return job
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_codes_decode_to_exactly_todays_weights(tmp_path, tiny_lm, case):
+    scheme, bits, settings = case
+    folder, _, _ = tiny_lm
+    job = _today(folder, scheme, bits, settings, tmp_path / "fp32")
+    manifest = quantize_model(folder, tmp_path / "codes", scheme, bits, settings)
+    files = {p.name for p in (tmp_path / "codes").iterdir()}
+    assert {CODES_FILE, CODES_JSON} <= files and "model.safetensors" not in files
+    assert "quant_steps.safetensors" not in files
+    assert "stored_dense" not in manifest["settings"]       # every quantized weight as codes
+    layout = json.loads((tmp_path / "codes" / CODES_JSON).read_text())
+    assert set(layout["tensors"]) == {f"{m}.weight" for m in job.steps}
+    for dtype in ("float32", "bfloat16"):
+        old = load_model(tmp_path / "fp32", dtype=dtype)
+        new = load_model(tmp_path / "codes", dtype=dtype)
+        old_state, new_state = old.state_dict(), new.state_dict()
+        assert list(old_state) == list(new_state)
+        for name in old_state:
+            assert _same_bits(old_state[name], new_state[name]), (dtype, name)
+        assert new.lm_head.weight.data_ptr() == new.model.embed_tokens.weight.data_ptr() \
+            or not old.config.tie_word_embeddings
+        assert new.config.name_or_path == str(tmp_path / "codes")
+        assert {**new.config.to_dict(), "_name_or_path": ""} == \
+            {**old.config.to_dict(), "_name_or_path": ""}
+        assert new.generation_config.to_dict() == old.generation_config.to_dict()
+    # the grid the diagnostics read from the codes is the one the quantizer recorded
+    grids = read_grids(tmp_path / "codes")
+    assert set(grids) == set(job.steps)
+    levels = None if job.codebook is None else distinct_levels(job.codebook)
+    for module, (step, group_index) in job.steps.items():
+        expected = Grid(step[:, group_index.long()], levels)
+        assert _same_bits(grids[module].scale, expected.scale), module
+        assert (grids[module].levels is None) == (levels is None)
+        if levels is not None:
+            assert torch.equal(grids[module].levels, levels)
+
+
+def test_a_4bit_cell_is_about_half_a_byte_per_quantized_weight(tmp_path, tiny_lm):
+    """rtn-w4 per group of 16: 4 bits of code, a 4-byte scale and a 4-bit zero point per 16
+    weights; everything else dense in fp32."""
+    folder, model, _ = tiny_lm
+    quantize_model(folder, tmp_path / "q", "rtn", 4, {"group_size": 16})
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "q" / CODES_FILE), framework="pt") as f:
+        sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    name = "model.layers.0.mlp.down_proj.weight"
+    rows, cols = model.get_submodule(name.removesuffix(".weight")).weight.shape
+    assert sizes[f"{name}.codes"] == [rows * cols // 2]
+    assert sizes[f"{name}.scale"] == [rows, cols // 16]
+    assert sizes[f"{name}.zero"] == [rows * cols // 16 // 2]
+    assert name not in sizes
+
+
+def test_a_weight_that_would_not_decode_exactly_is_stored_dense(tmp_path, tiny_lm, monkeypatch):
+    import relapse.models.codes as codes
+
+    folder, _, _ = tiny_lm
+    real = codes.decode
+
+    def off_by_one_ulp(kind, meta, t):
+        value = real(kind, meta, t)
+        return torch.nextafter(value, torch.full_like(value, float("inf")))
+
+    monkeypatch.setattr(codes, "decode", off_by_one_ulp)
+    manifest = quantize_model(folder, tmp_path / "q", "rtn", 4, {"group_size": 16})
+    monkeypatch.setattr(codes, "decode", real)
+    assert len(manifest["settings"]["stored_dense"]) == manifest["settings"]["modules"]
+    job = _today(folder, "rtn", 4, {"group_size": 16}, tmp_path / "fp32")
+    old, new = load_model(tmp_path / "fp32").state_dict(), load_model(tmp_path / "q").state_dict()
+    assert all(_same_bits(old[n], new[n]) for n in old)
+    grids = read_grids(tmp_path / "q")          # the grid is then stored beside the weight
+    for module, (step, group_index) in job.steps.items():
+        assert _same_bits(grids[module].scale, step[:, group_index.long()])
+
+
+# --- folders from before codes ------------------------------------------------------------------
+
+
+def test_a_folder_from_before_codes_asks_to_be_requantized(tmp_path, tiny_lm):
+    folder, _, _ = tiny_lm
+    old = tmp_path / "rtn-w4" / "model"
+    old.parent.mkdir()
+    _today(folder, "rtn", 4, {}, old)
+    from safetensors.torch import save_file
+
+    save_file({"step/model.layers.0.mlp.up_proj": torch.ones(64, 1)},
+              str(old / "quant_steps.safetensors"))
+    (old / "quant_manifest.json").write_text(json.dumps({"scheme": "rtn", "bits": 4}))
+    for read in (load_model, read_grids):
+        with pytest.raises(ValueError, match=rf"{old}.*re-quantize"):
+            read(old)
+    layout = tmp_path / "new"
+    quantize_model(folder, layout, "rtn", 4, {})
+    spec = json.loads((layout / CODES_JSON).read_text())
+    (layout / CODES_JSON).write_text(json.dumps({**spec, "version": 0}))
+    with pytest.raises(ValueError, match="re-quantize"):
+        load_model(layout)
+
+
+def test_codes_folders_keep_their_integrity_hashes(tmp_path, tiny_lm):
+    from relapse.models.io import WEIGHT_HASHES, CorruptModelError
+
+    folder, _, _ = tiny_lm
+    quantize_model(folder, tmp_path / "q", "rtn", 4, {})
+    assert set(json.loads((tmp_path / "q" / WEIGHT_HASHES).read_text())) == {CODES_FILE}
+    data = bytearray((tmp_path / "q" / CODES_FILE).read_bytes())
+    data[-1] ^= 1                                  # a flipped bit in the last code byte
+    (tmp_path / "q" / CODES_FILE).write_bytes(bytes(data))
+    with pytest.raises(CorruptModelError, match="changed after it was written"):
+        load_model(tmp_path / "q")
