@@ -210,3 +210,64 @@ def test_codes_folders_keep_their_integrity_hashes(tmp_path, tiny_lm):
     (tmp_path / "q" / CODES_FILE).write_bytes(bytes(data))
     with pytest.raises(CorruptModelError, match="changed after it was written"):
         load_model(tmp_path / "q")
+
+
+# --- survival diagnostics -----------------------------------------------------------------------
+
+
+def test_survival_diagnostics_from_codes_equal_those_from_fp32_weights(tmp_path, tiny_lm,
+                                                                        monkeypatch):
+    """The diagnostics read the quantized weights and grids from the codes; the same table
+    comes out of the dequantized fp32 weights and the grids the quantizer recorded."""
+    import copy
+
+    import pandas as pd
+
+    import relapse.quantize.diagnostics as diagnostics
+    import relapse.quantize.grid as grid_module
+    from relapse.data.prepare import build_splits
+
+    folder, model, _ = tiny_lm
+    data = tmp_path / "data"
+    data.mkdir()
+    build_splits({"people": 20, "seed": 0})[0]["forget"].to_parquet(data / "forget.parquet")
+    unlearned = copy.deepcopy(model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in unlearned.model.layers[0].parameters():
+            p += 0.02 * torch.randn_like(p)
+    save_model(unlearned, tmp_path / "u", tokenizer_dir=folder)
+    cells, fp32, steps = [], {}, {}
+    for scheme, bits, settings in [("rtn", 4, {"group_size": 16}), ("bnb", 4, {}),
+                                   ("bnb", 8, {}), ("gguf", 4, {})]:
+        q = f"{scheme}-w{bits}"
+        for who, src in (("t", folder), ("u", tmp_path / "u")):
+            codes_dir = tmp_path / f"{who}-{q}"
+            quantize_model(src, codes_dir, scheme, bits, settings)
+            job = _today(src, scheme, bits, settings, tmp_path / f"{who}-{q}-fp32")
+            fp32[codes_dir] = tmp_path / f"{who}-{q}-fp32"
+            steps[codes_dir] = job
+        cells.append((q, tmp_path / f"t-{q}", tmp_path / f"u-{q}"))
+    keys = {"bench": "b", "method": "m", "hp": "h", "seed": 0}
+    cfg = {"samples": 3, "max_tokens": 24}
+
+    def run(out):
+        return diagnostics.survival_diagnostics(folder, tmp_path / "u", cells, data, keys, cfg,
+                                                tmp_path / out, dtype="float32")
+
+    from_codes = run("codes.parquet")
+
+    def fp32_weights(model_dir, names, dtype="float32"):
+        loaded = load_model(fp32[model_dir], dtype=dtype)
+        return {n: loaded.get_submodule(n).weight.detach().float() for n in names}
+
+    def recorded_grids(model_dir):
+        job = steps[model_dir]
+        levels = None if job.codebook is None else distinct_levels(job.codebook)
+        return {m: Grid(s[:, gi.long()], levels) for m, (s, gi) in job.steps.items()}
+
+    monkeypatch.setattr(diagnostics, "_linear_weights", fp32_weights)
+    monkeypatch.setattr(grid_module, "read_grids", recorded_grids)
+    from_fp32 = run("fp32.parquet")
+    assert len(from_codes) == 4 * 14
+    pd.testing.assert_frame_equal(from_codes, from_fp32, check_exact=True)
