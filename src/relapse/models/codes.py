@@ -246,5 +246,5 @@ def load_codes_model(path: str | Path, device: str = "cpu", dtype: str = "float3
     # The class AutoModelForCausalLM would pick; it takes no state_dict with a folder.
     model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
         None, config=config, state_dict=state, dtype=getattr(torch, dtype), **kwargs)
-    model.config.name_or_path = str(path)          # as a load from the folder records it
+    model.config.name_or_path = model.name_or_path = str(path)   # as a load from the folder
     return model.to(device).eval()

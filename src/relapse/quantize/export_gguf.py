@@ -99,7 +99,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, type_name: str,
                          f"{', '.join(FILE_TYPES)}")
     if float_type not in ("f32", "f16"):
         raise ValueError(f"export-gguf: float type {float_type!r}: allowed f32, f16")
-    if (model_dir / "adapter").is_dir() and not (model_dir / "model.safetensors").exists():
+    if (model_dir / "adapter").is_dir() and not any(model_dir.glob("model*.safetensors")):
         raise ValueError(f"{model_dir} holds an adapter without merged weights; export a merged "
                          "model (quantization.lora_merge: merged)")
     quant = read_manifest(model_dir, "quant_manifest.json")
