@@ -271,3 +271,27 @@ def test_survival_diagnostics_from_codes_equal_those_from_fp32_weights(tmp_path,
     from_fp32 = run("fp32.parquet")
     assert len(from_codes) == 4 * 14
     pd.testing.assert_frame_equal(from_codes, from_fp32, check_exact=True)
+
+
+def test_dense_tensors_exact_in_bf16_are_stored_in_bf16(tmp_path, tiny_lm):
+    """An embedding untouched since a bf16 release takes 2 bytes a value and loads back equal;
+    one with float32-only values stays float32."""
+    import copy
+
+    from safetensors import safe_open
+
+    folder, model, tok = tiny_lm
+    released = copy.deepcopy(model)
+    with torch.no_grad():
+        emb = released.model.embed_tokens.weight
+        emb.copy_(emb.to(torch.bfloat16).float())
+        assert not torch.equal(emb.to(torch.float16).float(), emb)   # not fp16-exact
+    save_model(released, tmp_path / "src", tokenizer_dir=folder)
+    for source, expected in ((tmp_path / "src", "BF16"), (folder, "F32")):
+        out = tmp_path / f"q-{expected}"
+        quantize_model(source, out, "rtn", 4, {"group_size": 16})
+        with safe_open(str(out / CODES_FILE), framework="pt") as f:
+            assert f.get_slice("model.embed_tokens.weight").get_dtype() == expected
+        a, b = load_model(source).state_dict(), load_model(out).state_dict()
+        assert _same_bits(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
+        assert b["model.embed_tokens.weight"].dtype == torch.float32

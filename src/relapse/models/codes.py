@@ -3,7 +3,8 @@
 A quantize-stage folder holds `model.codes.safetensors` and `quant_codes.json` instead of
 dequantized fp32 weights: per quantized weight its integer codes (packed, relapse.models.packing)
 and what maps them back to numbers (scales, zero points, a codebook, a library's block bytes);
-every other tensor (embeddings, norms, an unquantized lm_head) as it is. `quant_codes.json` says
+every other tensor (embeddings, norms, an unquantized lm_head) as it is, in bf16 or fp16 where
+that holds its float32 values exactly (`narrowed`). `quant_codes.json` says
 the format version and each tensor's layout. Loading decodes each weight with the arithmetic
 that produced today's dequantized weights, in float32, so the model the evaluation sees equals
 the one the quantizer computed (the quantize stage checks that tensor by tensor before it writes;
@@ -79,21 +80,22 @@ def decode(kind: str, meta: dict, t: dict):
         groups = cols // g
         codes = unpack_bits(t["codes"], bits, rows * cols).reshape(rows, groups, g).float()
         scale = t["scale"].reshape(rows, groups, 1)
+        # In place, the same float32 operations as (codes − zero)·scale, without temporaries.
         if meta["symmetric"]:
-            # codes − 2^(b−1) is exact in float32; the zero point of a symmetric grid is 0
-            codes = codes - 2 ** (bits - 1)
-            zero = torch.zeros_like(scale)
+            # codes − 2^(b−1) is exact in float32, and the zero point of a symmetric grid is 0
+            codes.sub_(2 ** (bits - 1))
         else:
-            zero = unpack_bits(t["zero"], bits, rows * groups).reshape(rows, groups, 1).float()
-        return ((codes - zero) * scale).reshape(rows, cols)
+            codes.sub_(unpack_bits(t["zero"], bits, rows * groups).reshape(rows, groups, 1)
+                       .float())
+        return codes.mul_(scale).reshape(rows, cols)
     if kind == "int8_rowwise":
-        return t["codes"].float() * (t["absmax"].float()[:, None] / 127.0)
+        return t["codes"].float().mul_(t["absmax"].float()[:, None] / 127.0)
     if kind == "codebook4":
         block = meta["blocksize"]
         n = rows * cols
         padded = n + (-n) % block
         idx = unpack_bits(t["codes"], 4, padded).long()
-        values = t["codebook"][idx].view(-1, block) * t["absmax"].view(-1, 1)
+        values = t["codebook"][idx].view(-1, block).mul_(t["absmax"].view(-1, 1))
         return values.reshape(-1)[:n].reshape(rows, cols)
     if kind == "gguf":
         from gguf import GGMLQuantizationType
@@ -147,6 +149,8 @@ def decode_tensors(path: str | Path, names=None) -> dict:
         for name in layout["dense"]:
             if wanted is None or name in wanted:
                 out[name] = handle.get_tensor(name)
+                if name in layout["narrowed"]:
+                    out[name] = out[name].float()
         for name, entry in layout["tensors"].items():
             if wanted is None or name in wanted:
                 out[name] = decode(entry["kind"], entry, _entry_tensors(handle, name, entry))
@@ -173,6 +177,20 @@ def _bitwise_equal(a, b) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
+def _narrowed(value, name: str, narrowed: dict):
+    """A float32 tensor in bf16 or fp16 where that holds every value exactly (an embedding
+    untouched since a bf16 or fp16 release, say): half the bytes, the same numbers back."""
+    import torch
+
+    if value.dtype == torch.float32:
+        for dtype in (torch.bfloat16, torch.float16):
+            small = value.to(dtype)
+            if torch.equal(small.float(), value):
+                narrowed[name] = str(dtype).removeprefix("torch.")
+                return small.contiguous()
+    return value.contiguous()
+
+
 def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
                       grids: dict[str, tuple[Any, Any]] | None = None, codebook=None) -> dict:
     """Write `model` (its weights already the dequantized values) as a codes folder: `codes`
@@ -188,6 +206,7 @@ def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
     out_dir = Path(out_dir)
     grids = grids or {}
     tensors, entries, explicit, dense, fallback, seen = {}, {}, {}, [], [], set()
+    narrowed: dict[str, str] = {}
     for name, value in model.state_dict().items():
         if value.data_ptr() in seen:            # a tied weight (lm_head = embeddings): once
             continue
@@ -201,7 +220,7 @@ def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
         module = name.removesuffix(".weight")
         if entry is None:
             dense.append(name)
-            tensors[name] = value.contiguous()
+            tensors[name] = _narrowed(value, name, narrowed)
             if module in grids and name.endswith(".weight"):
                 step, group_index = grids[module]
                 tensors[f"{name}.grid_step"] = step.float().contiguous()
@@ -220,7 +239,7 @@ def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
               f"quantized values and are stored dense: {', '.join(fallback[:5])}", flush=True)
     save_file(tensors, str(out_dir / CODES_FILE), metadata={"format": "pt"})
     layout = {"format": FORMAT, "version": VERSION, "file": CODES_FILE, "tensors": entries,
-              "dense": dense, "grids": explicit, "stored_dense": fallback}
+              "dense": dense, "narrowed": narrowed, "grids": explicit, "stored_dense": fallback}
     write_json(out_dir / CODES_JSON, layout)
     model.config.save_pretrained(str(out_dir))
     if model.can_generate():
