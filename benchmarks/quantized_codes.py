@@ -13,7 +13,8 @@ scheme. Writes benchmarks/quantized_codes.json:
 - load time (`load_seconds`: load_model plus one read of every weight) of codes folders against
   the fp32 folder, `--loads` of each taken in turn in one process (files warm in the page
   cache); the ratio of medians and of minima (the minimum is the least disturbed by other jobs
-  on a shared machine).
+  on a shared machine); `load_cold` the same with each folder's files dropped from the page
+  cache first (posix_fadvise), read from this machine's disk.
 
     .venv/bin/python benchmarks/quantized_codes.py [--threads 2] [--loads 5]
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -102,7 +102,22 @@ def quantized_bytes(folder: Path) -> tuple[int, int]:
     return total, count
 
 
-def load_seconds(folder: Path) -> float:
+def evict(folder: Path) -> None:
+    """Drop the folder's files from the OS page cache (their pages only), so the next load reads
+    them from disk, as a job on a cluster node reads a cell it has not seen."""
+    import os
+
+    for path in folder.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def load_seconds(folder: Path, cold: bool = False) -> float:
     """relapse.models.io.load_model, then one read of every weight: an fp32 folder is mapped
     lazily and read at first use, a codes folder decoded at load, so both pay for their bytes
     here. Hash checks off (they read each file once more, the codes file a fifth as long)."""
@@ -110,6 +125,8 @@ def load_seconds(folder: Path) -> float:
 
     from relapse.models.io import load_model
 
+    if cold:
+        evict(folder)
     start = time.perf_counter()
     model = load_model(folder)
     with torch.no_grad():
@@ -120,10 +137,10 @@ def load_seconds(folder: Path) -> float:
     return seconds
 
 
-def timed_pairs(fp32: Path, codes: Path, loads: int) -> dict:
+def timed_pairs(fp32: Path, codes: Path, loads: int, cold: bool = False) -> dict:
     """Loads of the fp32 and the codes folder taken in turn, so that the load of the other jobs
-    on the machine falls on both alike; medians and minima."""
-    pairs = [(load_seconds(fp32), load_seconds(codes)) for _ in range(loads)]
+    on the machine falls on both alike; medians and minima. `cold`: files evicted first."""
+    pairs = [(load_seconds(fp32, cold), load_seconds(codes, cold)) for _ in range(loads)]
     old, new = [p[0] for p in pairs], [p[1] for p in pairs]
     return {"fp32_seconds": [round(x, 3) for x in old], "seconds": [round(x, 3) for x in new],
             "median": round(statistics.median(new), 3),
@@ -173,6 +190,7 @@ def main() -> None:
                    "quantize_seconds": round(seconds, 2)}
             if name in LOAD_TIMED:
                 row["load"] = timed_pairs(tmp / "fp32", out, args.loads)
+                row["load_cold"] = timed_pairs(tmp / "fp32", out, args.loads, cold=True)
             result["schemes"][name] = row
             print(name, row, flush=True)
             import shutil
