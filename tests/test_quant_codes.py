@@ -10,7 +10,7 @@ import torch
 
 from relapse.models.codes import CODES_FILE, CODES_JSON
 from relapse.models.io import load_model, save_model
-from relapse.models.packing import pack_bits, packed_size, unpack_bits
+from relapse.models.packing import pack_bits, packed_size, unpack_bits, unpack_float
 from relapse.quantize.grid import Grid, distinct_levels, read_grids
 from relapse.quantize.registry import QuantJob, get_quantizer
 from relapse.quantize.stage import quantize_model
@@ -68,6 +68,7 @@ def test_packing_round_trips_on_odd_shapes(bits, shape):
     assert packed.numel() == {8: n, 4: (n + 1) // 2}.get(bits, -(-n // 8) * bits)
     assert bytes(packed.tolist()) == _pack_by_hand(codes.reshape(-1).tolist(), bits)
     assert torch.equal(unpack_bits(packed, bits, n).long(), codes.reshape(-1))
+    assert torch.equal(unpack_float(packed, bits, n), codes.reshape(-1).float())
 
 
 def test_packing_refuses_codes_out_of_range_and_wrong_sizes():

@@ -72,13 +72,13 @@ def decode(kind: str, meta: dict, t: dict):
     """The float32 weight [out, in] of one layout entry."""
     import torch
 
-    from relapse.models.packing import unpack_bits
+    from relapse.models.packing import unpack_bits, unpack_float
 
     rows, cols = meta["shape"]
     if kind == "rtn":
         bits, g = meta["bits"], meta["group"]
         groups = cols // g
-        codes = unpack_bits(t["codes"], bits, rows * cols).reshape(rows, groups, g).float()
+        codes = unpack_float(t["codes"], bits, rows * cols).reshape(rows, groups, g)
         scale = t["scale"].reshape(rows, groups, 1)
         # In place, the same float32 operations as (codes − zero)·scale, without temporaries.
         if meta["symmetric"]:

@@ -68,3 +68,20 @@ def unpack_bits(packed, bits: int, count: int):
     shifts = torch.arange(8, dtype=torch.int64) * bits
     codes = (word[:, None] >> shifts) & (2 ** bits - 1)
     return codes.to(torch.uint8).reshape(-1)[:count]
+
+
+def unpack_float(packed, bits: int, count: int):
+    """`unpack_bits` as float32 (exact: codes are small integers), written straight into the
+    float tensor for 4 bits (a quarter less memory traffic than unpacking, then converting)."""
+    import torch
+
+    if bits != 4:
+        return unpack_bits(packed, bits, count).float()
+    if packed.dtype != torch.uint8 or packed.numel() != packed_size(count, 4):
+        raise ValueError(f"{packed.numel()} packed bytes ({packed.dtype}) do not hold {count} "
+                         "codes of 4 bits")
+    out = torch.empty(packed.numel() * 2, dtype=torch.float32)
+    pairs = out.view(-1, 2)
+    pairs[:, 0].copy_(packed >> 4)
+    pairs[:, 1].copy_(packed & 0xF)
+    return out[:count]

@@ -167,7 +167,7 @@ def survival_diagnostics(target_dir, unlearned_dir, cells: list[tuple[str, str, 
     for _, tq_dir, _ in cells:
         all_grids.append(read_grids(tq_dir))
         if not all_grids[-1]:
-            raise ValueError(f"{tq_dir}: no quant_steps.safetensors (a full-precision cell has "
+            raise ValueError(f"{tq_dir}: no quantized weights (a full-precision cell has "
                              "no quantization to diagnose)")
     names = sorted(set().union(*all_grids))
     target = load_model(target_dir, dtype=dtype)
