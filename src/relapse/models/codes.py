@@ -6,7 +6,7 @@ and what maps them back to numbers (scales, zero points, a codebook, a library's
 every other tensor (embeddings, norms, an unquantized lm_head) as it is, in bf16 or fp16 where
 that holds its float32 values exactly (`narrowed`). `quant_codes.json` says
 the format version and each tensor's layout. Loading decodes each weight with the arithmetic
-that produced today's dequantized weights, in float32, so the model the evaluation sees equals
+that produced its dequantized values, in float32, so the model the evaluation sees equals
 the one the quantizer computed (the quantize stage checks that tensor by tensor before it writes;
 a weight that would not come back equal is stored dense instead, and the layout says so).
 
@@ -21,7 +21,8 @@ Kinds (the `kind` of a layout entry):
 - `gguf`: llama.cpp's block bytes of the `type` (fp16 scale, packed codes), decoded by the
   `gguf` package's own dequantizer, which is what produced the weights.
 A dense weight may carry its quantization grid (the layout's `grids`: tensors
-`{name}.grid_step` [out, groups] and `{name}.grid_group_index` [in]) where no codes give it (gptq and awq, whose weights stay dense here: their codes are GPTQModel's `native/`).
+`{name}.grid_step` [out, groups] and `{name}.grid_group_index` [in]) where no codes give it
+(gptq and awq, whose weights stay dense here: their codes are GPTQModel's `native/`).
 
 Folders from before this format (dequantized `model.safetensors` beside
 `quant_steps.safetensors`) are refused with a "re-quantize" error (`check_not_legacy`).
