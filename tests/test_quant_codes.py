@@ -296,3 +296,23 @@ def test_dense_tensors_exact_in_bf16_are_stored_in_bf16(tmp_path, tiny_lm):
         a, b = load_model(source).state_dict(), load_model(out).state_dict()
         assert _same_bits(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
         assert b["model.embed_tokens.weight"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("scheme, bits", [("none", 16), ("rtn", 4)])
+def test_lora_adapter_mode_copies_the_base_cell_as_it_is_stored(tmp_path, tiny_lm, scheme, bits):
+    """Under lora_merge: adapter the cell is the target's cell plus the adapter: the base's codes
+    (a quantized base) or its weight files (none-w16, which holds no codes)."""
+    from peft import LoraConfig, get_peft_model
+
+    folder, model, tok = tiny_lm
+    run = tmp_path / "run"
+    peft_model = get_peft_model(
+        load_model(folder), LoraConfig(r=2, target_modules=["up_proj"], lora_dropout=0.0))
+    peft_model.save_pretrained(str(run / "adapter"))
+    save_model(peft_model.merge_and_unload(), run, tokenizer_dir=folder)
+    quantize_model(folder, tmp_path / "base", scheme, bits, {})
+    quantize_model(run, tmp_path / "cell", scheme, bits, {}, lora_merge="adapter",
+                   base_quant_dir=tmp_path / "base")
+    base = load_model(tmp_path / "base").state_dict()
+    cell = load_model(tmp_path / "cell").state_dict()
+    assert all(_same_bits(base[n], cell[n]) for n in base)

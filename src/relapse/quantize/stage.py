@@ -65,7 +65,12 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             if (base_manifest.get("scheme"), base_manifest.get("bits")) != (scheme, bits):
                 raise ValueError(f"{base}: quantized as {base_manifest.get('scheme')}-"
                                  f"{base_manifest.get('bits')}, not {scheme}-{bits}")
-            for name in CODES_FILES:
+            # codes (a quantized base) or the weight files themselves (none-w16's, hard links
+            # to the target's, sharded for a published 7B)
+            names = CODES_FILES + MODEL_FILES + tuple(sorted(
+                p.name for p in base.glob("model-*-of-*.safetensors"))) + (
+                "model.safetensors.index.json",)
+            for name in names:
                 if (base / name).exists():
                     shutil.copy2(base / name, tmp / name)
             shutil.copytree(source_dir / "adapter", tmp / "adapter")
