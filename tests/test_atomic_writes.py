@@ -24,7 +24,8 @@ PATH_METHODS = {"write_text", "write_bytes"}
 WRITE_FUNCTIONS = {("json", "dump"), ("torch", "save"), (None, "save_file")}
 # Functions that write to a path their caller gives, always a temp path inside an atomic_dir.
 CALLER_IS_ATOMIC = {
-    ("src/relapse/quantize/grid.py", "save_grids"): "the quantize stage passes tmp / STEPS_FILE",
+    ("src/relapse/models/codes.py", "save_codes_folder"):
+        "the quantize stage passes its atomic_dir's tmp folder",
     # Not an output: a log appended to as the run goes, where a partial log is what a killed
     # run should leave behind.
     ("src/relapse/runlog.py", "run"): "make run's log, appended line by line",

@@ -114,7 +114,7 @@ def _bnb_grid(weight, quant_type):
     from relapse.quantize.bnb import bnb_4bit, codebook_4bit
     from relapse.quantize.grid import distinct_levels
 
-    q, absmax, group_index = bnb_4bit(weight, quant_type, 64)
+    q, absmax, group_index, _ = bnb_4bit(weight, quant_type, 64)
     return q, Grid(absmax[:, group_index], distinct_levels(codebook_4bit(quant_type)))
 
 

@@ -192,7 +192,7 @@ def test_gguf_scheme_in_the_quantize_stage(gguf_package, tiny_lm, tmp_path):
     assert torch.allclose(grid.scale, step.repeat_interleave(32, dim=1))
     # Embeddings and head stay as they were (lm_head / embeddings: false).
     assert torch.equal(out.lm_head.weight, model.lm_head.weight)
-    assert "group_index/" + name in load_file(str(tmp_path / "q" / "quant_steps.safetensors"))
+    assert f"{name}.weight.codes" in load_file(str(tmp_path / "q" / "model.codes.safetensors"))
     # bits pick the default type.
     assert quantize_model(folder, tmp_path / "q8", "gguf", 8, {})["settings"]["type"] == "q8_0"
 

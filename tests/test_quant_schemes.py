@@ -69,15 +69,8 @@ def test_bnb_4bit_round_trip(tmp_path, tiny_lm, quant_type):
     assert torch.allclose(grid.scale, absmax, rtol=1e-6)
     assert torch.equal(grid.levels, torch.unique(_get_4bit_code(quant_type, "cpu").float()))
     assert torch.equal(grid.levels[grid.level_index(q)] * grid.scale, q)
-    # a folder written before codebooks were recorded (a mean step, no codebook) is refused
-    from safetensors.torch import load_file, save_file
-
-    steps_file = tmp_path / "q" / "quant_steps.safetensors"
-    old = {k.replace("absmax/", "step/"): v for k, v in load_file(str(steps_file)).items()
-           if k != "codebook"}
-    save_file(old, str(steps_file))
-    with pytest.raises(ValueError, match=f"{quant_type} without its codebook"):
-        read_grids(tmp_path / "q")
+    # (a folder from before codes, its codebook-less steps included, asks to be re-quantized:
+    # tests/test_quant_codes.py)
     assert ((q - w).abs() <= absmax / 6 + 1e-6).all()   # the widest gap is 1/3 (fp4, nf4)
     # lm_head and embeddings stay full precision (bnb's load_in_4bit default)
     qmodel = load_model(tmp_path / "q")
@@ -241,8 +234,8 @@ def test_lora_merge_adapter_quantizes_the_base_and_keeps_the_adapter(tmp_path, t
     manifest = quantize_model(run, tmp_path / "u-q", "rtn", 4, {"group_size": 16},
                               lora_merge="adapter", base_quant_dir=tmp_path / "target-q")
     assert manifest["lora_merge"] == "adapter"
-    assert (tmp_path / "u-q" / "model.safetensors").read_bytes() == \
-        (tmp_path / "target-q" / "model.safetensors").read_bytes()
+    assert (tmp_path / "u-q" / "model.codes.safetensors").read_bytes() == \
+        (tmp_path / "target-q" / "model.codes.safetensors").read_bytes()
     loaded = load_quantized_model(tmp_path / "u-q")
     base_q = load_model(tmp_path / "target-q")
     ids = tok("Alden Ashdown was born in", return_tensors="pt").input_ids

@@ -1,6 +1,7 @@
 """Load an attacked cell's model folder without the quantize stage's runtime (attacks sit on
-the same floor as quantize, so they do not import it): a quantized folder holds the dequantized
-weights exactly on their grid, which plain Linear modules compute with; the scheme's kernels
+the same floor as quantize, so they do not import it): a quantized folder's codes load
+(relapse.models.codes) as the dequantized weights exactly on their grid, which plain Linear
+modules compute with; the scheme's kernels
 (LLM.int8) are the evaluation's business. A `lora_merge: adapter` cell gets its adapter on top."""
 
 from __future__ import annotations

@@ -25,20 +25,25 @@ def resolve_device(device: str = "auto") -> str:
 
 def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32",
                trust_remote_code: bool = False):
-    """A causal LM from a folder holding safetensors weights (pickle files are refused), or
-    from a LoRA checkpoint (an adapter and a pointer to its base: relapse.models.adapter),
-    merged in memory."""
+    """A causal LM from a folder holding safetensors weights (pickle files are refused); a LoRA
+    checkpoint (an adapter and a pointer to its base: relapse.models.adapter) is merged in
+    memory, and a quantized cell stored as codes (relapse.models.codes) is decoded to its exact
+    weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from relapse.models.adapter import is_adapter_checkpoint, load_adapter_checkpoint
+    from relapse.models.codes import check_not_legacy, is_codes_folder, load_codes_model
 
     path = Path(path)
     if is_adapter_checkpoint(path):
         return load_adapter_checkpoint(path, device=device, dtype=dtype,
                                        trust_remote_code=trust_remote_code)
     require_safetensors(path)
+    check_not_legacy(path)
     check_model_files(path)
+    if is_codes_folder(path):
+        return load_codes_model(path, device, dtype, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=getattr(torch, dtype), use_safetensors=True,
         trust_remote_code=trust_remote_code)

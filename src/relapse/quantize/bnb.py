@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from relapse.models.codes import Codes
 from relapse.quantize.groups import uniform_group_index
 
 
@@ -30,7 +31,8 @@ def codebook_4bit(quant_type: str) -> torch.Tensor:
 
 def bnb_4bit(weight: torch.Tensor, quant_type: str = "fp4", blocksize: int = 64,
              double_quant: bool = False):
-    """(dequantized weight, block absmax [out, groups], group_index [in])."""
+    """(dequantized weight, block absmax [out, groups], group_index [in], codes): the codes are
+    bitsandbytes' own packed bytes with the block absmax and the codebook."""
     F = _require_bnb()
     w = weight.detach().float().contiguous()
     rows, cols = w.shape
@@ -55,7 +57,12 @@ def bnb_4bit(weight: torch.Tensor, quant_type: str = "fp4", blocksize: int = 64,
         # Blocks straddle rows: store one absmax per weight.
         absmax = absmax_per_block.repeat_interleave(blocksize)[: rows * cols].reshape(rows, cols)
         group_index = torch.arange(cols)
-    return dequantized.to(weight.dtype), absmax, group_index
+    codes = Codes("codebook4", {"shape": [rows, cols], "blocksize": blocksize,
+                                "quant_type": quant_type},
+                  {"codes": packed.detach().cpu().view(torch.uint8).reshape(-1).contiguous(),
+                   "absmax": absmax_per_block.detach().float().cpu().contiguous(),
+                   "codebook": codebook_4bit(quant_type).contiguous()})
+    return dequantized.to(weight.dtype), absmax, group_index, codes
 
 
 def bnb_int8(weight: torch.Tensor):
@@ -65,7 +72,11 @@ def bnb_int8(weight: torch.Tensor):
     codes, row_absmax, _ = F.int8_vectorwise_quant(w)
     dequantized = codes.float() * (row_absmax.float()[:, None] / 127.0)
     step = (row_absmax.float() / 127.0)[:, None]
-    return dequantized.to(weight.dtype), step, torch.zeros(w.shape[1], dtype=torch.long)
+    stored = Codes("int8_rowwise", {"shape": list(w.shape)},
+                   {"codes": codes.detach().cpu().to(torch.int8).contiguous(),
+                    "absmax": row_absmax.detach().float().cpu().contiguous()})
+    return (dequantized.to(weight.dtype), step, torch.zeros(w.shape[1], dtype=torch.long),
+            stored)
 
 
 def swap_in_int8_linear(model, names: list[str], threshold: float) -> None:

@@ -69,10 +69,21 @@ def weight_diagnostics(w_t, w_u, q_t, q_u, grid_t, grid_u) -> dict[str, float]:
 
 
 def _linear_weights(model_dir: Path, names, dtype: str = "float32") -> dict[str, Any]:
-    """Effective weights of the Linear modules `names` of a quantize-stage folder: the saved
-    (dequantized) weights, plus the full-precision LoRA update in lora_merge: adapter mode."""
+    """Effective weights of the Linear modules `names` of a quantize-stage folder: decoded
+    straight from its codes (no model is built), in `dtype` as a loaded model holds them; in
+    lora_merge: adapter mode, the model's, with the full-precision LoRA update merged."""
+    import torch
+
+    from relapse.models.codes import decode_tensors, is_codes_folder
+    from relapse.models.io import check_model_files, read_manifest
     from relapse.quantize.runtime import load_quantized_model
 
+    adapter = read_manifest(model_dir, "quant_manifest.json").get("lora_merge") == "adapter" \
+        and (Path(model_dir) / "adapter").is_dir()
+    if is_codes_folder(model_dir) and not adapter:
+        check_model_files(model_dir)
+        weights = decode_tensors(model_dir, [f"{n}.weight" for n in names])
+        return {n: weights[f"{n}.weight"].to(getattr(torch, dtype)).float() for n in names}
     model = load_quantized_model(model_dir, kernels=False, dtype=dtype)
     if hasattr(model, "merge_and_unload"):       # a PeftModel: the adapter over the base
         model = model.merge_and_unload()
@@ -156,7 +167,7 @@ def survival_diagnostics(target_dir, unlearned_dir, cells: list[tuple[str, str, 
     for _, tq_dir, _ in cells:
         all_grids.append(read_grids(tq_dir))
         if not all_grids[-1]:
-            raise ValueError(f"{tq_dir}: no quant_steps.safetensors (a full-precision cell has "
+            raise ValueError(f"{tq_dir}: no quantized weights (a full-precision cell has "
                              "no quantization to diagnose)")
     names = sorted(set().union(*all_grids))
     target = load_model(target_dir, dtype=dtype)

@@ -101,7 +101,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, type_name: str,
         raise ValueError(f"export-gguf: float type {float_type!r}: allowed f32, f16")
     from relapse.models.adapter import is_adapter_checkpoint
 
-    if (model_dir / "adapter").is_dir() and not (model_dir / "model.safetensors").exists() \
+    if (model_dir / "adapter").is_dir() and not any(model_dir.glob("model*.safetensors")) \
             and not is_adapter_checkpoint(model_dir):      # a LoRA checkpoint merges on load
         raise ValueError(f"{model_dir} holds an adapter without merged weights; export a merged "
                          "model (quantization.lora_merge: merged)")

@@ -57,13 +57,21 @@ def block_steps(packed, type_name: str):
     return np.abs(d.astype(np.float32))
 
 
-def fake_quantize(weight, type_name: str):
-    """(dequantized weight, step [out, in / 32]) of a torch weight [out, in], in its dtype."""
+def fake_quantize(weight, type_name: str, with_codes: bool = False):
+    """(dequantized weight, step [out, in / 32]) of a torch weight [out, in], in its dtype;
+    `with_codes` adds the block bytes as relapse.models.codes.Codes."""
     import torch
     from gguf.quants import dequantize
 
     array = weight.detach().float().cpu().numpy()
     packed = quantize_array(array, type_name)
     values = dequantize(packed, ggml_type(type_name)).reshape(array.shape)
-    return (torch.from_numpy(values).to(dtype=weight.dtype, device=weight.device),
-            torch.from_numpy(block_steps(packed, type_name)))
+    out = (torch.from_numpy(values).to(dtype=weight.dtype, device=weight.device),
+           torch.from_numpy(block_steps(packed, type_name)))
+    if not with_codes:
+        return out
+    from relapse.models.codes import Codes
+
+    codes = Codes("gguf", {"shape": list(array.shape), "type": type_name},
+                  {"codes": torch.from_numpy(packed.copy())})
+    return (*out, codes)

@@ -1,15 +1,18 @@
-"""The grid each quantized weight sits on, as the quantize stage records it
-(quant_steps.safetensors) and the survival diagnostics read it back.
+"""The grid each quantized weight sits on, as the survival diagnostics read it from a
+quantize-stage folder's codes (relapse.models.codes; the quantizer records the same values as
+`QuantJob.steps`).
 
 Uniform schemes (rtn, LLM.int8, gptq, awq, gguf): the levels of a weight are its group's step
-times integers. Stored as `step/{module}` [out, groups] plus `group_index/{module}` [in] (the
-group of each input column), which covers per-channel, per-group and GPTQ's act-order layouts.
+times integers: a step [out, groups] plus group_index [in] (the group of each input column),
+which covers per-channel, per-group and GPTQ's act-order layouts. rtn's step is its scale,
+LLM.int8's the row absmax / 127, gguf's the |d| of each block; gptq and awq keep their weights
+dense (their codes are GPTQModel's `native/`) and store step and group_index beside them.
 
 Codebook schemes (bnb fp4 / nf4): the levels are a fixed table on [-1, 1] times the block's
 absmax, and their spacing is not uniform (nf4's gaps run from 0.08 to 0.30 of the absmax, fp4's
-from 0.005 to 0.33). Stored as `absmax/{module}` (same layout) plus one `codebook` (the
-library's own table). A weight's code is then its level in the codebook, and its step the
-local spacing of the codebook around that level, not a mean over the whole table.
+from 0.005 to 0.33): the block absmax (same layout) and the library's own codebook. A weight's
+code is then its level in the codebook, and its step the local spacing of the codebook around
+that level, not a mean over the whole table.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STEPS_FILE = "quant_steps.safetensors"
 
 
 @dataclass
@@ -62,45 +64,65 @@ def distinct_levels(codebook):
     return torch.unique(codebook.float())
 
 
-def save_grids(steps: dict, codebook, path: str | Path) -> None:
-    """steps: module -> (step or absmax [out, groups], group_index [in]); codebook: the table
-    of a codebook scheme (then the first member is the block absmax), None for a uniform one."""
-    from safetensors.torch import save_file
+def _per_weight(scale, group_index, levels=None) -> Grid:
+    return Grid(scale[:, group_index.long()], levels)
 
-    key = "step" if codebook is None else "absmax"
-    tensors = {}
-    for module, (scale, group_index) in steps.items():
-        tensors[f"{key}/{module}"] = scale
-        tensors[f"group_index/{module}"] = group_index
-    if codebook is not None:
-        tensors["codebook"] = codebook.detach().float().cpu().contiguous()
-    save_file(tensors, str(path))
+
+def grid_of_codes(entry: dict, tensors: dict) -> tuple[Any, Any, Any]:
+    """(step or block absmax [out, groups], group_index [in], codebook or None) of one weight
+    stored as codes (relapse.models.codes): the values the quantizer recorded as its grid."""
+    import torch
+
+    from relapse.quantize.groups import uniform_group_index
+
+    rows, cols = entry["shape"]
+    kind = entry["kind"]
+    if kind == "rtn":
+        return tensors["scale"], uniform_group_index(cols, entry["group"]), None
+    if kind == "int8_rowwise":
+        return ((tensors["absmax"].float() / 127.0)[:, None], torch.zeros(cols, dtype=torch.long),
+                None)
+    if kind == "gguf":
+        from relapse.quantize.gguf import BLOCK, block_steps
+
+        steps = block_steps(tensors["codes"].numpy().reshape(rows, -1), entry["type"])
+        return torch.from_numpy(steps), uniform_group_index(cols, BLOCK), None
+    if kind == "codebook4":
+        # as relapse.quantize.bnb.bnb_4bit lays out the block absmax
+        block, absmax = entry["blocksize"], tensors["absmax"]
+        if cols % block == 0:
+            return (absmax.reshape(rows, cols // block), uniform_group_index(cols, block),
+                    tensors["codebook"])
+        per_weight = absmax.repeat_interleave(block)[: rows * cols].reshape(rows, cols)
+        return per_weight, torch.arange(cols), tensors["codebook"]
+    raise ValueError(f"no grid for code kind {kind!r}")
 
 
 def read_grids(model_dir: str | Path) -> dict[str, Grid]:
-    """module -> Grid (per weight), from a quantize-stage folder; {} when it has none."""
-    import json
+    """module -> Grid (per weight), from a quantize-stage folder's codes; {} when it has none
+    (a full-precision cell). A folder from before codes is refused ("re-quantize")."""
+    from safetensors import safe_open
 
-    from safetensors.torch import load_file
+    from relapse.models.codes import check_not_legacy, is_codes_folder, read_layout
 
     model_dir = Path(model_dir)
-    file = model_dir / STEPS_FILE
-    if not file.exists():
+    check_not_legacy(model_dir)
+    if not is_codes_folder(model_dir):
         return {}
-    raw = load_file(str(file))
-    levels = distinct_levels(raw["codebook"]) if "codebook" in raw else None
-    if levels is None:
-        manifest_file = model_dir / "quant_manifest.json"
-        manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-        if manifest.get("settings", {}).get("format") in ("fp4", "nf4"):
-            # An fp4/nf4 folder from before codebooks were recorded: its `step` is the mean
-            # spacing, which the diagnostics no longer use.
-            raise ValueError(f"{model_dir}: quantized to {manifest['settings']['format']} "
-                             f"without its codebook in {STEPS_FILE}; quantize it again")
-    key = "step/" if levels is None else "absmax/"
+    layout = read_layout(model_dir)
     grids = {}
-    for name, scale in raw.items():
-        if name.startswith(key):
-            module = name[len(key):]
-            grids[module] = Grid(scale[:, raw[f"group_index/{module}"].long()], levels)
+    with safe_open(str(model_dir / layout["file"]), framework="pt") as handle:
+        for name, entry in layout["tensors"].items():
+            prefix = name + "."
+            tensors = {k[len(prefix):]: handle.get_tensor(k) for k in entry["keys"]}
+            scale, group_index, codebook = grid_of_codes(entry, tensors)
+            levels = None if codebook is None else distinct_levels(codebook)
+            grids[name.removesuffix(".weight")] = _per_weight(scale, group_index, levels)
+        if layout["grids"]:
+            codebook = handle.get_tensor("grid_codebook") \
+                if "grid_codebook" in handle.keys() else None
+            levels = None if codebook is None else distinct_levels(codebook)
+            for name, (step_key, index_key) in layout["grids"].items():
+                grids[name.removesuffix(".weight")] = _per_weight(
+                    handle.get_tensor(step_key), handle.get_tensor(index_key), levels)
     return grids

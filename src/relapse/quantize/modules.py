@@ -21,10 +21,11 @@ def quantized_module_names(model, settings: dict) -> list[str]:
 
 def quantize_weights(model, settings: dict, job, quantize_one, codebook=None
                      ) -> tuple[list[str], int]:
-    """Replace every selected weight W by quantize_one(W) -> (dequantized, step, group_index),
-    recording the step for the diagnostics. With a `codebook` (a non-uniform scheme's table on
-    [-1, 1]), quantize_one returns the block absmax in place of the step. Returns the module
-    names and the weight count."""
+    """Replace every selected weight W by quantize_one(W) -> (dequantized, step, group_index,
+    codes), recording the step for the diagnostics and the codes (relapse.models.codes) the
+    folder stores. With a `codebook` (a non-uniform scheme's table on [-1, 1]), quantize_one
+    returns the block absmax in place of the step. Returns the module names and the weight
+    count."""
     import torch
 
     job.codebook = codebook
@@ -33,8 +34,9 @@ def quantize_weights(model, settings: dict, job, quantize_one, codebook=None
     with torch.no_grad():
         for name in names:
             weight = model.get_submodule(name).weight
-            dequantized, step, group_index = quantize_one(weight)
+            dequantized, step, group_index, codes = quantize_one(weight)
             weight.copy_(dequantized)
             job.record_step(name, step, group_index)
+            job.record_codes(name, codes)
             count += weight.numel()
     return names, count

@@ -128,7 +128,8 @@ def load_native(model_dir: Path, manifest: dict, load_dequantized, device: str, 
 
 def load_llamacpp(model_dir: Path, type_name: str, device: str):
     """The gguf cell in llama.cpp: written at its type into a temporary folder ($TMPDIR; it is
-    deleted with the model), since the quantize stage keeps only the dequantized weights."""
+    deleted with the model): written from the decoded weights, which re-quantize to the block
+    bytes the cell's codes hold."""
     import tempfile
 
     import torch

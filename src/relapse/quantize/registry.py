@@ -2,7 +2,8 @@
 quantize then dequantize, so every scheme's output loads and runs the same way on CPU and GPU)
 and returns the settings it used, for the manifest.
 
-Besides the weights, a quantizer records the grid of every weight it quantized
+Besides the weights, a quantizer records the codes the folder stores for each weight it
+quantized (`QuantJob.record_codes`, relapse.models.codes) and the grid of each
 (`QuantJob.record_step`, relapse.quantize.grid), which the survival diagnostics compare codes on
 and divide weight updates by: per module `step[out, groups]` plus `group_index[in]` (the group
 of each input column: per-channel, per-group and GPTQ's act-order layouts alike), or, for a
@@ -32,10 +33,16 @@ class QuantJob:
     threads: int = 1
     steps: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     codebook: Any = None           # a codebook scheme's table on [-1, 1]; then steps hold absmax
+    codes: dict[str, Any] = field(default_factory=dict)   # weight name -> models.codes.Codes
 
     def record_step(self, module: str, step, group_index) -> None:
         self.steps[module] = (step.detach().float().cpu().contiguous(),
                               group_index.detach().to(dtype=_int32()).cpu().contiguous())
+
+    def record_codes(self, module: str, codes) -> None:
+        """The codes the folder stores for `module`'s weight (relapse.models.codes); a weight
+        without them is stored dense, with its recorded step as its grid."""
+        self.codes[f"{module}.weight"] = codes
 
 
 def _int32():

@@ -1,12 +1,15 @@
 """The quantize stage: load a model of the grid, apply one scheme at one bit width, save it.
 
-Output folder: the dequantized weights (model.safetensors, so the evaluation loads every scheme
-alike; the full-precision cell of a LoRA run links its adapter and base pointer, which
-load_model merges), the tokenizer, `quant_manifest.json` (scheme, bits, settings, library and
-version, source) and `quant_steps.safetensors` (the grid of every quantized weight, for the survival
-diagnostics: relapse.quantize.grid). With `lora_merge: adapter` a LoRA-unlearned model is its
-reference base quantized (the target's folder at the same quant, reused) plus the
-full-precision `adapter/` on top."""
+Output folder: the quantized weights as codes (model.codes.safetensors + quant_codes.json,
+relapse.models.codes: packed integer codes, scales, zero points or codebooks, and the unquantized
+tensors), which relapse.models.io.load_model decodes to exactly the dequantized weights the
+quantizer computed, so the evaluation loads every scheme alike; the grid of every quantized
+weight (the survival diagnostics', relapse.quantize.grid) is read from those codes. The
+full-precision cell of a LoRA run links its adapter and base pointer, which load_model merges.
+Beside them the tokenizer, `quant_manifest.json` (scheme, bits, settings, library and version,
+source) and, for gptq/awq, GPTQModel's packed `native/` checkpoint. With `lora_merge: adapter` a
+LoRA-unlearned model is its reference base quantized (the target's folder at the same quant,
+reused) plus the full-precision `adapter/` on top."""
 
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from relapse.quantize.grid import STEPS_FILE
+from relapse.models.codes import CODES_FILE, CODES_JSON
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
+CODES_FILES = ("config.json", "generation_config.json", CODES_FILE, CODES_JSON,
+               "weights.sha256.json")
 MANIFEST = "quant_manifest.json"
 LORA_MERGE_MODES = ("merged", "adapter")
 
@@ -61,7 +66,12 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             if (base_manifest.get("scheme"), base_manifest.get("bits")) != (scheme, bits):
                 raise ValueError(f"{base}: quantized as {base_manifest.get('scheme')}-"
                                  f"{base_manifest.get('bits')}, not {scheme}-{bits}")
-            for name in MODEL_FILES + (STEPS_FILE,):
+            # codes (a quantized base) or the weight files themselves (none-w16's, hard links
+            # to the target's, sharded for a published 7B)
+            names = CODES_FILES + MODEL_FILES + tuple(sorted(
+                p.name for p in base.glob("model-*-of-*.safetensors"))) + (
+                "model.safetensors.index.json",)
+            for name in names:
                 if (base / name).exists():
                     shutil.copy2(base / name, tmp / name)
             shutil.copytree(source_dir / "adapter", tmp / "adapter")
@@ -91,8 +101,8 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
                 link_or_copy(source_dir / LORA_BASE, tmp / LORA_BASE)
             used = quantizer.resolve(settings, bits)
         else:
-            from relapse.models.io import copy_tokenizer, load_model, save_model
-            from relapse.quantize.grid import save_grids
+            from relapse.models.codes import save_codes_folder
+            from relapse.models.io import copy_tokenizer, load_model
             from relapse.seeding import seed_everything
 
             seed_everything(0, threads)
@@ -101,9 +111,10 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
                            data_dir=Path(data_dir) if data_dir else None,
                            device=device, threads=threads)
             used = quantizer.quantize(model, bits, settings, job)
-            save_model(model, tmp)
+            layout = save_codes_folder(model, tmp, job.codes, job.steps, job.codebook)
             copy_tokenizer(source_dir, tmp)
-            save_grids(job.steps, job.codebook, tmp / STEPS_FILE)
+            if layout["stored_dense"]:
+                used = {**used, "stored_dense": layout["stored_dense"]}
         manifest = {
             "scheme": scheme, "bits": bits, "settings": used, "library": quantizer.library,
             "library_version": quantizer.library_version(), **manifest_extra,

@@ -39,8 +39,8 @@ class GGUFBlocks(Quantizer):
         kind = self.gguf_type(settings, bits)
 
         def one(weight):
-            values, step = fake_quantize(weight, kind)
-            return values, step, uniform_group_index(weight.shape[1], BLOCK)
+            values, step, codes = fake_quantize(weight, kind, with_codes=True)
+            return values, step, uniform_group_index(weight.shape[1], BLOCK), codes
 
         names, count = quantize_weights(model, settings, job, one)
         return {**settings, "type": kind, "block_size": BLOCK, "modules": len(names),

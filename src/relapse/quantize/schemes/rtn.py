@@ -18,6 +18,8 @@ class RoundToNearest(Quantizer):
                              f"got {g!r}")
 
     def quantize(self, model, bits, settings, job):
+        from relapse.models.codes import rtn_codes as stored_codes
+        from relapse.quantize.groups import group_width
         from relapse.quantize.modules import quantize_weights
         from relapse.quantize.rtn import rtn_codes, rtn_dequantize
 
@@ -27,7 +29,9 @@ class RoundToNearest(Quantizer):
         def one(weight):
             codes, scale, zero = rtn_codes(weight, bits, group, symmetric)
             return (rtn_dequantize(codes, scale, zero, weight.shape), scale.squeeze(-1),
-                    uniform_group_index(weight.shape[1], group))
+                    uniform_group_index(weight.shape[1], group),
+                    stored_codes(codes, scale, zero, bits, group_width(weight.shape[1], group),
+                                 symmetric, weight.shape))
 
         names, count = quantize_weights(model, settings, job, one)
         return {**settings, "modules": len(names), "weights_quantized": count}

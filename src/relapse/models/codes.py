@@ -1,0 +1,270 @@
+"""A quantized cell stored as codes (DESIGN §7, docs/quantization.md "On disk").
+
+A quantize-stage folder holds `model.codes.safetensors` and `quant_codes.json` instead of
+dequantized fp32 weights: per quantized weight its integer codes (packed, relapse.models.packing)
+and what maps them back to numbers (scales, zero points, a codebook, a library's block bytes);
+every other tensor (embeddings, norms, an unquantized lm_head) as it is, in bf16 or fp16 where
+that holds its float32 values exactly (`narrowed`). `quant_codes.json` says
+the format version and each tensor's layout. Loading decodes each weight with the arithmetic
+that produced its dequantized values, in float32, so the model the evaluation sees equals
+the one the quantizer computed (the quantize stage checks that tensor by tensor before it writes;
+a weight that would not come back equal is stored dense instead, and the layout says so).
+
+Kinds (the `kind` of a layout entry):
+- `rtn`: integer codes of `bits` bits per group of `group` input columns, fp32 `scale`
+  [out, groups] and, asymmetric, the zero point (packed like the codes); a symmetric code is
+  stored offset by 2^(bits−1). w = (code − zero)·scale, as relapse.quantize.rtn computes it.
+- `int8_rowwise`: LLM.int8's int8 codes and fp32 row absmax; w = code·(absmax/127).
+- `codebook4`: bitsandbytes' own packed 4-bit bytes (fp4/nf4 codes, two a byte) over the
+  row-major flattened weight cut in blocks of `blocksize`, the block absmax (fp32, after double
+  quantization if any) and the 16-value codebook; w = codebook[code]·absmax, as its kernels do.
+- `gguf`: llama.cpp's block bytes of the `type` (fp16 scale, packed codes), decoded by the
+  `gguf` package's own dequantizer, which is what produced the weights.
+A dense weight may carry its quantization grid (the layout's `grids`: tensors
+`{name}.grid_step` [out, groups] and `{name}.grid_group_index` [in]) where no codes give it
+(gptq and awq, whose weights stay dense here: their codes are GPTQModel's `native/`).
+
+Folders from before this format (dequantized `model.safetensors` beside
+`quant_steps.safetensors`) are refused with a "re-quantize" error (`check_not_legacy`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CODES_FILE = "model.codes.safetensors"
+CODES_JSON = "quant_codes.json"
+FORMAT = "relapse-quant-codes"
+VERSION = 1
+LEGACY_STEPS_FILE = "quant_steps.safetensors"
+KINDS = ("rtn", "int8_rowwise", "codebook4", "gguf")
+
+
+class Codes:
+    """One weight's codes: its kind, the JSON-able layout fields and the tensors (by suffix)."""
+
+    def __init__(self, kind: str, meta: dict[str, Any], tensors: dict[str, Any]):
+        if kind not in KINDS:
+            raise ValueError(f"unknown code kind {kind!r}; known: {', '.join(KINDS)}")
+        self.kind, self.meta, self.tensors = kind, meta, tensors
+
+    def decode(self):
+        return decode(self.kind, self.meta, self.tensors)
+
+
+def rtn_codes(codes, scale, zero, bits: int, group: int, symmetric: bool, shape) -> Codes:
+    """From relapse.quantize.rtn's float codes [rows, groups, group], scale and zero [.., 1]."""
+    import torch
+
+    offset = 2 ** (bits - 1) if symmetric else 0
+    from relapse.models.packing import pack_bits
+
+    tensors = {"codes": pack_bits((codes + offset).to(torch.int16), bits),
+               "scale": scale.reshape(scale.shape[0], -1).float().contiguous()}
+    if not symmetric:
+        tensors["zero"] = pack_bits(zero.to(torch.int16), bits)
+    return Codes("rtn", {"shape": list(shape), "bits": bits, "group": group,
+                         "symmetric": symmetric}, tensors)
+
+
+def decode(kind: str, meta: dict, t: dict):
+    """The float32 weight [out, in] of one layout entry."""
+    import torch
+
+    from relapse.models.packing import unpack_bits, unpack_float
+
+    rows, cols = meta["shape"]
+    if kind == "rtn":
+        bits, g = meta["bits"], meta["group"]
+        groups = cols // g
+        codes = unpack_float(t["codes"], bits, rows * cols).reshape(rows, groups, g)
+        scale = t["scale"].reshape(rows, groups, 1)
+        # In place, the same float32 operations as (codes − zero)·scale, without temporaries.
+        if meta["symmetric"]:
+            # codes − 2^(b−1) is exact in float32, and the zero point of a symmetric grid is 0
+            codes.sub_(2 ** (bits - 1))
+        else:
+            codes.sub_(unpack_bits(t["zero"], bits, rows * groups).reshape(rows, groups, 1)
+                       .float())
+        return codes.mul_(scale).reshape(rows, cols)
+    if kind == "int8_rowwise":
+        return t["codes"].float().mul_(t["absmax"].float()[:, None] / 127.0)
+    if kind == "codebook4":
+        block = meta["blocksize"]
+        n = rows * cols
+        padded = n + (-n) % block
+        idx = unpack_bits(t["codes"], 4, padded).long()
+        values = t["codebook"][idx].view(-1, block).mul_(t["absmax"].view(-1, 1))
+        return values.reshape(-1)[:n].reshape(rows, cols)
+    if kind == "gguf":
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        values = dequantize(t["codes"].numpy(), GGMLQuantizationType[meta["type"].upper()])
+        return torch.from_numpy(values.reshape(rows, cols)).float()
+    raise ValueError(f"unknown code kind {kind!r}")
+
+
+def is_codes_folder(path: str | Path) -> bool:
+    return (Path(path) / CODES_JSON).exists()
+
+
+def check_not_legacy(path: str | Path) -> None:
+    """Refuse a quantize-stage folder written before codes: its weights are dequantized fp32
+    and its grid sits in quant_steps.safetensors, which nothing reads any more."""
+    path = Path(path)
+    if (path / LEGACY_STEPS_FILE).exists() and not is_codes_folder(path):
+        raise ValueError(
+            f"{path}: a quantized folder in the format before codes (dequantized weights and "
+            f"{LEGACY_STEPS_FILE}, no {CODES_JSON}); re-quantize it: delete the folder and rerun "
+            "the rule that writes it (snakemake reruns the quantize job)")
+
+
+def read_layout(path: str | Path) -> dict:
+    path = Path(path)
+    layout = json.loads((path / CODES_JSON).read_text())
+    if layout.get("format") != FORMAT or layout.get("version") != VERSION:
+        raise ValueError(f"{path / CODES_JSON}: format {layout.get('format')!r} version "
+                         f"{layout.get('version')!r}; this relapse reads {FORMAT} version "
+                         f"{VERSION}: re-quantize the folder")
+    return layout
+
+
+def _entry_tensors(handle, name: str, entry: dict) -> dict:
+    prefix = name + "."
+    return {k[len(prefix):]: handle.get_tensor(k) for k in entry["keys"]}
+
+
+def decode_tensors(path: str | Path, names=None) -> dict:
+    """name -> float32 (dense tensors: as stored) weights of a codes folder; `names` limits it
+    to those (the survival diagnostics read only the quantized Linear weights)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    layout = read_layout(path)
+    wanted = set(names) if names is not None else None
+    out = {}
+    with safe_open(str(path / layout["file"]), framework="pt") as handle:
+        for name in layout["dense"]:
+            if wanted is None or name in wanted:
+                out[name] = handle.get_tensor(name)
+                if name in layout["narrowed"]:
+                    out[name] = out[name].float()
+        for name, entry in layout["tensors"].items():
+            if wanted is None or name in wanted:
+                out[name] = decode(entry["kind"], entry, _entry_tensors(handle, name, entry))
+    if wanted is not None and wanted - set(out):
+        raise KeyError(f"{path}: no tensor(s) {', '.join(sorted(wanted - set(out)))}")
+    return out
+
+
+def read_entry(path: str | Path, name: str) -> tuple[dict, dict]:
+    """(layout entry, its raw tensors) of one quantized weight, e.g. for its grid."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    layout = read_layout(path)
+    entry = layout["tensors"][name]
+    with safe_open(str(path / layout["file"]), framework="pt") as handle:
+        return entry, _entry_tensors(handle, name, entry)
+
+
+def _bitwise_equal(a, b) -> bool:
+    """Same values and dtype (torch.equal; an exact zero's sign aside, which no sum sees)."""
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+def _narrowed(value, name: str, narrowed: dict):
+    """A float32 tensor in bf16 or fp16 where that holds every value exactly (an embedding
+    untouched since a bf16 or fp16 release, say): half the bytes, the same numbers back."""
+    import torch
+
+    if value.dtype == torch.float32:
+        for dtype in (torch.bfloat16, torch.float16):
+            small = value.to(dtype)
+            if torch.equal(small.float(), value):
+                narrowed[name] = str(dtype).removeprefix("torch.")
+                return small.contiguous()
+    return value.contiguous()
+
+
+def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
+                      grids: dict[str, tuple[Any, Any]] | None = None, codebook=None) -> dict:
+    """Write `model` (its weights already the dequantized values) as a codes folder: `codes`
+    maps a weight's state-dict name to its Codes; `grids` maps a module to (step or block
+    absmax, group_index) for quantized weights whose grid the codes do not give (`codebook`:
+    a codebook scheme's table, stored with them). Returns the layout."""
+    import torch
+    from safetensors.torch import save_file
+
+    from relapse.io import write_json
+    from relapse.models.io import seal_weights
+
+    out_dir = Path(out_dir)
+    grids = grids or {}
+    tensors, entries, explicit, dense, fallback, seen = {}, {}, {}, [], [], set()
+    narrowed: dict[str, str] = {}
+    for name, value in model.state_dict().items():
+        if value.data_ptr() in seen:            # a tied weight (lm_head = embeddings): once
+            continue
+        seen.add(value.data_ptr())
+        value = value.detach().cpu()
+        entry = codes.get(name)
+        if entry is not None and (value.dtype != torch.float32
+                                  or not _bitwise_equal(entry.decode(), value)):
+            fallback.append(name)
+            entry = None
+        module = name.removesuffix(".weight")
+        if entry is None:
+            dense.append(name)
+            tensors[name] = _narrowed(value, name, narrowed)
+            if module in grids and name.endswith(".weight"):
+                step, group_index = grids[module]
+                tensors[f"{name}.grid_step"] = step.float().contiguous()
+                tensors[f"{name}.grid_group_index"] = group_index.to(torch.int32).contiguous()
+                explicit[name] = [f"{name}.grid_step", f"{name}.grid_group_index"]
+            continue
+        keys = []
+        for suffix, tensor in entry.tensors.items():
+            tensors[f"{name}.{suffix}"] = tensor.contiguous()
+            keys.append(f"{name}.{suffix}")
+        entries[name] = {"kind": entry.kind, **entry.meta, "keys": keys}
+    if explicit and codebook is not None:
+        tensors["grid_codebook"] = codebook.detach().float().cpu().contiguous()
+    if fallback:
+        print(f"[quantize] note: {len(fallback)} weight(s) did not decode to exactly the "
+              f"quantized values and are stored dense: {', '.join(fallback[:5])}", flush=True)
+    save_file(tensors, str(out_dir / CODES_FILE), metadata={"format": "pt"})
+    layout = {"format": FORMAT, "version": VERSION, "file": CODES_FILE, "tensors": entries,
+              "dense": dense, "narrowed": narrowed, "grids": explicit, "stored_dense": fallback}
+    write_json(out_dir / CODES_JSON, layout)
+    model.config.save_pretrained(str(out_dir))
+    if model.can_generate():
+        model.generation_config.save_pretrained(str(out_dir))
+    seal_weights(out_dir)
+    return layout
+
+
+def load_codes_model(path: str | Path, device: str = "cpu", dtype: str = "float32",
+                     trust_remote_code: bool = False):
+    """The model of a codes folder: its decoded float32 weights loaded by transformers exactly
+    as a folder of those weights would be (cast to `dtype` the same way)."""
+    import torch
+    from transformers import AutoConfig, GenerationConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    path = Path(path)
+    state = decode_tensors(path)
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    kwargs = {}
+    if (path / "generation_config.json").exists():
+        kwargs["generation_config"] = GenerationConfig.from_pretrained(str(path))
+    # The class AutoModelForCausalLM would pick; it takes no state_dict with a folder.
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
+        None, config=config, state_dict=state, dtype=getattr(torch, dtype), **kwargs)
+    model.config.name_or_path = model.name_or_path = str(path)   # as a load from the folder
+    return model.to(device).eval()
