@@ -415,30 +415,34 @@ def quants_of(cfg: dict) -> list[tuple[str, dict, int]]:
             for e in cfg["quantization"]["schemes"] if e["scheme"] != "none" for b in e["bits"]]
 
 
-def measured_codes() -> dict[str, dict]:
-    """Quant id -> {"linear_bytes_per_param" or "bytes_per_param": value} found anywhere in
-    benchmarks/quantized_codes.json (written by the quantized-codes benchmark), keyed like
-    `rtn-w4`; {} when the file is absent."""
+# benchmarks/quantized_codes.json's scheme names -> (scheme, bits, quant_type) of a config entry
+MEASURED_NAMES = {"rtn-w8": ("rtn", 8, None), "rtn-w4": ("rtn", 4, None),
+                  "rtn-w3": ("rtn", 3, None), "bnb-fp4": ("bnb", 4, "fp4"),
+                  "bnb-nf4-dq": ("bnb", 4, "nf4"), "bnb-int8": ("bnb", 8, None)}
+# Schemes the codes format does not convert (relapse.models.codes): GPTQModel's packed format
+# has no bit-exact torch decoder yet, so their cells keep dense fp32 weights and a grid.
+DENSE_SCHEMES = ("gptq", "awq")
+
+
+def measured_codes() -> dict[tuple, dict]:
+    """(scheme, bits, quant_type) -> {"overhead_bytes_per_group", "group", "bytes"} from
+    benchmarks/quantized_codes.json: what a measured cell stores per quantized Linear parameter
+    beyond bits/8, as bytes per group of its group size (rtn: scale + zero; bnb 4-bit: absmax
+    per block of 64), so that a config's other group size is priced from the same layout;
+    {} when the file is absent."""
     if not CODES_JSON.exists():
         return {}
-    found: dict[str, dict] = {}
-
-    def walk(obj):
-        if isinstance(obj, dict):
-            for key, value in obj.items():
-                if isinstance(key, str) and re.fullmatch(r"[a-z0-9_]+-w\d+", key) \
-                        and isinstance(value, dict):
-                    for field in ("linear_bytes_per_param", "bytes_per_param"):
-                        if isinstance(value.get(field), (int, float)) and key not in found:
-                            found[key] = {field: float(value[field])}
-                            break
-                walk(value)
-        elif isinstance(obj, list):
-            for value in obj:
-                walk(value)
-
-    walk(json.loads(CODES_JSON.read_text()))
-    return found
+    data = json.loads(CODES_JSON.read_text())
+    out = {}
+    for name, key in MEASURED_NAMES.items():
+        row = data.get("schemes", {}).get(name)
+        if not row or "bytes_per_quantized_param" not in row:
+            continue
+        group = data.get("group_size", 64) if key[0] == "rtn" else 64
+        extra = row["bytes_per_quantized_param"] - key[1] / 8
+        out[key] = {"bytes": row["bytes_per_quantized_param"], "group": group,
+                    "overhead_bytes_per_group": extra * group}
+    return out
 
 
 def linear_bytes_formula(entry: dict, bits: int, m: dict) -> float:
@@ -460,17 +464,29 @@ def linear_bytes_formula(entry: dict, bits: int, m: dict) -> float:
 
 
 def codes_cells(cfg: dict, P: dict, m: dict) -> dict:
-    """Quant id -> {"gb": a 7B cell's folder as codes, "source": measured | formula}."""
+    """Quant id -> {"gb": a 7B cell's folder as relapse writes it, "source": how it was sized}:
+    codes priced from the measured layout where the benchmark measured the scheme, else by the
+    formula; gptq/awq dense fp32 (not converted)."""
     measured = measured_codes()
     out = {}
     for qid, entry, bits in quants_of(cfg):
-        got = measured.get(qid, {})
-        if "linear_bytes_per_param" in got:
-            gb = (P["linear"] * got["linear_bytes_per_param"] + (P["head"] + P["embed"]) * 4) / 1e9
-            source = "measured (benchmarks/quantized_codes.json, per quantized Linear parameter)"
-        elif "bytes_per_param" in got:
-            gb = P["total"] * got["bytes_per_param"] / 1e9
-            source = "measured (benchmarks/quantized_codes.json, whole folder per parameter)"
+        key = (entry["scheme"], bits, entry.get("quant_type") if entry["scheme"] == "bnb"
+               and bits == 4 else None)
+        got = measured.get(key)
+        if entry["scheme"] in DENSE_SCHEMES:
+            gb = P["total"] * 4 / 1e9
+            source = "dense fp32 (gptq/awq are not stored as codes: relapse.models.codes)"
+        elif got and entry["scheme"] == "rtn":
+            group = entry.get("group_size", 64)
+            bpp = bits / 8 + got["overhead_bytes_per_group"] / group
+            gb = (P["linear"] * bpp + (P["head"] + P["embed"]) * 4) / 1e9
+            source = (f"measured layout ({got['bytes']:.4f} bytes per quantized parameter at group "
+                      f"{got['group']}, benchmarks/quantized_codes.json) at group {group}: "
+                      f"{bpp:.4f}")
+        elif got:
+            gb = (P["linear"] * got["bytes"] + (P["head"] + P["embed"]) * 4) / 1e9
+            source = (f"measured ({got['bytes']:.4f} bytes per quantized parameter, "
+                      "benchmarks/quantized_codes.json)")
         else:
             bpp = linear_bytes_formula(entry, bits, m)
             gb = (P["linear"] * bpp + (P["head"] + P["embed"]) * 4) / 1e9

@@ -46,12 +46,23 @@ def test_a_codes_cell_by_hand_and_from_the_measured_json(cost, tmp_path, monkeyp
     cell = cost.codes_cells(cfg, P, m)["rtn-w4"]
     assert cell["gb"] == pytest.approx((linear * 0.5625 + unquantized) / 1e9, abs=1e-3)
     assert cell["source"].startswith("formula")
+    # measured at group 64: 0.5703 bytes per quantized parameter = 0.5 + 4.5 bytes per group
+    # of 64; priced at the config's group of 128 from the same per-group bytes
     measured = tmp_path / "quantized_codes.json"
-    measured.write_text(json.dumps({"schemes": {"rtn-w4": {"linear_bytes_per_param": 0.53}}}))
+    measured.write_text(json.dumps({"schemes": {"rtn-w4": {"bytes_per_quantized_param": 0.5703125},
+                                                "bnb-nf4-dq": {"bytes_per_quantized_param": 0.55}}}))
     monkeypatch.setattr(cost, "CODES_JSON", measured)
     cell = cost.codes_cells(cfg, P, m)["rtn-w4"]
-    assert cell["gb"] == pytest.approx((linear * 0.53 + unquantized) / 1e9, abs=1e-3)
-    assert cell["source"].startswith("measured")
+    assert cell["gb"] == pytest.approx((linear * (0.5 + 4.5 / 128) + unquantized) / 1e9, abs=1e-3)
+    assert cell["source"].startswith("measured layout")
+    nf4 = {"scheme": "bnb", "name": "bnb_nf4", "bits": [4], "quant_type": "nf4"}
+    cells = cost.codes_cells({"quantization": {"schemes": [nf4, {"scheme": "gptq", "bits": [4]}]}},
+                             P, m)
+    assert cells["bnb_nf4-w4"]["gb"] == pytest.approx((linear * 0.55 + unquantized) / 1e9,
+                                                      abs=1e-3)
+    # gptq is not stored as codes: its cell stays a dense fp32 folder
+    assert cells["gptq-w4"]["gb"] == pytest.approx(P["total"] * 4 / 1e9, abs=1e-3)
+    assert cells["gptq-w4"]["source"].startswith("dense")
 
 
 def test_the_utility_cap_scores_a_sample_of_texts(cost):
