@@ -3,6 +3,7 @@ come from a committed run, never by hand.
 
     python benchmarks/run_tables.py --run DIR --config config/defenses.yaml --name defenses_run \
         --tables ranking.csv metric_robustness.csv worst_case.csv revival.csv [--seconds S]
+    python benchmarks/run_tables.py --render-ranking defenses_run [--write-readme]
 
 copies DIR/results/tables/<table> into benchmarks/<name>/ and writes benchmarks/<name>/run.json:
 the config and its hash, the commit the run's checkout was at, the wall seconds when given (a
@@ -20,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+RANKING_BEGIN, RANKING_END = "<!-- defenses-run:begin -->", "<!-- defenses-run:end -->"
 
 
 def rule_seconds(run: Path) -> dict[str, dict]:
@@ -56,14 +58,66 @@ def collect(run: Path, config: str, name: str, tables: list[str],
     return out
 
 
+def _pct(row, name: str) -> str:
+    return (f"{100 * row[name]:.1f} [{100 * row[name + '_ci_low']:.1f}, "
+            f"{100 * row[name + '_ci_high']:.1f}]")
+
+
+def render_ranking(name: str) -> str:
+    """The README's durability-ranking table from benchmarks/<name>/ranking.csv and run.json."""
+    import json
+
+    frame = pd.read_csv(ROOT / "benchmarks" / name / "ranking.csv")
+    run = json.loads((ROOT / "benchmarks" / name / "run.json").read_text())
+    lines = ["| rank | method (selected lr) | full precision | worst 4-bit | relearn 20 steps "
+             "(held-out facts) | pruned 50% | worst case | KnowMem_r | verdict |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for _, row in frame.sort_values("rank").iterrows():
+        lr = dict(p.split("=", 1) for p in row.hp.split("_") if "=" in p).get("lr", "?")
+        lines.append(
+            f"| {row['rank']} | `{row.method}` ({float(lr):.0e}) | {_pct(row, 'full')} | "
+            f"{_pct(row, 'worst_4bit')} | {_pct(row, 'relearn')} | {_pct(row, 'prune')} | "
+            f"{_pct(row, 'worst')} | {row.knowmem_retain:.1f} | {row.verdict} |")
+    wall = run.get("wall_seconds")
+    lines += ["", f"Knowledge retained, % of the target's KnowMem_f at the same precision, with "
+              f"its 95% item-bootstrap CI; one seed; `{run['config']}` at commit "
+              f"{run['commit'][:7]}, {len(frame)} methods, "
+              + (f"{wall / 60:.0f} min wall on 2 shared cores ({run['job_seconds'] / 60:.0f} "
+                 f"min of job time)" if wall else f"{run['job_seconds'] / 60:.0f} min of job time")
+              + f" (`benchmarks/{name}/`)."]
+    return "\n".join(lines).replace("e-0", "e-")
+
+
+def write_readme_block(block: str, begin: str, end: str, readme: Path = ROOT / "README.md"):
+    from relapse.io import atomic_file
+
+    text = readme.read_text()
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with atomic_file(readme) as tmp:
+        tmp.write_text(f"{head}{begin}\n{block}\n{end}{tail}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run", type=Path, required=True, help="the run's working directory")
-    parser.add_argument("--config", required=True, help="its config, relative to --run")
-    parser.add_argument("--name", required=True, help="benchmarks/<name>/ gets the copies")
-    parser.add_argument("--tables", nargs="+", required=True)
+    parser.add_argument("--run", type=Path, help="the run's working directory")
+    parser.add_argument("--config", help="its config, relative to --run")
+    parser.add_argument("--name", help="benchmarks/<name>/ gets the copies")
+    parser.add_argument("--tables", nargs="+")
     parser.add_argument("--seconds", type=float, default=None, help="the run's wall seconds")
+    parser.add_argument("--render-ranking", metavar="NAME",
+                        help="print the README ranking table of benchmarks/NAME/")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="with --render-ranking: write it between the README's markers")
     args = parser.parse_args(argv)
+    if args.render_ranking:
+        block = render_ranking(args.render_ranking)
+        if args.write_readme:
+            write_readme_block(block, RANKING_BEGIN, RANKING_END)
+        print(block)
+        return
+    if not (args.run and args.config and args.name and args.tables):
+        parser.error("--run, --config, --name and --tables are required to collect")
     print(collect(args.run, args.config, args.name, args.tables, args.seconds))
 
 

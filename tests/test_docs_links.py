@@ -200,3 +200,26 @@ def test_the_readme_default_numbers_are_the_committed_runs():
     spec.loader.exec_module(module)
     assert module.readme_block(root / "README.md") == module.render(root / "benchmarks" /
                                                                     "default_run")
+
+
+def test_the_readme_ranking_is_the_committed_defenses_run():
+    """README "Which unlearning survives?" is benchmarks/run_tables.py's rendering of the committed
+    run of config/defenses.yaml (benchmarks/defenses_run/ranking.csv), and that run ranked every
+    method the config lists, each once."""
+    import importlib.util
+
+    import pandas as pd
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("run_tables",
+                                                  root / "benchmarks" / "run_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (root / "README.md").read_text()
+    block = text.split(module.RANKING_BEGIN, 1)[1].split(module.RANKING_END, 1)[0].strip()
+    assert block == module.render_ranking("defenses_run")
+    ranked = pd.read_csv(root / "benchmarks" / "defenses_run" / "ranking.csv")
+    config = yaml.safe_load((root / "config" / "defenses.yaml").read_text())
+    assert sorted(ranked.method) == sorted(config["methods"])
+    assert list(ranked.sort_values("rank").worst) == sorted(ranked.worst)
