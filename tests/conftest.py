@@ -67,6 +67,39 @@ def qa_lm(tiny_lm):
 
 
 @pytest.fixture(scope="session")
+def memorized_lm(tmp_path_factory, tiny_lm, data_dir):
+    """The tiny model after 40 AdamW steps on forget + retain texts: a target that has something
+    to unlearn (forget and retain NLL about 0.5, from 6.4 at random init; forget tokens likely,
+    so probability-weighted losses are not ~0). Trained once per session, read-only."""
+    import copy
+
+    import pandas as pd
+    import torch
+
+    from relapse.models.batching import encode
+    from relapse.models.io import save_model
+
+    _, model, tok = tiny_lm
+    texts = [t for split in ("forget", "retain")
+             for t in pd.read_parquet(data_dir / f"{split}.parquet").text]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the loop is tiny: more threads only contend (10x slower here)
+    torch.manual_seed(0)
+    model = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = encode(tok, texts, eos=True)
+    for _ in range(40):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    folder = tmp_path_factory.mktemp("memorized_lm")
+    tok.save_pretrained(str(folder))
+    save_model(model.eval(), folder)
+    return folder, model.eval(), tok
+
+
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """The synthetic corpus (20 people, seed 0) prepared once: read-only for every test."""
     from relapse.data.prepare import prepare

@@ -302,30 +302,9 @@ def _forget_nll(model, tok, data_dir):
 
 
 @pytest.fixture(scope="module")
-def trained_lm(tmp_path_factory, tiny_lm, data_dir):
-    """The tiny model after 40 steps on forget + retain texts (test_unlearn.py's target_lm):
-    a target that knows what it is asked to forget."""
-    from relapse.models.batching import encode
-    from relapse.models.io import save_model
-
-    _, model, tok = tiny_lm
-    texts = [t for split in ("forget", "retain")
-             for t in pd.read_parquet(data_dir / f"{split}.parquet").text]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = encode(tok, texts, eos=True)
-    for _ in range(40):
-        opt.zero_grad()
-        model(**batch).loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    folder = tmp_path_factory.mktemp("trained_lm")
-    tok.save_pretrained(str(folder))
-    save_model(model.eval(), folder)
-    return folder, model.eval(), tok
+def trained_lm(memorized_lm):
+    """conftest.memorized_lm: a target that knows what it is asked to forget."""
+    return memorized_lm
 
 
 @pytest.mark.parametrize("params", ["full", "lora"])

@@ -263,29 +263,10 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(tiny_lm, method, hp
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory, tiny_lm, data_dir):
-    """The tiny model after 40 steps on forget + retain texts (as test_unlearn.py's target_lm):
-    forget tokens are likely, so the probability weights of WGA and SatImp are not ~0."""
-    from relapse.models.batching import encode
-    from relapse.models.io import save_model
-
-    _, model, tok = tiny_lm
-    texts = [t for s in ("forget", "retain") for t in pd.read_parquet(data_dir / f"{s}.parquet").text]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = encode(tok, texts, eos=True)
-    for _ in range(40):
-        opt.zero_grad()
-        model(**batch).loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    folder = tmp_path_factory.mktemp("reweighted_target")
-    tok.save_pretrained(str(folder))
-    save_model(model.eval(), folder)
-    return folder, model.eval(), tok
+def target(memorized_lm):
+    """conftest.memorized_lm: forget tokens are likely, so the probability weights
+    of WGA and SatImp are not ~0."""
+    return memorized_lm
 
 
 def _nll(model, tok, texts):

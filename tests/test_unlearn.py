@@ -14,32 +14,9 @@ CFG = {"batch_size": 4, "grad_clip": 1.0, "loss_variant": "paper",
 
 
 @pytest.fixture(scope="module")
-def target_lm(tmp_path_factory, tiny_lm, data_dir):
-    """The tiny model after 40 steps on forget + retain texts: a target that has something to
-    unlearn (forget and retain NLL about 0.5, from 6.4 at random init)."""
-    import copy
-
-    from relapse.models.batching import encode
-    from relapse.models.io import save_model
-
-    _, model, tok = tiny_lm
-    texts = [t for split in ("forget", "retain")
-             for t in pd.read_parquet(data_dir / f"{split}.parquet").text]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # the loop is tiny: more threads only contend (10x slower here)
-    torch.manual_seed(0)
-    model = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = encode(tok, texts, eos=True)
-    for _ in range(40):
-        opt.zero_grad()
-        model(**batch).loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    folder = tmp_path_factory.mktemp("target_lm")
-    tok.save_pretrained(str(folder))
-    save_model(model.eval(), folder)
-    return folder, model.eval(), tok
+def target_lm(memorized_lm):
+    """conftest.memorized_lm: a target that has something to unlearn."""
+    return memorized_lm
 
 
 @pytest.fixture(scope="module")
