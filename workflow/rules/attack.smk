@@ -9,40 +9,9 @@
 from relapse.attacks import plan as attack_plan
 from relapse.attacks.registry import attack_names
 
-# The slice was checked by relapse.config.validate (relapse.attacks.plan.check).
-# attacks.hps: selected: the unlearned models attacked are each method's hp that the select_hps
-# checkpoint (select.smk) picks, so their cells, and the inputs of the tables and the
-# representation files that name them, are known only once it has run (input functions below);
-# before, ATTACK_CELLS holds the baselines' cells.
-
-
-def attack_selection():
-    """bench -> {(method, hp)} from the select_hps checkpoints of the attacked benches under
-    attacks.hps: selected; None otherwise (the static slice)."""
-    if not attack_plan.follows_selection(config):
-        return None
-    from relapse.report.selection import read_selection
-
-    benches = config["attacks"].get("benchmarks") or BENCHES
-    return {b: read_selection(checkpoints.select_hps.get(bench=b).output[0]) for b in benches}
-
-
-def attack_cell_metrics(w):
-    return [c.metrics for c in attack_plan.attack_cells(config, attack_selection())]
-
-
-def attack_base_metrics(w):
-    return [c.metrics for c in attack_plan.baseline_cells(config, attack_selection())]
-
-
-def attack_represent_files(w):
-    return attack_plan.represent_files(config, attack_selection())
-
-
-def durability_samples(w):
-    return attack_plan.durability_samples(config, attack_selection())
-
-
+# The slice was checked by relapse.config.validate (relapse.attacks.plan.check). Under
+# attacks.hps: selected the attacked cells follow the select_hps checkpoint: the input
+# functions (attack_selection and those after it) are in common.smk.
 ATTACK_CELLS = attack_plan.attack_cells(config)
 # The report plots the relearning curves (report.smk) when relearning runs.
 RELEARN_CURVES = [attack_plan.RELEARN_TABLE] if attack_plan.attacks_relearn(config) else []

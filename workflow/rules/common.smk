@@ -13,6 +13,7 @@ from relapse import grid
 from relapse.config import ConfigError, check_device, gpu_count, load_yaml, validate
 from relapse.fingerprint import local_fingerprint
 from relapse.quantize.registry import get_quantizer
+from relapse.attacks import plan as attack_plan
 from relapse.quantize import plan as quantize_plan
 
 
@@ -360,3 +361,46 @@ PRESELECTION_METRICS = ([cell.metrics for cell in grid.cells(config)]
 
 def selection_metrics(w):
     return [cell.metrics for cell in grid.selection_cells(config, w.bench)]
+
+
+# attacks.hps: selected: the unlearned models attacked are each method's hp that the select_hps
+# checkpoint (select.smk) picks, so their cells, and the inputs of the tables and the
+# representation files that name them, are known only once it has run (input functions below);
+# before, ATTACK_CELLS holds the baselines' cells.
+
+
+def attack_selection():
+    """bench -> {(method, hp)} from the select_hps checkpoints of the attacked benches under
+    attacks.hps: selected; None otherwise (the static slice)."""
+    if not attack_plan.follows_selection(config):
+        return None
+    from relapse.report.selection import read_selection
+
+    benches = config["attacks"].get("benchmarks") or BENCHES
+    return {b: read_selection(checkpoints.select_hps.get(bench=b).output[0]) for b in benches}
+
+
+def attack_cell_metrics(w):
+    return [c.metrics for c in attack_plan.attack_cells(config, attack_selection())]
+
+
+def attack_base_metrics(w):
+    return [c.metrics for c in attack_plan.baseline_cells(config, attack_selection())]
+
+
+def attack_represent_files(w):
+    return attack_plan.represent_files(config, attack_selection())
+
+
+def durability_samples(w):
+    return attack_plan.durability_samples(config, attack_selection())
+
+
+def report_attack_samples(w):
+    """The attacked cells' samples once the config attacks a model (report.smk)."""
+    attacked = bool(attack_plan.attack_cells(config)) or attack_plan.attacks_unlearned(config)
+    return durability_samples(w) if attacked else []
+
+
+def report_represent_files(w):
+    return attack_represent_files(w) if attack_plan.attacks_represent(config) else []

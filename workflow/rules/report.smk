@@ -25,17 +25,6 @@ REPORT_META = report_plan.meta_parts(
     diagnosed=bool(REPORT_DIAGNOSTICS) or REPORT_REPRESENTS)
 
 
-def report_attack_samples(w):
-    return durability_samples(w) if REPORT_ATTACKED else []
-
-
-def report_represent_files(w):
-    return attack_represent_files(w) if REPORT_REPRESENTS else []
-
-
-
-
-
 # Every input of the report, checked in a job of its own: Snakemake removes a job's old outputs
 # when it starts, so a bad input found by the report itself would cost the previous tables.
 rule check_cells:
