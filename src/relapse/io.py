@@ -71,6 +71,17 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv(path: str | os.PathLike, frame) -> None:
+    """A DataFrame as CSV, without its index."""
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from relapse.io import write_csv, write_text
 from relapse.report import captions
 from relapse.report.measures import (has_world, lm_eval_measures, main_measures, measures,
                                      quant_order, wide)
@@ -30,14 +31,17 @@ from relapse.report.selection import DEFAULT as DEFAULT_SELECTION
 from relapse.report.selection import select_hps
 
 DEFAULT_REPORT = {"retained_metrics": ["knowmem_forget", "verbmem_forget"],
-                  "selection": DEFAULT_SELECTION, "faithfulness": {"min_pool": 5}}
+                  "selection": DEFAULT_SELECTION, "faithfulness": {"min_pool": 5},
+                  "utility_budget": 0.10, "min_correlation_models": 5}
 
 
 def report_settings(cfg: dict) -> dict:
     got = cfg.get("report", {})
     return {"retained_metrics": got.get("retained_metrics", DEFAULT_REPORT["retained_metrics"]),
             "selection": {**DEFAULT_REPORT["selection"], **got.get("selection", {})},
-            "faithfulness": {**DEFAULT_REPORT["faithfulness"], **got.get("faithfulness", {})}}
+            "faithfulness": {**DEFAULT_REPORT["faithfulness"], **got.get("faithfulness", {})},
+            **{k: got.get(k, DEFAULT_REPORT[k])
+               for k in ("utility_budget", "min_correlation_models")}}
 
 
 def retained_keys(settings: dict) -> list[str]:
@@ -95,20 +99,6 @@ def mean_retained(metrics: pd.DataFrame, samples: pd.DataFrame | None, chosen: p
     return out
 
 
-def _write_text(path: Path, text: str) -> None:
-    from relapse.io import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    from relapse.io import atomic_file
-
-    with atomic_file(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 def write_tables(tables: dict[str, PaperTable], chosen: pd.DataFrame, tables_dir: Path) -> None:
     from relapse.report.latex import to_latex
     from relapse.report.markdown import to_markdown
@@ -117,10 +107,10 @@ def write_tables(tables: dict[str, PaperTable], chosen: pd.DataFrame, tables_dir
              if not ok}
     for name, table in tables.items():
         labels = ("method", "hp") if name == "grid" else ("method",)
-        _write_text(tables_dir / f"{name}.md", to_markdown(table, marks=marks))
-        _write_text(tables_dir / f"{name}.tex", to_latex(table, labels, marks=marks))
-        _write_csv(tables_dir / f"{name}.csv", table.flat())
-    _write_csv(tables_dir / "selection.csv", chosen)
+        write_text(tables_dir / f"{name}.md", to_markdown(table, marks=marks))
+        write_text(tables_dir / f"{name}.tex", to_latex(table, labels, marks=marks))
+        write_csv(tables_dir / f"{name}.csv", table.flat())
+    write_csv(tables_dir / "selection.csv", chosen)
 
 
 def write_figures(frame: pd.DataFrame, chosen: pd.DataFrame, quants: list[str], figures_dir: Path,
@@ -163,8 +153,8 @@ def build_report(inputs: list[str], cfg: dict, table_out: str | Path, tables_dir
                f"{cfg['unlearning'].get('loss_variant', 'paper')}), PrivLeak (Min-K% AUC "
                f"{captions.privleak_text(cfg)}, %), PPL_r (retain_eval perplexity) where "
                "computed, and retained. " + captions.RETAINED_DEFINITION + ", for KnowMem_f.")
-    _write_text(tables_dir / "summary.md", to_markdown(summary, caption))
-    _write_csv(tables_dir / "summary.csv", summary)
+    write_text(tables_dir / "summary.md", to_markdown(summary, caption))
+    write_csv(tables_dir / "summary.csv", summary)
 
     wanted = measures(retained_keys(report_settings(cfg)), has_world(metrics),
                       lm_eval_measures(metrics))

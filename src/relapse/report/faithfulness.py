@@ -99,12 +99,10 @@ def write_faithfulness(metrics: pd.DataFrame, tables_dir, min_pool: int = DEFAUL
     """faithfulness.{md,csv} under `tables_dir`."""
     from pathlib import Path
 
-    from relapse.io import atomic_file
+    from relapse.io import write_csv, write_text
 
     table = faithfulness_table(metrics, min_pool, boot)
     stem = Path(tables_dir) / "faithfulness"
-    with atomic_file(f"{stem}.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_file(f"{stem}.md") as tmp:
-        Path(tmp).write_text(to_markdown(table))
+    write_csv(f"{stem}.csv", table)
+    write_text(f"{stem}.md", to_markdown(table))
     return table

@@ -15,29 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from relapse.io import write_csv, write_text
 from relapse.report.plan import META_DIAGNOSTICS, META_RELEARN_FIGURE, META_REVIVAL, META_WORST
-
-DEFAULTS = {"utility_budget": 0.10, "min_correlation_models": 5}
-
-
-def meta_settings(cfg: dict) -> dict:
-    got = cfg.get("report", {})
-    return {k: got.get(k, v) for k, v in DEFAULTS.items()}
-
-
-def _text(path: Path, text: str) -> None:
-    from relapse.io import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
-def _csv(path: Path, frame: pd.DataFrame) -> None:
-    from relapse.io import atomic_file
-
-    with atomic_file(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
 
 def write_meta(metrics: pd.DataFrame, cfg: dict, tables_dir: str | Path, figures_dir: str | Path,
                parts: set[str], attacks: str | None = None, samples: list[str] | None = None,
@@ -48,6 +27,7 @@ def write_meta(metrics: pd.DataFrame, cfg: dict, tables_dir: str | Path, figures
     from relapse.report import diagnostics_attacks as da
     from relapse.report import revival, worst_case
     from relapse.report.attack_matrix import _item_index, attack_matrix, item_paths_scores
+    from relapse.report.build import report_settings
     from relapse.report.figures import save
     from relapse.report.inputs import read_diagnostics
     from relapse.report.measures import bootstrap_settings
@@ -55,7 +35,7 @@ def write_meta(metrics: pd.DataFrame, cfg: dict, tables_dir: str | Path, figures
     if not parts:
         return []
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
-    s = meta_settings(cfg)
+    s = report_settings(cfg)
     boot = bootstrap_settings(cfg.get("evaluation", {}).get("bootstrap"))
     att = pd.read_parquet(attacks) if attacks and Path(attacks).exists() else None
     items = item_paths_scores(samples or [])
@@ -65,16 +45,16 @@ def write_meta(metrics: pd.DataFrame, cfg: dict, tables_dir: str | Path, figures
     out = []
     if META_WORST in parts:
         utility = matrix.utility_measure.iloc[0] if len(matrix) else "knowmem/retain/rougeL_f1"
-        _text(tables_dir / f"{META_WORST}.md", worst_case.to_markdown(worst, budget, utility))
-        _csv(tables_dir / f"{META_WORST}.csv", worst)
+        write_text(tables_dir / f"{META_WORST}.md", worst_case.to_markdown(worst, budget, utility))
+        write_csv(tables_dir / f"{META_WORST}.csv", worst)
         out += [tables_dir / f"{META_WORST}.md", tables_dir / f"{META_WORST}.csv"]
     if META_RELEARN_FIGURE in parts:
         out += save(worst_case.relearn_figure(matrix, budget), figures_dir / META_RELEARN_FIGURE)
     if META_REVIVAL in parts:
         points = revival.revival_points(matrix, _item_index(items), boot)
-        _text(tables_dir / f"{META_REVIVAL}.md",
+        write_text(tables_dir / f"{META_REVIVAL}.md",
               revival.to_markdown(revival.revival_counts(points), points))
-        _csv(tables_dir / f"{META_REVIVAL}.csv", points)
+        write_csv(tables_dir / f"{META_REVIVAL}.csv", points)
         out += [tables_dir / f"{META_REVIVAL}.md", tables_dir / f"{META_REVIVAL}.csv"]
         out += save(revival.revival_figure(points), figures_dir / META_REVIVAL)
     if META_DIAGNOSTICS in parts:
@@ -83,8 +63,8 @@ def write_meta(metrics: pd.DataFrame, cfg: dict, tables_dir: str | Path, figures
         rec = da.recoveries(matrix, worst)
         minimum = s["min_correlation_models"]
         table = da.correlations(diag, rec, minimum, boot)
-        _text(tables_dir / f"{META_DIAGNOSTICS}.md", da.to_markdown(table, minimum))
-        _csv(tables_dir / f"{META_DIAGNOSTICS}.csv", table)
+        write_text(tables_dir / f"{META_DIAGNOSTICS}.md", da.to_markdown(table, minimum))
+        write_csv(tables_dir / f"{META_DIAGNOSTICS}.csv", table)
         out += [tables_dir / f"{META_DIAGNOSTICS}.md", tables_dir / f"{META_DIAGNOSTICS}.csv"]
         out += save(da.scatter_figure(diag, rec, table), figures_dir / META_DIAGNOSTICS)
     return out

@@ -365,13 +365,11 @@ def write_robustness(metrics: pd.DataFrame, attacks: pd.DataFrame | None, tables
     """metric_robustness.{parquet,md,csv} under `tables_dir`."""
     from pathlib import Path
 
-    from relapse.io import atomic_file, write_parquet
+    from relapse.io import write_csv, write_parquet, write_text
 
     table = robustness_table(metrics, attacks, samples, boot)
     stem = Path(tables_dir) / "metric_robustness"
     write_parquet(f"{stem}.parquet", table, meta or {})
-    with atomic_file(f"{stem}.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_file(f"{stem}.md") as tmp:
-        Path(tmp).write_text(to_markdown(table))
+    write_csv(f"{stem}.csv", table)
+    write_text(f"{stem}.md", to_markdown(table))
     return table

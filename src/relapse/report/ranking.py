@@ -213,15 +213,13 @@ def ranking_figure(table: pd.DataFrame):
 
 def write_ranking(durability_path, metrics_path, out_stem, figure_stem) -> pd.DataFrame:
     """ranking.{csv,md} at `out_stem` and the figure (PNG, SVG) at `figure_stem`."""
-    from relapse.io import atomic_file
+    from relapse.io import write_csv, write_text
     from relapse.report.figures import save
 
     durability = pd.read_csv(durability_path, dtype={"method": str, "hp": str})
     metrics = pd.read_parquet(metrics_path) if metrics_path else None
     table = ranking_table(durability, metrics)
-    with atomic_file(f"{out_stem}.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_file(f"{out_stem}.md") as tmp:
-        Path(tmp).write_text(to_markdown(table))
+    write_csv(f"{out_stem}.csv", table)
+    write_text(f"{out_stem}.md", to_markdown(table))
     save(ranking_figure(table), figure_stem)
     return table
