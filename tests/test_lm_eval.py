@@ -72,6 +72,33 @@ def direct_accuracy(model, tok, prompts: list[str], answers: list[int]):
     return float(np.mean(lls.argmax(1) == np.array(answers))), lls
 
 
+def ll_tolerance(lls) -> float:
+    """How far lm-eval's float32 log-likelihoods (batched and padded) may lie from the ones
+    computed here one by one: a few ulps of each log-probability, summed over the
+    continuation's tokens."""
+    return 64 * float(np.finfo(np.float32).eps) * float(np.abs(lls).max())
+
+
+def decisive(lls) -> np.ndarray:
+    """Items whose best choice leads the next by more than twice the tolerance: their argmax is
+    the same on any CPU. On a near-tie (a random tiny model can have one) the argmax may flip
+    between two correct computations."""
+    top = np.sort(lls, axis=1)
+    return top[:, -1] - top[:, -2] > 2 * ll_tolerance(lls)
+
+
+def assert_accuracy(value, lls, answers):
+    """lm-eval's accuracy (x100) equals the direct argmax accuracy, a near-tie item counted
+    either way."""
+    correct = lls.argmax(1) == np.array(answers)
+    sure = decisive(lls)
+    low = 100 * np.mean(correct & sure)
+    high = 100 * np.mean(correct | ~sure)
+    assert low - 1e-9 <= value <= high + 1e-9, (value, low, high)
+    if sure.all():
+        assert value == pytest.approx(100 * np.mean(correct), abs=1e-9)
+
+
 def wmdp_prompts(task: str, frame: pd.DataFrame) -> list[str]:
     """WMDP's zero-shot prompt as lm-eval's wmdp tasks write it."""
     topic = WMDP_TOPIC[task][1]
@@ -92,17 +119,21 @@ def check_wmdp(model, tok, metrics, samples, task="wmdp_bio", n=7):
     frame = mcq(task.split("_")[1], 7 if task == "wmdp_bio" else 5).head(n)
     acc, lls = direct_accuracy(model, tok, wmdp_prompts(task, frame), list(frame.answer))
     row = metrics[(metrics.metric == "lm_eval") & (metrics.split == task)].iloc[0]
-    assert row.value == pytest.approx(100 * acc, abs=1e-9) and row.n == n
-    # lm-eval's stderr of a mean of 0/1 items: the sample standard deviation over sqrt(n)
-    correct = lls.argmax(1) == np.array(frame.answer)
-    assert row.stderr == pytest.approx(100 * np.std(correct, ddof=1) / math.sqrt(n), rel=1e-9)
+    assert row.n == n
+    assert_accuracy(row.value, lls, list(frame.answer))
     got = samples[(samples.metric == "lm_eval") & (samples.split == task)].sort_values("item")
     logged = np.array(list(got.loglikelihoods))
-    # float32 forwards, batched and padded by lm-eval vs one by one here: a few ulps of the
-    # log-probabilities, summed over the continuation's tokens
-    eps = float(np.finfo(np.float32).eps)
-    assert np.allclose(logged, lls, rtol=0, atol=64 * eps * np.abs(lls).max())
-    assert list(got.acc) == [float(c) for c in correct]
+    assert np.allclose(logged, lls, rtol=0, atol=ll_tolerance(lls))
+    # per item: lm-eval's correctness is the argmax of its own log-likelihoods, and the direct
+    # one's wherever that is decisive
+    assert list(got.acc) == [float(c) for c in logged.argmax(1) == np.array(frame.answer)]
+    correct = lls.argmax(1) == np.array(frame.answer)
+    sure = decisive(lls)
+    assert np.array_equal(np.array(got.acc)[sure], correct[sure].astype(float))
+    assert row.value == pytest.approx(100 * np.mean(got.acc), abs=1e-9)
+    # lm-eval's stderr of a mean of 0/1 items: the sample standard deviation over sqrt(n)
+    assert row.stderr == pytest.approx(100 * np.std(np.array(got.acc), ddof=1) / math.sqrt(n),
+                                       rel=1e-9)
     return acc
 
 
@@ -150,8 +181,8 @@ def test_max_items_and_fewshot_mmlu_subjects(tmp_path, tiny_lm, data_dir, snapsh
     shots = "".join(block(q, cs) + f" {LETTERS[a]}\n\n"
                     for q, cs, a in zip(dev.question[:2], dev.choices[:2], dev.answer[:2]))
     prompts = [head + shots + block(q, cs) for q, cs in zip(test.question, test.choices)]
-    acc, _ = direct_accuracy(model, tok, prompts, list(test.answer))
-    assert row.value == pytest.approx(100 * acc, abs=1e-9)
+    _, lls = direct_accuracy(model, tok, prompts, list(test.answer))
+    assert_accuracy(row.value, lls, list(test.answer))
     assert metrics[metrics.split == "wmdp_bio"].iloc[0].n == 3
 
 
@@ -408,9 +439,9 @@ def test_mmlu_group_is_the_item_mean_over_its_subjects(tmp_path, tiny_lm, data_d
             f"{LETTERS[k]}. {c}\n" for k, c in enumerate(cs)) + "Answer:"
             for q, cs in zip(f.question, f.choices)]
         answers += list(f.answer)
-    acc, _ = direct_accuracy(model, tok, prompts, answers)
+    _, lls = direct_accuracy(model, tok, prompts, answers)
     rows = metrics[metrics.metric == "lm_eval"].set_index("split")
-    assert rows.loc["mmlu", "value"] == pytest.approx(100 * acc, abs=1e-9)
+    assert_accuracy(rows.loc["mmlu", "value"], lls, answers)
     assert rows.loc["mmlu", "n"] == len(answers) == 85        # 29 subjects x 1 + 28 x 2
     assert {"mmlu_stem", "mmlu_humanities", "mmlu_anatomy"} <= set(rows.index)
     assert (rows.task == "mmlu").all()
