@@ -316,3 +316,92 @@ def test_lora_adapter_mode_copies_the_base_cell_as_it_is_stored(tmp_path, tiny_l
     base = load_model(tmp_path / "base").state_dict()
     cell = load_model(tmp_path / "cell").state_dict()
     assert all(_same_bits(base[n], cell[n]) for n in base)
+
+
+# --- GPTQModel's packed checkpoints (gptq, awq) read in place ------------------------------------
+
+
+def _words_by_hand(codes: list[int], bits: int) -> list[int]:
+    """int32 words (as signed ints) of one little-endian bit stream: code i at bit bits·i."""
+    stream = sum(int(c) << (bits * i) for i, c in enumerate(codes))
+    n = -(-len(codes) * bits // 32)
+    words = [(stream >> (32 * w)) & 0xFFFFFFFF for w in range(n)]
+    return [w - 2 ** 32 if w >= 2 ** 31 else w for w in words]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_unpack_words_reads_one_little_endian_stream_per_row(bits):
+    from relapse.models.packing import unpack_words
+
+    rng = np.random.default_rng(bits)
+    rows = [list(rng.integers(0, 2 ** bits, 64)) for _ in range(3)]      # 64 codes: whole words
+    rows[0][:8] = [2 ** bits - 1] * 8                   # high bits set: signed int32 words
+    words = torch.tensor([_words_by_hand(r, bits) for r in rows], dtype=torch.int32)
+    assert torch.equal(unpack_words(words, bits, 64), torch.tensor(rows, dtype=torch.int16))
+    assert torch.equal(unpack_words(words, bits, 5), torch.tensor(rows)[:, :5].to(torch.int16))
+
+
+def test_gptq_v1_zero_points_come_back_through_the_borrow_of_a_zero():
+    """GPTQ v1 stores every zero point minus one by subtracting 0x11111111 from the whole word;
+    a zero point of 0 borrows from its neighbour. Adding the word back (GPTQModel's reading)
+    restores both; adding one to each decoded field would not."""
+    from relapse.models.codes import _gptq_zeros
+
+    zeros = [0, 5, 15, 1, 0, 0, 8, 3]
+    v2 = sum(z << (4 * i) for i, z in enumerate(zeros))
+    v1 = (v2 - 0x11111111) % 2 ** 32
+    word = torch.tensor([[v1 - 2 ** 32 if v1 >= 2 ** 31 else v1]], dtype=torch.int32)
+    got = _gptq_zeros({"bits": 4, "zero_format": "v1"}, word, 8)
+    assert got.tolist() == [zeros]
+    fieldwise = [((v1 >> (4 * i)) + 1) & 15 for i in range(8)]
+    assert fieldwise != zeros
+
+
+def test_gptq_and_awq_codes_decode_to_the_hand_computed_fp16_products():
+    from relapse.models.codes import AWQ_ORDER, decode
+
+    rng = np.random.default_rng(0)
+    out, inp, group = 16, 32, 16
+    codes = rng.integers(0, 16, (out, inp))
+    zeros = rng.integers(0, 16, (inp // group, out))
+    scales = rng.uniform(0.001, 0.05, (inp // group, out)).astype(np.float16)
+    want = np.empty((out, inp), dtype=np.float32)
+    for o in range(out):
+        for i in range(inp):
+            g = i // group
+            want[o, i] = np.float16(np.float32(scales[g, o]) * (codes[o, i] - zeros[g, o]))
+    # GPTQ: input axis packed in qweight [in/8, out]; zero points v2 (as stored), g_idx uniform
+    qweight = torch.tensor([[_words_by_hand([int(codes[o, i]) for i in range(c, c + 8)], 4)[0]
+                             for o in range(out)] for c in range(0, inp, 8)], dtype=torch.int32)
+    qzeros = torch.tensor([_words_by_hand([int(z) for z in row], 4) for row in zeros],
+                          dtype=torch.int32)
+    gptq = {"qweight": qweight, "qzeros": qzeros, "scales": torch.from_numpy(scales),
+            "g_idx": torch.arange(inp, dtype=torch.int32) // group}
+    meta = {"shape": [out, inp], "bits": 4, "zero_format": "v2", "scale_dtype": "float16"}
+    assert torch.equal(decode("gptq", meta, gptq), torch.from_numpy(want))
+    # AWQ: output axis packed, nibble k of a word holding column AWQ_ORDER[k] of its 8
+    def awq_words(row):
+        return [_words_by_hand([int(row[c + AWQ_ORDER[k]]) for k in range(8)], 4)[0]
+                for c in range(0, len(row), 8)]
+    awq = {"qweight": torch.tensor([awq_words(codes[:, i]) for i in range(inp)],
+                                   dtype=torch.int32),
+           "qzeros": torch.tensor([awq_words(row) for row in zeros], dtype=torch.int32),
+           "scales": torch.from_numpy(scales)}
+    meta = {"shape": [out, inp], "bits": 4, "group": group, "scale_dtype": "float16"}
+    assert torch.equal(decode("awq", meta, awq), torch.from_numpy(want))
+
+
+def test_a_codes_folder_whose_native_checkpoint_is_gone_says_so(tmp_path):
+    from safetensors.torch import save_file
+
+    from relapse.models.codes import FORMAT, VERSION, decode_tensors
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / CODES_FILE))
+    (tmp_path / CODES_JSON).write_text(json.dumps({
+        "format": FORMAT, "version": VERSION, "file": CODES_FILE, "dense": [], "narrowed": {},
+        "grids": {}, "tensors": {"w.weight": {"kind": "awq", "shape": [8, 8], "bits": 4,
+                                              "group": 8, "scale_dtype": "float16",
+                                              "file": "native/model.safetensors",
+                                              "keys": {"qweight": "w.qweight"}}}}))
+    with pytest.raises(FileNotFoundError, match="native/model.safetensors: missing"):
+        decode_tensors(tmp_path)

@@ -186,6 +186,7 @@ def test_gptq_beats_rtn_on_calibration_data_and_awq_runs(tmp_path, awq_sized_lm,
     w = q_gptq.get_submodule(LAYER).weight
     assert all(len(torch.unique(g)) <= 16 for g in w.reshape(w.shape[0], -1, 32).flatten(0, 1))
     assert read_grids(tmp_path / "gptq")[LAYER].scale.shape == w.shape
+    _assert_codes_are_gptqmodels(tmp_path / "gptq", "gptq", q_gptq)
 
     _relapse_quantize(folder, tmp_path / "awq", {"scheme": "awq", "bits": 4, "group_size": 32,
                                                  "calibration": cal}, calib_data)
@@ -205,8 +206,68 @@ def test_gptq_beats_rtn_on_calibration_data_and_awq_runs(tmp_path, awq_sized_lm,
     rtn_error = float((rtn_logits - ref).abs().mean() / ref.abs().mean())
     assert 0 < awq_error < 1.05 * rtn_error, (awq_error, rtn_error)
     # and it did quantize: every Linear weight sits on 16 levels per (row, group of 32)
-    w = load_model(tmp_path / "awq").get_submodule(LAYER).weight
+    q_awq = load_model(tmp_path / "awq")
+    w = q_awq.get_submodule(LAYER).weight
     assert all(len(torch.unique(g)) <= 16 for g in w.reshape(w.shape[0], -1, 32).flatten(0, 1))
+    _assert_codes_are_gptqmodels(tmp_path / "awq", "awq", q_awq, group_size=32)
+
+
+def _library_weights(folder, scheme, group_size):
+    """The dequantized weights of a native/ checkpoint as GPTQModel computes them: gptq through
+    its torch kernel module loaded in the scales' dtype, awq through its GEMM unpacker."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "native" / "model.safetensors"))
+    prefixes = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
+    if scheme == "awq":
+        from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
+
+        return state, {p: dequantize_gemm(state[f"{p}.qweight"], state[f"{p}.qzeros"],
+                                          state[f"{p}.scales"], 4, group_size).T.float()
+                       for p in prefixes}
+    from gptqmodel import BACKEND, GPTQModel
+
+    dtype = state[f"{prefixes[0]}.scales"].dtype
+    loaded = GPTQModel.load(str(folder / "native"), backend=BACKEND.GPTQ_TORCH, device="cpu",
+                            dtype=dtype)
+    return state, {p: loaded.model.get_submodule(p).dequantize_weight().T.float()
+                   for p in prefixes}
+
+
+def _assert_codes_are_gptqmodels(folder, scheme, loaded, group_size=None):
+    """The folder stores its Linear weights only as pointers into GPTQModel's native/ checkpoint,
+    and they load bit for bit as GPTQModel dequantizes them; the grid is its scales."""
+    from safetensors import safe_open
+
+    layout = json.loads((folder / "quant_codes.json").read_text())
+    state, library = _library_weights(folder, scheme, group_size)
+    assert library and set(layout["tensors"]) == {f"{p}.weight" for p in library}
+    assert not layout["stored_dense"]
+    assert {e["kind"] for e in layout["tensors"].values()} == {scheme}
+    assert {e["file"] for e in layout["tensors"].values()} == {"native/model.safetensors"}
+    with safe_open(str(folder / "model.codes.safetensors"), framework="pt") as handle:
+        assert not any(k.endswith(("qweight", "proj.weight")) for k in handle.keys())
+    grids = read_grids(folder)
+    for prefix, weight in library.items():
+        assert torch.equal(loaded.get_submodule(prefix).weight, weight), prefix
+        scales = state[f"{prefix}.scales"].float().T
+        index = (state[f"{prefix}.g_idx"].long() if scheme == "gptq"
+                 else torch.arange(weight.shape[1]) // group_size)
+        assert torch.equal(grids[prefix].scale, scales[:, index]), prefix
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits, symmetric", [(3, False), (8, True)])
+def test_gptq_cells_at_3_and_8_bits_load_as_gptqmodel_dequantizes_them(tmp_path, awq_sized_lm,
+                                                                       calib_data, bits,
+                                                                       symmetric):
+    """3 bits: codes and zero points straddle int32 words, and GPTQModel shifts v1 zero points
+    field by field; 8 bits: one code a byte. (4 bits asymmetric: the test above.)"""
+    folder, _, _ = awq_sized_lm
+    _relapse_quantize(folder, tmp_path / "gptq", {
+        "scheme": "gptq", "bits": bits, "group_size": 32, "symmetric": symmetric,
+        "calibration": {"samples": 8, "seq_len": 32}}, calib_data)
+    _assert_codes_are_gptqmodels(tmp_path / "gptq", "gptq", load_model(tmp_path / "gptq"))
 
 
 def test_awq_refuses_shapes_gptqmodel_cannot_take(tmp_path, tiny_lm, calib_data):

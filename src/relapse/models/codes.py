@@ -20,9 +20,13 @@ Kinds (the `kind` of a layout entry):
   quantization if any) and the 16-value codebook; w = codebook[code]·absmax, as its kernels do.
 - `gguf`: llama.cpp's block bytes of the `type` (fp16 scale, packed codes), decoded by the
   `gguf` package's own dequantizer, which is what produced the weights.
+- `gptq`, `awq`: GPTQModel's packed checkpoint (`native/`, deployable as it is) read in place:
+  the entry names its `file` there and the `keys` of its int32 `qweight` and `qzeros`, its
+  `scales` (and gptq's `g_idx`), so no byte is stored twice. w = scale·(code − zero) rounded to
+  the scales' dtype (fp16), as GPTQModel's own dequantization computes it in that dtype; gptq's
+  zero points in its v1 checkpoint format are stored minus one and read back as the library does.
 A dense weight may carry its quantization grid (the layout's `grids`: tensors
-`{name}.grid_step` [out, groups] and `{name}.grid_group_index` [in]) where no codes give it
-(gptq and awq, whose weights stay dense here: their codes are GPTQModel's `native/`).
+`{name}.grid_step` [out, groups] and `{name}.grid_group_index` [in]) where no codes give it.
 
 Folders from before this format (dequantized `model.safetensors` beside
 `quant_steps.safetensors`) are refused with a "re-quantize" error (`check_not_legacy`).
@@ -39,16 +43,24 @@ CODES_JSON = "quant_codes.json"
 FORMAT = "relapse-quant-codes"
 VERSION = 1
 LEGACY_STEPS_FILE = "quant_steps.safetensors"
-KINDS = ("rtn", "int8_rowwise", "codebook4", "gguf")
+KINDS = ("rtn", "int8_rowwise", "codebook4", "gguf", "gptq", "awq")
+# AWQ's GEMM packing puts output column AWQ_ORDER[k] of each 8 in nibble k of a word
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 
 class Codes:
-    """One weight's codes: its kind, the JSON-able layout fields and the tensors (by suffix)."""
+    """One weight's codes: its kind, the JSON-able layout fields and the tensors (by suffix).
+    `file` and `keys` (suffix -> tensor name): the tensors already sit in that file of the
+    folder (a library's own checkpoint), and the layout points there instead of copying them."""
 
-    def __init__(self, kind: str, meta: dict[str, Any], tensors: dict[str, Any]):
+    def __init__(self, kind: str, meta: dict[str, Any], tensors: dict[str, Any],
+                 file: str | None = None, keys: dict[str, str] | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown code kind {kind!r}; known: {', '.join(KINDS)}")
+        if (file is None) != (keys is None):
+            raise ValueError("codes stored elsewhere need both their file and their keys")
         self.kind, self.meta, self.tensors = kind, meta, tensors
+        self.file, self.keys = file, keys
 
     def decode(self):
         return decode(self.kind, self.meta, self.tensors)
@@ -104,7 +116,77 @@ def decode(kind: str, meta: dict, t: dict):
 
         values = dequantize(t["codes"].numpy(), GGMLQuantizationType[meta["type"].upper()])
         return torch.from_numpy(values.reshape(rows, cols)).float()
+    if kind == "gptq":
+        return _decode_gptq(meta, t)
+    if kind == "awq":
+        return _decode_awq(meta, t)
     raise ValueError(f"unknown code kind {kind!r}")
+
+
+def _v1_zero_words(qzeros, bits: int):
+    """GPTQ v1 checkpoints store each zero point minus one; GPTQModel adds the one back to the
+    whole int32 word (carries included) for 2, 4 and 8 bits, so a borrow made when saving is
+    undone exactly. The same here, in int64, wrapped back to int32."""
+    import torch
+
+    step = sum(1 << (bits * i) for i in range(32 // bits))
+    words = (qzeros.to(torch.int64) + step) & 0xFFFFFFFF
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+
+
+def _gptq_zeros(meta: dict, qzeros, count: int):
+    from relapse.models.packing import unpack_words
+
+    bits = meta["bits"]
+    if meta["zero_format"] == "v2":
+        return unpack_words(qzeros, bits, count)
+    if 32 % bits == 0:
+        return unpack_words(_v1_zero_words(qzeros, bits), bits, count)
+    # 3 bits: a zero point can straddle two words; GPTQModel shifts each decoded field instead
+    return (unpack_words(qzeros, bits, count) + 1) & (2 ** bits - 1)
+
+
+def _times_scale(diff, scales, dtype_name: str):
+    """scale·(code − zero) in float32 (exact: an fp16/bf16 scale times an integer below 2^9),
+    rounded once to the scales' dtype: the product GPTQModel computes in that dtype."""
+    import torch
+
+    return diff.float().mul_(scales.float()).to(getattr(torch, dtype_name)).float()
+
+
+def _decode_gptq(meta: dict, t: dict):
+    """GPTQ's layout: qweight [in·bits/32, out] packs the input axis, qzeros [groups,
+    out·bits/32] the output axis, scales [groups, out], g_idx [in] the group of each column."""
+    from relapse.models.packing import unpack_words
+
+    rows, cols = meta["shape"]
+    codes = unpack_words(t["qweight"].T, meta["bits"], cols)          # [out, in]
+    zeros = _gptq_zeros(meta, t["qzeros"], rows).T                    # [out, groups]
+    group = t["g_idx"].long()
+    return _times_scale(codes - zeros[:, group], t["scales"].T[:, group], meta["scale_dtype"])
+
+
+def _decode_awq(meta: dict, t: dict):
+    """AWQ's GEMM layout: qweight [in, out/8] and qzeros [groups, out/8] pack the output axis
+    in AWQ_ORDER, scales [groups, out]; groups of `group` consecutive input columns."""
+    import torch
+
+    from relapse.models.packing import unpack_words
+
+    rows, cols = meta["shape"]
+    if meta["bits"] != 4:
+        raise ValueError(f"awq codes of {meta['bits']} bits: GPTQModel's AWQ packs 4")
+    inverse = torch.argsort(torch.tensor(AWQ_ORDER))
+
+    def unpacked(words):
+        codes = unpack_words(words, 4, words.shape[1] * 8)
+        return codes.view(codes.shape[0], -1, 8)[..., inverse].reshape(codes.shape[0], -1)
+
+    codes, zeros = unpacked(t["qweight"]), unpacked(t["qzeros"])      # [in, out], [groups, out]
+    groups = zeros.shape[0]
+    diff = codes.view(groups, cols // groups, rows) - zeros[:, None, :]
+    value = _times_scale(diff, t["scales"][:, None, :], meta["scale_dtype"])
+    return value.reshape(cols, rows).T.contiguous()
 
 
 def is_codes_folder(path: str | Path) -> bool:
@@ -132,29 +214,58 @@ def read_layout(path: str | Path) -> dict:
     return layout
 
 
-def _entry_tensors(handle, name: str, entry: dict) -> dict:
-    prefix = name + "."
-    return {k[len(prefix):]: handle.get_tensor(k) for k in entry["keys"]}
+class CodeFiles:
+    """The safetensors files a codes folder reads, each opened once."""
+
+    def __init__(self, path: Path, layout: dict):
+        self.path, self.layout, self.handles = path, layout, {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handles.clear()
+
+    def handle(self, file: str | None = None):
+        from safetensors import safe_open
+
+        file = file or self.layout["file"]
+        if file not in self.handles:
+            if not (self.path / file).exists():
+                raise FileNotFoundError(f"{self.path / file}: missing, and {self.path / CODES_JSON} "
+                                        "reads codes from it; re-quantize the folder")
+            self.handles[file] = safe_open(str(self.path / file), framework="pt")
+        return self.handles[file]
+
+    def entry_tensors(self, name: str, entry: dict) -> dict:
+        if "file" in entry:                # in place in a library's checkpoint
+            handle = self.handle(entry["file"])
+            return {suffix: handle.get_tensor(key) for suffix, key in entry["keys"].items()}
+        handle, prefix = self.handle(), name + "."
+        return {k[len(prefix):]: handle.get_tensor(k) for k in entry["keys"]}
+
+
+def referenced_files(layout: dict) -> list[str]:
+    """Files of the folder, besides the layout's own, that its codes are read from."""
+    return sorted({e["file"] for e in layout["tensors"].values() if "file" in e})
 
 
 def decode_tensors(path: str | Path, names=None) -> dict:
     """name -> float32 (dense tensors: as stored) weights of a codes folder; `names` limits it
     to those (the survival diagnostics read only the quantized Linear weights)."""
-    from safetensors import safe_open
-
     path = Path(path)
     layout = read_layout(path)
     wanted = set(names) if names is not None else None
     out = {}
-    with safe_open(str(path / layout["file"]), framework="pt") as handle:
+    with CodeFiles(path, layout) as files:
         for name in layout["dense"]:
             if wanted is None or name in wanted:
-                out[name] = handle.get_tensor(name)
+                out[name] = files.handle().get_tensor(name)
                 if name in layout["narrowed"]:
                     out[name] = out[name].float()
         for name, entry in layout["tensors"].items():
             if wanted is None or name in wanted:
-                out[name] = decode(entry["kind"], entry, _entry_tensors(handle, name, entry))
+                out[name] = decode(entry["kind"], entry, files.entry_tensors(name, entry))
     if wanted is not None and wanted - set(out):
         raise KeyError(f"{path}: no tensor(s) {', '.join(sorted(wanted - set(out)))}")
     return out
@@ -162,13 +273,11 @@ def decode_tensors(path: str | Path, names=None) -> dict:
 
 def read_entry(path: str | Path, name: str) -> tuple[dict, dict]:
     """(layout entry, its raw tensors) of one quantized weight, e.g. for its grid."""
-    from safetensors import safe_open
-
     path = Path(path)
     layout = read_layout(path)
     entry = layout["tensors"][name]
-    with safe_open(str(path / layout["file"]), framework="pt") as handle:
-        return entry, _entry_tensors(handle, name, entry)
+    with CodeFiles(path, layout) as files:
+        return entry, files.entry_tensors(name, entry)
 
 
 def _bitwise_equal(a, b) -> bool:
@@ -228,6 +337,10 @@ def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
                 tensors[f"{name}.grid_group_index"] = group_index.to(torch.int32).contiguous()
                 explicit[name] = [f"{name}.grid_step", f"{name}.grid_group_index"]
             continue
+        if entry.file is not None:
+            entries[name] = {"kind": entry.kind, **entry.meta, "file": entry.file,
+                             "keys": dict(entry.keys)}
+            continue
         keys = []
         for suffix, tensor in entry.tensors.items():
             tensors[f"{name}.{suffix}"] = tensor.contiguous()
@@ -245,7 +358,7 @@ def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
     model.config.save_pretrained(str(out_dir))
     if model.can_generate():
         model.generation_config.save_pretrained(str(out_dir))
-    seal_weights(out_dir)
+    seal_weights(out_dir, extra=referenced_files(layout))
     return layout
 
 

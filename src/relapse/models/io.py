@@ -94,15 +94,18 @@ def set_weight_verification(enabled: bool) -> None:
     os.environ["RELAPSE_VERIFY_WEIGHTS"] = "1" if enabled else "0"
 
 
-def seal_weights(folder: str | Path, known: dict[str, str] | None = None) -> None:
+def seal_weights(folder: str | Path, known: dict[str, str] | None = None,
+                 extra=()) -> None:
     """Record the SHA-256 of the folder's weight files (`known`: name -> hash already computed,
-    e.g. by the source's fingerprint)."""
+    e.g. by the source's fingerprint); `extra`: files below the folder that its weights are
+    read from too (a codes folder reading GPTQModel's native/ checkpoint), by relative path."""
     from relapse.fingerprint import file_sha256
     from relapse.io import write_json
 
     folder = Path(folder)
     known = known or {}
     hashes = {p.name: known.get(p.name) or file_sha256(p) for p in sorted(folder.glob(WEIGHT_GLOB))}
+    hashes.update({name: file_sha256(folder / name) for name in extra})
     write_json(folder / WEIGHT_HASHES, hashes)
 
 

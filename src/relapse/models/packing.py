@@ -85,3 +85,33 @@ def unpack_float(packed, bits: int, count: int):
     pairs[:, 0].copy_(packed >> 4)
     pairs[:, 1].copy_(packed & 0xF)
     return out[:count]
+
+
+def unpack_words(words, bits: int, count: int):
+    """The first `count` codes along the last dimension of integer words (GPTQ's and AWQ's
+    int32 `qweight`/`qzeros`), read as one little-endian bit stream per row: code i at bit
+    bits·i (3 bits: a code may straddle two words). int16 [..., count]."""
+    import sys
+
+    import torch
+
+    _check_bits(bits)
+    if sys.byteorder != "little":
+        raise RuntimeError("packed GPTQ/AWQ words are read as little-endian bytes")
+    data = words.contiguous().view(torch.uint8)          # [..., bytes], little-endian
+    lead = data.shape[:-1]
+    data = data.reshape(-1, data.shape[-1])
+    if 8 % bits == 0:
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+        codes = (data[..., None] >> shifts) & (2 ** bits - 1)
+    else:
+        if data.shape[-1] % bits:
+            raise ValueError(f"{data.shape[-1]} bytes a row do not hold whole runs of 8 codes "
+                             f"of {bits} bits")
+        runs = data.reshape(data.shape[0], -1, bits).to(torch.int64)
+        word = (runs << (torch.arange(bits, dtype=torch.int64) * 8)).sum(-1)
+        codes = (word[..., None] >> (torch.arange(8, dtype=torch.int64) * bits)) & (2 ** bits - 1)
+    codes = codes.reshape(data.shape[0], -1)
+    if codes.shape[-1] < count:
+        raise ValueError(f"{codes.shape[-1]} codes a row, {count} asked for")
+    return codes[:, :count].to(torch.int16).reshape(*lead, count)

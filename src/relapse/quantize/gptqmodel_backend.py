@@ -6,9 +6,11 @@ quantize without CUDA; AutoAWQ 0.2.9 quantizes on CPU but its output cannot run 
 kernels (BACKEND.GPTQ_TORCH, BACKEND.AWQ_TORCH). A CUDA user who wants another kernel changes
 `_BACKENDS` below; nothing else in relapse imports gptqmodel.
 
-The library's packed checkpoint is kept in `native/` of the output folder (deployable as it is);
-the model folder itself holds the dequantized weights, so every scheme's output is evaluated by
-the same loader. Weights are dequantized by GPTQModel's own kernels code.
+The library's packed checkpoint is kept in `native/` of the output folder (deployable as it is),
+and the folder's codes (relapse.models.codes, kinds `gptq` and `awq`) point into it, so every
+scheme's output is evaluated by the same loader and no weight is stored twice. The dequantized
+weights are computed here by GPTQModel's own code (its fp16 kernel module, its AWQ unpacker);
+the codes folder keeps a weight as codes only where relapse's decoder gives them back bit for bit.
 """
 
 from __future__ import annotations
@@ -116,14 +118,16 @@ def load_dequantized(method: str, native: Path, model, bits: int, group_size: in
 
     from relapse.quantize.groups import uniform_group_index
 
-    state = {}
+    state, file_of = {}, {}
     for file in sorted(native.glob("*.safetensors")):
-        state.update(load_file(str(file)))
+        part = load_file(str(file))
+        state.update(part)
+        file_of.update({key: f"{NATIVE_DIR}/{file.name}" for key in part})
     prefixes = sorted({k[: -len(".qweight")] for k in state if k.endswith(".qweight")})
     if not prefixes:
         raise RuntimeError(f"{native}: GPTQModel wrote no quantized modules")
     if method == "gptq":
-        weights = _gptq_weights(native, job.device)
+        weights = _gptq_weights(native, job.device, state[f"{prefixes[0]}.scales"].dtype)
     else:
         weights = {p: _awq_weight(state, p, bits, group_size) for p in prefixes}
     own = model.state_dict()
@@ -139,6 +143,8 @@ def load_dequantized(method: str, native: Path, model, bits: int, group_size: in
             else:
                 group_index = uniform_group_index(target.shape[1], group_size)
             job.record_step(prefix, scales.T, group_index)
+            job.record_codes(prefix, _native_codes(method, state, file_of, prefix, bits,
+                                                   group_size, tuple(target.shape), native))
         if method == "awq":
             # AWQ folds its per-channel scales into the preceding norms (and Linear rows), so
             # the norms change too: take every non-quantized tensor from its checkpoint.
@@ -148,11 +154,40 @@ def load_dequantized(method: str, native: Path, model, bits: int, group_size: in
     return len(prefixes)
 
 
-def _gptq_weights(native: Path, device: str) -> dict:
-    """Dequantize through GPTQModel's torch kernel modules (loaded with BACKEND.GPTQ_TORCH)."""
+def _native_codes(method: str, state: dict, file_of: dict, prefix: str, bits: int,
+                  group_size: int, shape: tuple, native: Path):
+    """The Codes of one module, pointing at its tensors in the native checkpoint."""
+    import json
+
+    from relapse.models.codes import Codes
+
+    suffixes = ("qweight", "qzeros", "scales") + (("g_idx",) if method == "gptq" else ())
+    keys = {s: f"{prefix}.{s}" for s in suffixes}
+    files = {file_of[k] for k in keys.values()}
+    if len(files) != 1:
+        raise RuntimeError(f"{native}: the tensors of {prefix} are split over {sorted(files)}")
+    meta = {"shape": list(shape), "bits": bits,
+            "scale_dtype": str(state[keys["scales"]].dtype).removeprefix("torch.")}
+    if method == "gptq":
+        used = json.loads((native / "quantize_config.json").read_text())
+        # GPTQModel saves GPTQ in its v1 checkpoint format (zero points minus one) unless
+        # told otherwise; its config names which
+        v2 = used.get("checkpoint_format", used.get("format")) == "gptq_v2"
+        meta["zero_format"] = "v2" if v2 else "v1"
+    else:
+        meta["group"] = group_size if group_size > 0 else shape[1]
+    return Codes(method, meta, {s: state[k] for s, k in keys.items()},
+                 file=files.pop(), keys=keys)
+
+
+def _gptq_weights(native: Path, device: str, dtype) -> dict:
+    """Dequantize through GPTQModel's torch kernel modules (loaded with BACKEND.GPTQ_TORCH), in
+    the dtype of the checkpoint's scales: loaded without one, GPTQModel picks bf16 on a CPU and
+    rounds every fp16 scale to bf16 (up to 0.4% off the scales GPTQ computed)."""
     from gptqmodel import GPTQModel
 
-    loaded = GPTQModel.load(str(native), backend=_backends()["gptq"], device=device)
+    loaded = GPTQModel.load(str(native), backend=_backends()["gptq"], device=device,
+                            dtype=dtype)
     out = {}
     for name, module in loaded.model.named_modules():
         if hasattr(module, "dequantize_weight") and hasattr(module, "qweight"):

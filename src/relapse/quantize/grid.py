@@ -5,8 +5,8 @@ quantize-stage folder's codes (relapse.models.codes; the quantizer records the s
 Uniform schemes (rtn, LLM.int8, gptq, awq, gguf): the levels of a weight are its group's step
 times integers: a step [out, groups] plus group_index [in] (the group of each input column),
 which covers per-channel, per-group and GPTQ's act-order layouts. rtn's step is its scale,
-LLM.int8's the row absmax / 127, gguf's the |d| of each block; gptq and awq keep their weights
-dense (their codes are GPTQModel's `native/`) and store step and group_index beside them.
+LLM.int8's the row absmax / 127, gguf's the |d| of each block, gptq's and awq's the scales of
+GPTQModel's checkpoint (gptq's group_index its g_idx, which act-order permutes).
 
 Codebook schemes (bnb fp4 / nf4): the levels are a fixed table on [-1, 1] times the block's
 absmax, and their spacing is not uniform (nf4's gaps run from 0.08 to 0.30 of the absmax, fp4's
@@ -95,15 +95,18 @@ def grid_of_codes(entry: dict, tensors: dict) -> tuple[Any, Any, Any]:
                     tensors["codebook"])
         per_weight = absmax.repeat_interleave(block)[: rows * cols].reshape(rows, cols)
         return per_weight, torch.arange(cols), tensors["codebook"]
+    if kind == "gptq":
+        return tensors["scales"].float().T, tensors["g_idx"].long(), None
+    if kind == "awq":
+        groups = tensors["scales"].shape[0]
+        return tensors["scales"].float().T, uniform_group_index(cols, cols // groups), None
     raise ValueError(f"no grid for code kind {kind!r}")
 
 
 def read_grids(model_dir: str | Path) -> dict[str, Grid]:
     """module -> Grid (per weight), from a quantize-stage folder's codes; {} when it has none
     (a full-precision cell). A folder from before codes is refused ("re-quantize")."""
-    from safetensors import safe_open
-
-    from relapse.models.codes import check_not_legacy, is_codes_folder, read_layout
+    from relapse.models.codes import CodeFiles, check_not_legacy, is_codes_folder, read_layout
 
     model_dir = Path(model_dir)
     check_not_legacy(model_dir)
@@ -111,11 +114,10 @@ def read_grids(model_dir: str | Path) -> dict[str, Grid]:
         return {}
     layout = read_layout(model_dir)
     grids = {}
-    with safe_open(str(model_dir / layout["file"]), framework="pt") as handle:
+    with CodeFiles(model_dir, layout) as files:
+        handle = files.handle()
         for name, entry in layout["tensors"].items():
-            prefix = name + "."
-            tensors = {k[len(prefix):]: handle.get_tensor(k) for k in entry["keys"]}
-            scale, group_index, codebook = grid_of_codes(entry, tensors)
+            scale, group_index, codebook = grid_of_codes(entry, files.entry_tensors(name, entry))
             levels = None if codebook is None else distinct_levels(codebook)
             grids[name.removesuffix(".weight")] = _per_weight(scale, group_index, levels)
         if layout["grids"]:

@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from relapse.models.codes import CODES_FILE, CODES_JSON
+from relapse.models.codes import (CODES_FILE, CODES_JSON, is_codes_folder, read_layout,
+                                  referenced_files)
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
 CODES_FILES = ("config.json", "generation_config.json", CODES_FILE, CODES_JSON,
@@ -74,6 +75,10 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
             for name in names:
                 if (base / name).exists():
                     shutil.copy2(base / name, tmp / name)
+            if is_codes_folder(base):
+                # codes read in place from a library's checkpoint (gptq/awq: native/) go along
+                for folder in {Path(f).parts[0] for f in referenced_files(read_layout(base))}:
+                    shutil.copytree(base / folder, tmp / folder)
             shutil.copytree(source_dir / "adapter", tmp / "adapter")
             for name in TOKENIZER_FILES:
                 if (source_dir / name).exists():
