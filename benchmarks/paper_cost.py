@@ -148,8 +148,12 @@ CODES_FORMULA = {
     "bnb_int8": {"scale_bytes": 4, "zero_bytes": 0, "group": "in_features",
                  "note": "LLM.int8: one fp32 absmax per output row"},
     "gptq_awq": {"scale_bytes": 2, "zero_bytes": "bits/8", "group": "group_size (config)",
-                 "note": "GPTQModel's packed format (kept, read through it): fp16 scale and a "
-                         "packed zero point per group; g_idx (4 bytes per input column) ignored"},
+                 "unquantized_bytes": {"gptq": 4, "awq": 2},
+                 "note": "GPTQModel's packed native/ checkpoint, which the codes point into: fp16 "
+                         "scale and a packed zero point per group; g_idx (4 bytes per input "
+                         "column) ignored. Its unquantized tensors are read from native/ too "
+                         "(`dense_in`): fp32 for gptq (quantized in fp32), fp16 for awq "
+                         "(GPTQModel's AWQ runs in fp16)"},
 }
 CODES_JSON = ROOT / "benchmarks" / "quantized_codes.json"
 ADAPTER_NOTE = ("a params=lora checkpoint is its adapter (r=8 on every decoder Linear: "
@@ -419,9 +423,9 @@ def quants_of(cfg: dict) -> list[tuple[str, dict, int]]:
 MEASURED_NAMES = {"rtn-w8": ("rtn", 8, None), "rtn-w4": ("rtn", 4, None),
                   "rtn-w3": ("rtn", 3, None), "bnb-fp4": ("bnb", 4, "fp4"),
                   "bnb-nf4-dq": ("bnb", 4, "nf4"), "bnb-int8": ("bnb", 8, None)}
-# Schemes the codes format does not convert (relapse.models.codes): GPTQModel's packed format
-# has no bit-exact torch decoder yet, so their cells keep dense fp32 weights and a grid.
-DENSE_SCHEMES = ("gptq", "awq")
+# Schemes whose codes are a library's own packed checkpoint (relapse.models.codes kinds gptq,
+# awq: the layout points into GPTQModel's native/), priced by the formula.
+NATIVE_SCHEMES = ("gptq", "awq")
 
 
 def measured_codes() -> dict[tuple, dict]:
@@ -466,16 +470,19 @@ def linear_bytes_formula(entry: dict, bits: int, m: dict) -> float:
 def codes_cells(cfg: dict, P: dict, m: dict) -> dict:
     """Quant id -> {"gb": a 7B cell's folder as relapse writes it, "source": how it was sized}:
     codes priced from the measured layout where the benchmark measured the scheme, else by the
-    formula; gptq/awq dense fp32 (not converted)."""
+    formula; gptq/awq by the formula over GPTQModel's packed checkpoint."""
     measured = measured_codes()
     out = {}
     for qid, entry, bits in quants_of(cfg):
         key = (entry["scheme"], bits, entry.get("quant_type") if entry["scheme"] == "bnb"
                and bits == 4 else None)
         got = measured.get(key)
-        if entry["scheme"] in DENSE_SCHEMES:
-            gb = P["total"] * 4 / 1e9
-            source = "dense fp32 (gptq/awq are not stored as codes: relapse.models.codes)"
+        if entry["scheme"] in NATIVE_SCHEMES:
+            bpp = linear_bytes_formula(entry, bits, m)
+            unquantized = CODES_FORMULA["gptq_awq"]["unquantized_bytes"][entry["scheme"]]
+            gb = (P["linear"] * bpp + (P["head"] + P["embed"]) * unquantized) / 1e9
+            source = (f"formula over GPTQModel's native/ ({bpp:.4f} bytes per quantized Linear "
+                      f"parameter; unquantized tensors {unquantized} bytes, in native/ only)")
         elif got and entry["scheme"] == "rtn":
             group = entry.get("group_size", 64)
             bpp = bits / 8 + got["overhead_bytes_per_group"] / group

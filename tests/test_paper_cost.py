@@ -60,9 +60,11 @@ def test_a_codes_cell_by_hand_and_from_the_measured_json(cost, tmp_path, monkeyp
                              P, m)
     assert cells["bnb_nf4-w4"]["gb"] == pytest.approx((linear * 0.55 + unquantized) / 1e9,
                                                       abs=1e-3)
-    # gptq is not stored as codes: its cell stays a dense fp32 folder
-    assert cells["gptq-w4"]["gb"] == pytest.approx(P["total"] * 4 / 1e9, abs=1e-3)
-    assert cells["gptq-w4"]["source"].startswith("dense")
+    # gptq: GPTQModel's packed checkpoint (fp16 scale and a 4-bit zero point per group of 128),
+    # its unquantized tensors in fp32 there only
+    assert cells["gptq-w4"]["gb"] == pytest.approx(
+        (linear * (0.5 + 2.5 / 128) + unquantized) / 1e9, abs=1e-3)
+    assert cells["gptq-w4"]["source"].startswith("formula over GPTQModel")
 
 
 def test_the_utility_cap_scores_a_sample_of_texts(cost):

@@ -245,8 +245,11 @@ def _assert_codes_are_gptqmodels(folder, scheme, loaded, group_size=None):
     assert not layout["stored_dense"]
     assert {e["kind"] for e in layout["tensors"].values()} == {scheme}
     assert {e["file"] for e in layout["tensors"].values()} == {"native/model.safetensors"}
+    # and so are the unquantized tensors, where native/ holds exactly the model's values
+    assert set(layout["dense_in"]) == set(layout["dense"])
+    assert "model.embed_tokens.weight" in layout["dense_in"]
     with safe_open(str(folder / "model.codes.safetensors"), framework="pt") as handle:
-        assert not any(k.endswith(("qweight", "proj.weight")) for k in handle.keys())
+        assert not list(handle.keys())
     grids = read_grids(folder)
     for prefix, weight in library.items():
         assert torch.equal(loaded.get_submodule(prefix).weight, weight), prefix

@@ -247,7 +247,8 @@ class CodeFiles:
 
 def referenced_files(layout: dict) -> list[str]:
     """Files of the folder, besides the layout's own, that its codes are read from."""
-    return sorted({e["file"] for e in layout["tensors"].values() if "file" in e})
+    return sorted({e["file"] for e in layout["tensors"].values() if "file" in e}
+                  | set(layout.get("dense_in", {}).values()))
 
 
 def decode_tensors(path: str | Path, names=None) -> dict:
@@ -258,10 +259,11 @@ def decode_tensors(path: str | Path, names=None) -> dict:
     wanted = set(names) if names is not None else None
     out = {}
     with CodeFiles(path, layout) as files:
+        dense_in = layout.get("dense_in", {})
         for name in layout["dense"]:
             if wanted is None or name in wanted:
-                out[name] = files.handle().get_tensor(name)
-                if name in layout["narrowed"]:
+                out[name] = files.handle(dense_in.get(name)).get_tensor(name)
+                if name in layout["narrowed"] or name in dense_in:
                     out[name] = out[name].float()
         for name, entry in layout["tensors"].items():
             if wanted is None or name in wanted:
@@ -302,11 +304,14 @@ def _narrowed(value, name: str, narrowed: dict):
 
 
 def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
-                      grids: dict[str, tuple[Any, Any]] | None = None, codebook=None) -> dict:
+                      grids: dict[str, tuple[Any, Any]] | None = None, codebook=None,
+                      dense_sources: dict[str, tuple[str, Any]] | None = None) -> dict:
     """Write `model` (its weights already the dequantized values) as a codes folder: `codes`
     maps a weight's state-dict name to its Codes; `grids` maps a module to (step or block
     absmax, group_index) for quantized weights whose grid the codes do not give (`codebook`:
-    a codebook scheme's table, stored with them). Returns the layout."""
+    a codebook scheme's table, stored with them); `dense_sources` maps an unquantized tensor to
+    (file of the folder, its copy there), read from there instead of stored again where that
+    copy holds exactly its values (`dense_in`). Returns the layout."""
     import torch
     from safetensors.torch import save_file
 
@@ -314,8 +319,9 @@ def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
     from relapse.models.io import seal_weights
 
     out_dir = Path(out_dir)
-    grids = grids or {}
+    grids, dense_sources = grids or {}, dense_sources or {}
     tensors, entries, explicit, dense, fallback, seen = {}, {}, {}, [], [], set()
+    dense_in: dict[str, str] = {}
     narrowed: dict[str, str] = {}
     for name, value in model.state_dict().items():
         if value.data_ptr() in seen:            # a tied weight (lm_head = embeddings): once
@@ -330,6 +336,11 @@ def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
         module = name.removesuffix(".weight")
         if entry is None:
             dense.append(name)
+            source = dense_sources.get(name)
+            if (source is not None and value.dtype == torch.float32 and name not in grids
+                    and _bitwise_equal(source[1].float(), value)):
+                dense_in[name] = source[0]
+                continue
             tensors[name] = _narrowed(value, name, narrowed)
             if module in grids and name.endswith(".weight"):
                 step, group_index = grids[module]
@@ -353,7 +364,8 @@ def save_codes_folder(model, out_dir: str | Path, codes: dict[str, Codes],
               f"quantized values and are stored dense: {', '.join(fallback[:5])}", flush=True)
     save_file(tensors, str(out_dir / CODES_FILE), metadata={"format": "pt"})
     layout = {"format": FORMAT, "version": VERSION, "file": CODES_FILE, "tensors": entries,
-              "dense": dense, "narrowed": narrowed, "grids": explicit, "stored_dense": fallback}
+              "dense": dense, "narrowed": narrowed, "grids": explicit, "stored_dense": fallback,
+              "dense_in": dense_in}
     write_json(out_dir / CODES_JSON, layout)
     model.config.save_pretrained(str(out_dir))
     if model.can_generate():

@@ -145,12 +145,15 @@ def load_dequantized(method: str, native: Path, model, bits: int, group_size: in
             job.record_step(prefix, scales.T, group_index)
             job.record_codes(prefix, _native_codes(method, state, file_of, prefix, bits,
                                                    group_size, tuple(target.shape), native))
+        unquantized = {key: value for key, value in state.items()
+                       if key in own and not any(key.startswith(p + ".") for p in prefixes)}
         if method == "awq":
             # AWQ folds its per-channel scales into the preceding norms (and Linear rows), so
             # the norms change too: take every non-quantized tensor from its checkpoint.
-            for key, value in state.items():
-                if key in own and not any(key.startswith(p + ".") for p in prefixes):
-                    own[key].copy_(value.to(own[key].dtype))
+            for key, value in unquantized.items():
+                own[key].copy_(value.to(own[key].dtype))
+        # the codes folder reads these from native/ where they hold the model's exact values
+        job.dense_sources.update({key: (file_of[key], value) for key, value in unquantized.items()})
     return len(prefixes)
 
 

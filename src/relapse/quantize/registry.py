@@ -34,6 +34,9 @@ class QuantJob:
     steps: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     codebook: Any = None           # a codebook scheme's table on [-1, 1]; then steps hold absmax
     codes: dict[str, Any] = field(default_factory=dict)   # weight name -> models.codes.Codes
+    # unquantized tensor -> (file of the output folder, its copy there): a library's checkpoint
+    # that already holds it, so the codes folder need not store it twice
+    dense_sources: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
     def record_step(self, module: str, step, group_index) -> None:
         self.steps[module] = (step.detach().float().cpu().contiguous(),

@@ -116,7 +116,8 @@ def quantize_model(source_dir: str | Path, out_dir: str | Path, scheme: str, bit
                            data_dir=Path(data_dir) if data_dir else None,
                            device=device, threads=threads)
             used = quantizer.quantize(model, bits, settings, job)
-            layout = save_codes_folder(model, tmp, job.codes, job.steps, job.codebook)
+            layout = save_codes_folder(model, tmp, job.codes, job.steps, job.codebook,
+                                       job.dense_sources)
             copy_tokenizer(source_dir, tmp)
             if layout["stored_dense"]:
                 used = {**used, "stored_dense": layout["stored_dense"]}
