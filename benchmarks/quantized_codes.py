@@ -19,8 +19,8 @@ scheme. Writes benchmarks/quantized_codes.json:
     .venv/bin/python benchmarks/quantized_codes.py [--threads 2] [--loads 5]
 
 gptq and awq are not run (GPTQModel needs calibration passes that take tens of minutes on two
-cores); their folders keep the dense fp32 Linear weights beside GPTQModel's `native/`, so their
-bytes are today's 4.0 per parameter plus native/ (recorded as `not measured`).
+cores); their codes are GPTQModel's packed `native/` checkpoint, read in place (recorded as
+`not measured`; benchmarks/paper_cost.py prices them by formula).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ SCHEMES = {
     "gguf-q8_0": ("gguf", 8, {"type": "q8_0"}),
     "gguf-q4_0": ("gguf", 4, {"type": "q4_0"}),
 }
+NOT_MEASURED = ("codes = GPTQModel's packed native/ checkpoint, read in place; not run here "
+                "(calibration takes tens of minutes on 2 cores); priced by paper_cost.py's formula")
 LOAD_TIMED = ("rtn-w4", "bnb-fp4", "bnb-int8", "gguf-q4_0")
 BF16_SCHEMES = ("rtn-w4", "rtn-w3", "bnb-fp4", "gguf-q4_0")
 
@@ -170,8 +172,7 @@ def main() -> None:
                   "threads": args.threads, "loads": args.loads,
                   "fp32": {"bytes_per_param": round(fp32_bytes / params, 4)},
                   "schemes": {},
-                  "not_measured": {"gptq-w4": "dense fp32 Linear weights + native/ (GPTQModel)",
-                                   "awq-w4": "dense fp32 Linear weights + native/ (GPTQModel)"}}
+                  "not_measured": {q: NOT_MEASURED for q in ("gptq-w4", "awq-w4")}}
         for name, (scheme, bits, settings) in SCHEMES.items():
             out = tmp / name
             start = time.perf_counter()
