@@ -405,3 +405,20 @@ def test_a_codes_folder_whose_native_checkpoint_is_gone_says_so(tmp_path):
                                               "keys": {"qweight": "w.qweight"}}}}))
     with pytest.raises(FileNotFoundError, match="native/model.safetensors: missing"):
         decode_tensors(tmp_path)
+
+
+def test_a_gptq_folder_from_before_its_codes_asks_to_be_requantized(tmp_path, tiny_lm):
+    """Before, gptq/awq folders held dense weights that GPTQModel's CPU loader had dequantized
+    with bf16-rounded scales; such a folder (no `dense_in`, a native/ beside) is refused."""
+    folder, _, _ = tiny_lm
+    quantize_model(folder, tmp_path / "q", "rtn", 4, {})
+    assert load_model(tmp_path / "q") is not None              # today's layout: fine
+    layout = json.loads((tmp_path / "q" / CODES_JSON).read_text())
+    del layout["dense_in"]
+    (tmp_path / "q" / CODES_JSON).write_text(json.dumps(layout))
+    assert load_model(tmp_path / "q") is not None              # an rtn folder of that age: fine
+    (tmp_path / "q" / "native").mkdir()
+    with pytest.raises(ValueError, match="re-quantize it"):
+        load_model(tmp_path / "q")
+    with pytest.raises(ValueError, match="before their codes"):
+        read_grids(tmp_path / "q")

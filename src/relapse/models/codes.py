@@ -43,6 +43,7 @@ CODES_JSON = "quant_codes.json"
 FORMAT = "relapse-quant-codes"
 VERSION = 1
 LEGACY_STEPS_FILE = "quant_steps.safetensors"
+NATIVE_DIR = "native"          # GPTQModel's packed checkpoint (relapse.quantize.gptqmodel_backend)
 KINDS = ("rtn", "int8_rowwise", "codebook4", "gguf", "gptq", "awq")
 # AWQ's GEMM packing puts output column AWQ_ORDER[k] of each 8 in nibble k of a word
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -211,6 +212,13 @@ def read_layout(path: str | Path) -> dict:
         raise ValueError(f"{path / CODES_JSON}: format {layout.get('format')!r} version "
                          f"{layout.get('version')!r}; this relapse reads {FORMAT} version "
                          f"{VERSION}: re-quantize the folder")
+    if "dense_in" not in layout and (path / NATIVE_DIR).is_dir():
+        # gptq/awq before their codes: dense Linear weights that GPTQModel's CPU loader had
+        # dequantized in bf16, every fp16 scale rounded (relapse.quantize.gptqmodel_backend)
+        raise ValueError(f"{path}: a gptq/awq folder from before their codes (dense weights "
+                         f"dequantized with bf16-rounded scales beside {NATIVE_DIR}/); "
+                         "re-quantize it: delete the folder and rerun the rule that writes it "
+                         "(snakemake reruns the quantize job)")
     return layout
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-NATIVE_DIR = "native"
+from relapse.models.codes import NATIVE_DIR  # the codes point into it
+
 LIBRARY_LOG_DIR = "gptqmodel_logs"
 
 
