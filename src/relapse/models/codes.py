@@ -108,8 +108,14 @@ def decode(kind: str, meta: dict, t: dict):
         block = meta["blocksize"]
         n = rows * cols
         padded = n + (-n) % block
-        idx = unpack_bits(t["codes"], 4, padded).long()
-        values = t["codebook"][idx].view(-1, block).mul_(t["absmax"].view(-1, 1))
+        if t["codes"].numel() * 2 != padded:
+            raise ValueError(f"{t['codes'].numel()} packed bytes do not hold {padded} codes")
+        # one gather from a table of the 256 byte values' (high, low) pairs: the same numbers
+        # as codebook[code] per code, without unpacking to one int64 index per weight first
+        book = t["codebook"].float()
+        pairs = torch.stack([book.repeat_interleave(16), book.repeat(16)], dim=1)
+        values = torch.index_select(pairs, 0, t["codes"].int()).view(-1, block)
+        values.mul_(t["absmax"].view(-1, 1))
         return values.reshape(-1)[:n].reshape(rows, cols)
     if kind == "gguf":
         from gguf import GGMLQuantizationType
