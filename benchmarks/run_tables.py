@@ -4,6 +4,7 @@ come from a committed run, never by hand.
     python benchmarks/run_tables.py --run DIR --config config/defenses.yaml --name defenses_run \
         --tables ranking.csv metric_robustness.csv worst_case.csv revival.csv [--seconds S]
     python benchmarks/run_tables.py --render-ranking defenses_run [--write-readme]
+    python benchmarks/run_tables.py --render-meta smollm2_fine_run [--write-doc]
 
 copies DIR/results/tables/<table> into benchmarks/<name>/ and writes benchmarks/<name>/run.json:
 the config and its hash, the commit the run's checkout was at, the wall seconds when given (a
@@ -88,6 +89,86 @@ def render_ranking(name: str) -> str:
     return "\n".join(lines).replace("e-0", "e-")
 
 
+META_BEGIN, META_END = "<!-- smollm2-fine:begin -->", "<!-- smollm2-fine:end -->"
+
+
+def _ci(value, low, high, scale: float = 1.0, digits: int = 2) -> str:
+    if pd.isna(value):
+        return "—"
+    if pd.isna(low) or pd.isna(high):
+        return f"{scale * value:.{digits}f}"
+    return f"{scale * value:.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def _lr(hp: str) -> str:
+    parts = dict(p.split("=", 1) for p in hp.split("_") if "=" in p)
+    return f"{parts.get('params', '?')} {float(parts.get('lr', 'nan')):.0e}".replace("e-0", "e-")
+
+
+def render_meta(name: str) -> str:
+    """A committed run's meta-evaluation (issue 26 items 1, 3, 4) as the docs show it: metric
+    robustness per attack, the worst attack within the utility budget per unlearned model, and
+    revival at every hp, from benchmarks/<name>/{metric_robustness,worst_case,revival}.csv."""
+    import json
+
+    base = ROOT / "benchmarks" / name
+    run = json.loads((base / "run.json").read_text())
+    rob = pd.read_csv(base / "metric_robustness.csv")
+    attacks = [a for a in dict.fromkeys(rob.attack) if a != "harmonic mean"]
+    lines = ["**Metric robustness**: open-unlearning's Q = min(m_before / m_after, 1) per "
+             "quantization and pruning, R = min(Δ_retrain / Δ_unlearned, 1) per relearning, and "
+             "their harmonic mean; 1 = the attack does not bring back what the metric measures. "
+             "95% bootstrap CI over items and models:", "",
+             "| metric | " + " | ".join(attacks) + " | harmonic mean | models |",
+             "|---|" + "---:|" * (len(attacks) + 2)]
+    keyed = rob.set_index(["metric", "split", "attack"])
+    for (metric, split), group in rob.groupby(["metric", "split"], sort=False):
+        cells = []
+        for attack in attacks + ["harmonic mean"]:
+            row = keyed.loc[(metric, split, attack)] if (metric, split, attack) in keyed.index \
+                else None
+            cells.append("—" if row is None else _ci(row.value, row.ci_low, row.ci_high))
+        n = int(group.n_models.max())
+        lines.append(f"| {metric} ({split}) | " + " | ".join(cells) + f" | {n} |")
+    worst = pd.read_csv(base / "worst_case.csv")
+    budget = float(worst.budget.dropna().iloc[0]) if worst.budget.notna().any() else float("nan")
+    lines += ["", f"**Worst case within a {100 * budget:.0f}% utility budget**: per unlearned "
+              "model, the attack that retains the most knowledge (% of the target's KnowMem_f) "
+              "while its utility (KnowMem_r, % of the unattacked model's) stays within the budget, "
+              "and the strongest attack overall:", "",
+              "| method | hp | unattacked | attacks (within budget) | worst within budget | "
+              "retained | utility | strongest overall | retained | breaks budget |",
+              "|---|---|---:|---:|---|---:|---:|---|---:|---|"]
+    for _, r in worst.iterrows():
+        lines.append(
+            f"| `{r.method}` | {_lr(r.hp)} | "
+            f"{_ci(r.unattacked, r.unattacked_ci_low, r.unattacked_ci_high, 100, 1)} | "
+            f"{int(r.n_attacks)} ({int(r.n_within_budget)}) | {r.chosen_label if isinstance(r.chosen_label, str) else 'none'} | "
+            f"{_ci(r.chosen_retained, r.chosen_retained_ci_low, r.chosen_retained_ci_high, 100, 1)} | "
+            f"{_ci(r.chosen_utility_ratio, float('nan'), float('nan'), 100, 1)} | "
+            f"{r.strongest_label if isinstance(r.strongest_label, str) else 'none'} | "
+            f"{_ci(r.strongest_retained, r.strongest_retained_ci_low, r.strongest_retained_ci_high, 100, 1)} | "
+            f"{'yes' if r.strongest_breaks_budget else 'no'} |")
+    rev = pd.read_csv(base / "revival.csv")
+    counts = rev.position.value_counts()
+    lines += ["", "**Revival at every hp** (knowledge retained %, full precision → 4-bit, and "
+              "the paired difference with its 95% CI; above/below: the CI excludes 0):", "",
+              "| method | hp | scheme | full precision | 4-bit | 4-bit − full | position |",
+              "|---|---|---|---:|---:|---:|---|"]
+    for _, r in rev.iterrows():
+        lines.append(f"| `{r.method}` | {_lr(r.hp)} | {r.quant} | "
+                     f"{_ci(r.full, r.full_ci_low, r.full_ci_high, 100, 1)} | "
+                     f"{_ci(r.quantized, r.quantized_ci_low, r.quantized_ci_high, 100, 1)} | "
+                     f"{_ci(r['diff'], r.diff_ci_low, r.diff_ci_high, 100, 1)} | {r.position} |")
+    summary = ", ".join(f"{counts.get(p, 0)} {p}" for p in ("above", "on", "below", "undetermined")
+                        if counts.get(p, 0))
+    wall = run.get("wall_seconds")
+    lines += ["", f"{len(rev)} points: {summary}. One seed; `{run['config']}` at commit "
+              f"{run['commit'][:7]}; " + (f"{wall / 60:.0f} min wall, " if wall else "")
+              + f"{run['job_seconds'] / 60:.0f} min of job time on 2 cores (`benchmarks/{name}/`)."]
+    return "\n".join(lines)
+
+
 def write_readme_block(block: str, begin: str, end: str, readme: Path = ROOT / "README.md"):
     from relapse.io import atomic_file
 
@@ -109,7 +190,18 @@ def main(argv=None) -> None:
                         help="print the README ranking table of benchmarks/NAME/")
     parser.add_argument("--write-readme", action="store_true",
                         help="with --render-ranking: write it between the README's markers")
+    parser.add_argument("--render-meta", metavar="NAME",
+                        help="print the meta-evaluation tables of benchmarks/NAME/")
+    parser.add_argument("--write-doc", action="store_true",
+                        help="with --render-meta: write them between docs/real-models.md's "
+                             "markers")
     args = parser.parse_args(argv)
+    if args.render_meta:
+        block = render_meta(args.render_meta)
+        if args.write_doc:
+            write_readme_block(block, META_BEGIN, META_END, ROOT / "docs" / "real-models.md")
+        print(block)
+        return
     if args.render_ranking:
         block = render_ranking(args.render_ranking)
         if args.write_readme:

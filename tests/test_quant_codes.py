@@ -422,3 +422,42 @@ def test_a_gptq_folder_from_before_its_codes_asks_to_be_requantized(tmp_path, ti
         load_model(tmp_path / "q")
     with pytest.raises(ValueError, match="before their codes"):
         read_grids(tmp_path / "q")
+
+
+def test_lora_adapter_mode_takes_along_the_checkpoint_a_base_cell_reads_in_place(tmp_path,
+                                                                                  tiny_lm):
+    """A gptq/awq base cell's codes live in native/; the adapter-mode cell copies that folder
+    with them. Here an rtn cell is rewritten into that shape (GPTQModel takes minutes)."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    from relapse.models.io import seal_weights
+
+    folder, _, _ = tiny_lm
+    base = tmp_path / "base"
+    quantize_model(folder, base, "rtn", 4, {})
+    want = load_model(base).state_dict()
+    (base / "native").mkdir()
+    shutil.move(base / CODES_FILE, base / "native" / "model.safetensors")
+    save_file({}, str(base / CODES_FILE))
+    layout = json.loads((base / CODES_JSON).read_text())
+    for name, entry in layout["tensors"].items():
+        entry["file"] = "native/model.safetensors"
+        entry["keys"] = {k[len(name) + 1:]: k for k in entry["keys"]}
+    layout["dense_in"] = {name: "native/model.safetensors" for name in layout["dense"]}
+    (base / CODES_JSON).write_text(json.dumps(layout))
+    seal_weights(base, extra=["native/model.safetensors"])
+    assert all(_same_bits(want[n], v) for n, v in load_model(base).state_dict().items())
+
+    run = tmp_path / "run"
+    peft_model = get_peft_model(
+        load_model(folder), LoraConfig(r=2, target_modules=["up_proj"], lora_dropout=0.0))
+    peft_model.save_pretrained(str(run / "adapter"))
+    save_model(peft_model.merge_and_unload(), run, tokenizer_dir=folder)
+    quantize_model(run, tmp_path / "cell", "rtn", 4, {}, lora_merge="adapter",
+                   base_quant_dir=base)
+    assert (tmp_path / "cell" / "native" / "model.safetensors").exists()
+    cell = load_model(tmp_path / "cell").state_dict()
+    assert all(_same_bits(want[n], cell[n]) for n in want)
