@@ -100,9 +100,49 @@ def _ci(value, low, high, scale: float = 1.0, digits: int = 2) -> str:
     return f"{scale * value:.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
 
 
+def _cell(row, name: str) -> str:
+    """A percentage with its CI from the columns name, name_ci_low, name_ci_high."""
+    return _ci(row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"], 100, 1)
+
+
+def _label(value) -> str:
+    return value if isinstance(value, str) else "none"
+
+
+def _hp_parts(hp: str) -> dict:
+    return dict(p.split("=", 1) for p in hp.split("_") if "=" in p)
+
+
 def _lr(hp: str) -> str:
-    parts = dict(p.split("=", 1) for p in hp.split("_") if "=" in p)
+    parts = _hp_parts(hp)
     return f"{parts.get('params', '?')} {float(parts.get('lr', 'nan')):.0e}".replace("e-0", "e-")
+
+
+def _by_hp(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the order of the grid: method, then params, then lr."""
+    key = frame.hp.map(lambda h: (_hp_parts(h).get("params", ""),
+                                  float(_hp_parts(h).get("lr", "nan"))))
+    return frame.assign(_key=key).sort_values(["method", "_key"], kind="stable")
+
+
+def _selection_lines(base: Path) -> list[str]:
+    """Every hp at full precision against the utility floor, and the one selected."""
+    grid = pd.read_csv(base / "grid.csv")
+    selection = pd.read_csv(base / "selection.csv")
+    quant = selection["quant"].iloc[0]
+    floor = float(selection["floor_KnowMem_r"].iloc[0])
+    chosen = set(zip(selection.method, selection.hp))
+    lines = [f"**Selection** at {quant} (KnowMem_f and KnowMem_r ×100; the utility floor is "
+             f"KnowMem_r ≥ {floor:.1f}, `report.selection.min_retain_pct` of the target's):",
+             "",
+             "| method | hp | KnowMem_f | KnowMem_r | meets the floor | selected |",
+             "|---|---|---:|---:|---|---|"]
+    for _, r in _by_hp(grid[~grid.method.isin(["target", "retrain"])]).iterrows():
+        f, knowmem_r = r[f"{quant} KnowMem_f"], r[f"{quant} KnowMem_r"]
+        lines.append(f"| `{r.method}` | {_lr(r.hp)} | {f:.1f} | {knowmem_r:.1f} | "
+                     f"{'yes' if knowmem_r >= floor else 'no'} | "
+                     f"{'yes' if (r.method, r.hp) in chosen else ''} |")
+    return lines + [""]
 
 
 def render_meta(name: str) -> str:
@@ -115,7 +155,10 @@ def render_meta(name: str) -> str:
     run = json.loads((base / "run.json").read_text())
     rob = pd.read_csv(base / "metric_robustness.csv")
     attacks = [a for a in dict.fromkeys(rob.attack) if a != "harmonic mean"]
-    lines = ["**Metric robustness**: open-unlearning's Q = min(m_before / m_after, 1) per "
+    lines = []
+    if (base / "grid.csv").exists() and (base / "selection.csv").exists():
+        lines += _selection_lines(base)
+    lines += ["**Metric robustness**: open-unlearning's Q = min(m_before / m_after, 1) per "
              "quantization and pruning, R = min(Δ_retrain / Δ_unlearned, 1) per relearning, and "
              "their harmonic mean; 1 = the attack does not bring back what the metric measures. "
              "95% bootstrap CI over items and models:", "",
@@ -139,15 +182,12 @@ def render_meta(name: str) -> str:
               "| method | hp | unattacked | attacks (within budget) | worst within budget | "
               "retained | utility | strongest overall | retained | breaks budget |",
               "|---|---|---:|---:|---|---:|---:|---|---:|---|"]
-    for _, r in worst.iterrows():
+    for _, r in _by_hp(worst).iterrows():
         lines.append(
-            f"| `{r.method}` | {_lr(r.hp)} | "
-            f"{_ci(r.unattacked, r.unattacked_ci_low, r.unattacked_ci_high, 100, 1)} | "
-            f"{int(r.n_attacks)} ({int(r.n_within_budget)}) | {r.chosen_label if isinstance(r.chosen_label, str) else 'none'} | "
-            f"{_ci(r.chosen_retained, r.chosen_retained_ci_low, r.chosen_retained_ci_high, 100, 1)} | "
-            f"{_ci(r.chosen_utility_ratio, float('nan'), float('nan'), 100, 1)} | "
-            f"{r.strongest_label if isinstance(r.strongest_label, str) else 'none'} | "
-            f"{_ci(r.strongest_retained, r.strongest_retained_ci_low, r.strongest_retained_ci_high, 100, 1)} | "
+            f"| `{r.method}` | {_lr(r.hp)} | {_cell(r, 'unattacked')} | "
+            f"{int(r.n_attacks)} ({int(r.n_within_budget)}) | {_label(r.chosen_label)} | "
+            f"{_cell(r, 'chosen_retained')} | {_cell(r, 'chosen_utility_ratio')} | "
+            f"{_label(r.strongest_label)} | {_cell(r, 'strongest_retained')} | "
             f"{'yes' if r.strongest_breaks_budget else 'no'} |")
     rev = pd.read_csv(base / "revival.csv")
     counts = rev.position.value_counts()
@@ -155,11 +195,9 @@ def render_meta(name: str) -> str:
               "the paired difference with its 95% CI; above/below: the CI excludes 0):", "",
               "| method | hp | scheme | full precision | 4-bit | 4-bit − full | position |",
               "|---|---|---|---:|---:|---:|---|"]
-    for _, r in rev.iterrows():
-        lines.append(f"| `{r.method}` | {_lr(r.hp)} | {r.quant} | "
-                     f"{_ci(r.full, r.full_ci_low, r.full_ci_high, 100, 1)} | "
-                     f"{_ci(r.quantized, r.quantized_ci_low, r.quantized_ci_high, 100, 1)} | "
-                     f"{_ci(r['diff'], r.diff_ci_low, r.diff_ci_high, 100, 1)} | {r.position} |")
+    for _, r in _by_hp(rev).iterrows():
+        lines.append(f"| `{r.method}` | {_lr(r.hp)} | {r.quant} | {_cell(r, 'full')} | "
+                     f"{_cell(r, 'quantized')} | {_cell(r, 'diff')} | {r.position} |")
     summary = ", ".join(f"{counts.get(p, 0)} {p}" for p in ("above", "on", "below", "undetermined")
                         if counts.get(p, 0))
     wall = run.get("wall_seconds")

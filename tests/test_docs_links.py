@@ -223,3 +223,28 @@ def test_the_readme_ranking_is_the_committed_defenses_run():
     config = yaml.safe_load((root / "config" / "defenses.yaml").read_text())
     assert sorted(ranked.method) == sorted(config["methods"])
     assert list(ranked.sort_values("rank").worst) == sorted(ranked.worst)
+
+
+def test_the_real_lm_meta_evaluation_is_the_committed_smollm2_fine_run():
+    """docs/real-models.md "Finer" is benchmarks/run_tables.py's rendering of the committed run
+    of config/smollm2-fine.yaml, and that run covered every hp the config lists."""
+    import importlib.util
+
+    import pandas as pd
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("run_tables",
+                                                  root / "benchmarks" / "run_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (root / "docs" / "real-models.md").read_text()
+    block = text.split(module.META_BEGIN, 1)[1].split(module.META_END, 1)[0].strip()
+    assert block == module.render_meta("smollm2_fine_run")
+    config = yaml.safe_load((root / "config" / "smollm2-fine.yaml").read_text())
+    wanted = {(arm["params"], float(lr)) for arm in config["methods"]["npo_gdr"]
+              for lr in arm["lr"]}
+    revival = pd.read_csv(root / "benchmarks" / "smollm2_fine_run" / "revival.csv")
+    got = {(module._hp_parts(hp)["params"], float(module._hp_parts(hp)["lr"]))
+           for hp in revival.hp}
+    assert got == wanted
