@@ -461,3 +461,22 @@ def test_lora_adapter_mode_takes_along_the_checkpoint_a_base_cell_reads_in_place
     assert (tmp_path / "cell" / "native" / "model.safetensors").exists()
     cell = load_model(tmp_path / "cell").state_dict()
     assert all(_same_bits(want[n], cell[n]) for n in want)
+
+
+@pytest.mark.parametrize("type_name", ["q8_0", "q4_0", "q4_1"])
+def test_gguf_blocks_decoded_in_torch_equal_the_gguf_packages_dequantizer(type_name):
+    """Random block bytes (any fp16 scale: subnormal, negative, inf, NaN) decode to the gguf
+    package's own values bit for bit."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    from relapse.models.codes import _GGUF_IN_TORCH, decode
+
+    assert type_name in _GGUF_IN_TORCH            # the torch path, not the package's own
+    rng = np.random.default_rng(7)
+    size = {"q8_0": 34, "q4_0": 18, "q4_1": 20}[type_name]
+    raw = rng.integers(0, 256, (6, 4 * size), dtype=np.uint8)      # 6 rows of 128 weights
+    want = dequantize(raw, GGMLQuantizationType[type_name.upper()]).reshape(6, 128)
+    got = decode("gguf", {"shape": [6, 128], "type": type_name}, {"codes": torch.from_numpy(raw)})
+    assert got.dtype == torch.float32
+    assert np.array_equal(got.numpy().view(np.uint32), want.astype(np.float32).view(np.uint32))
