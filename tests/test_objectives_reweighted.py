@@ -3,6 +3,7 @@ paper's formula written out here in plain Python; PDU's dual ascent by hand; exa
 accumulation; and an end-to-end run of each on the tiny model, full weights and LoRA."""
 
 import copy
+import functools
 import math
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from micro_batches import micro_batches
 from relapse.unlearn import registry
 from relapse.unlearn.step import StepContext, accumulate_step
 from relapse.unlearn.trainer import unlearn
@@ -221,7 +223,6 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(tiny_lm, method, hp
     mean is over kept tokens (3 skipped per row). (PDU's `positions: all`, open-unlearning's
     mean over every padded position, depends on how wide each micro-batch is padded, as MUSE's
     NPO does: it is exact only when micro-batches have the batch's width.)"""
-    from relapse.models.batching import encode
     from relapse.models.modules import make_trainable
 
     _, base, tok = tiny_lm
@@ -231,12 +232,7 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(tiny_lm, method, hp
     reference = copy.deepcopy(base).eval() if spec.needs_reference else None
     ctx = StepContext(model, "paper", reference, seed=0)
 
-    def batches(texts, sizes):
-        out, start = [], 0
-        for size in sizes:
-            out.append(encode(tok, texts[start:start + size], eos=True))
-            start += size
-        return out
+    batches = functools.partial(micro_batches, tok)
 
     if spec.regularizer and spec.regularizer.setup:
         spec.regularizer.setup(ctx, batches(RETAIN, [4]), hp)

@@ -3,6 +3,7 @@ RS steps against computations written here with plain autograd, exact accumulati
 restore of θ, ρ = 0 / σ = 0 as the plain step, and weight averaging against the plain run."""
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from micro_batches import micro_batches
 from relapse.unlearn import registry
 from relapse.unlearn.trainer import unlearn
 
@@ -32,7 +34,6 @@ def _mean_nll(model, batch):
 
 
 def _setup(tiny_lm, method, **hp):
-    from relapse.models.batching import encode
     from relapse.models.modules import make_trainable
     from relapse.unlearn.step import StepContext
 
@@ -42,13 +43,7 @@ def _setup(tiny_lm, method, **hp):
     model = make_trainable(copy.deepcopy(base), "full", {}).train()
     ctx = StepContext(model, "paper", None, seed=7)
 
-    def batches(texts, sizes):
-        out, start = [], 0
-        for size in sizes:
-            out.append(encode(tok, texts[start:start + size], eos=True))
-            start += size
-        return out
-    return spec, hp, model, ctx, batches
+    return spec, hp, model, ctx, functools.partial(micro_batches, tok)
 
 
 def _trainable(model):

@@ -353,7 +353,7 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(target_lm, method):
     into micro-batches of 2 short and 2 long texts, gives the gradient of the whole batch."""
     import copy
 
-    from relapse.models.batching import encode
+    from micro_batches import micro_batches
     from relapse.models.modules import make_trainable
     from relapse.unlearn.step import StepContext, _ref_seq_logprobs, accumulate_step
 
@@ -365,15 +365,12 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(target_lm, method):
     reference = copy.deepcopy(base).eval() if spec.needs_reference else None
     ctx = StepContext(model, "paper", reference, seed=0)
 
+    def with_reference(batch):
+        if spec.forget.needs_ref_seq_logp:
+            batch["ref_seq_logp"] = _ref_seq_logprobs(base, [batch]) - 0.5   # ratio ≠ 1
+
     def batches(texts, sizes):
-        out, start = [], 0
-        for size in sizes:
-            batch = encode(tok, texts[start:start + size], eos=True)
-            if spec.forget.needs_ref_seq_logp:
-                batch["ref_seq_logp"] = _ref_seq_logprobs(base, [batch]) - 0.5  # ratio ≠ 1
-            out.append(batch)
-            start += size
-        return out
+        return micro_batches(tok, texts, sizes, with_reference)
 
     if spec.forget.setup is not None:
         spec.forget.setup(ctx, batches(SHORT_LONG, [4]), hp)
