@@ -111,6 +111,31 @@ def short_hps(hps) -> dict[str, str]:
                         for k in varying if k in p) or h for h, p in parsed.items()}
 
 
+def _stacked_panels(sizes: list[int], width: float, row_height: float):
+    """One heatmap panel per bench, stacked, each as tall as its rows, sharing the x axis."""
+    return plt.subplots(len(sizes), 1, squeeze=False, sharex=True, height_ratios=sizes,
+                        layout="constrained", figsize=(width, 1.2 + row_height * sum(sizes)))
+
+
+def _annotated_image(ax, values: np.ndarray, vmax: float, fmt: str, fontsize: int):
+    """The cividis image of `values` on [0, vmax], each finite cell written in it (dark text
+    on the light end of the map)."""
+    image = ax.imshow(values, cmap="cividis", vmin=0, vmax=vmax, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=fontsize,
+                    color="black" if v > 0.55 * vmax else "white")
+    return image
+
+
+def _finish_stacked(fig, axes, image, labels: list[str], xlabel: str, colour_label: str):
+    last = axes[-1, 0]
+    last.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    last.set_xlabel(xlabel)
+    cbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)
+    cbar.set_label(colour_label)
+
+
 def retained_heatmap(wide: pd.DataFrame, quants: list[str], measure: str = "KnowMem_f"):
     """Heatmap: rows = method x hp (every unlearned model, seed mean; hps show only the keys
     that vary), columns = scheme-bits, colour and text = knowledge retained (%). One panel per
@@ -120,9 +145,7 @@ def retained_heatmap(wide: pd.DataFrame, quants: list[str], measure: str = "Know
     benches = list(dict.fromkeys(rows.bench))
     sizes = [len(rows[rows.bench == b][["method", "hp"]].drop_duplicates()) for b in benches]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(benches), 1, squeeze=False, sharex=True,
-                                 height_ratios=sizes, layout="constrained",
-                                 figsize=(3.5 + 1.1 * len(quants), 1.2 + 0.4 * sum(sizes)))
+        fig, axes = _stacked_panels(sizes, 3.5 + 1.1 * len(quants), 0.4)
         image = None
         for ax, bench in zip(axes[:, 0], benches):
             sub = rows[rows.bench == bench]
@@ -131,22 +154,14 @@ def retained_heatmap(wide: pd.DataFrame, quants: list[str], measure: str = "Know
             order = [(m, h) for m in method_order(sub.method)
                      for h in sorted(set(sub.hp[sub.method == m]))]
             grid = grid.reindex(index=pd.MultiIndex.from_tuples(order), columns=quants)
-            image = ax.imshow(grid.to_numpy(dtype=float), cmap="cividis", vmin=0, vmax=100,
-                              aspect="auto")
-            for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=9,
-                            color="black" if v > 55 else "white")
+            image = _annotated_image(ax, grid.to_numpy(dtype=float), 100, ".0f", 9)
             short = short_hps(sub.hp.unique())
             ax.set_yticks(range(len(order)), [f"{m}  {short[h]}" for m, h in order])
             ax.set_ylabel("method, hp")
             ax.set_title(bench)
-        last = axes[-1, 0]
-        last.set_xticks(range(len(quants)), [quant_label(q) for q in quants], rotation=30,
-                        ha="right")
-        last.set_xlabel("quantization (scheme, bits)")
-        cbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)
-        cbar.set_label(f"knowledge retained, {measure}\n(% of target at same precision)")
+        _finish_stacked(fig, axes, image, [quant_label(q) for q in quants],
+                        "quantization (scheme, bits)",
+                        f"knowledge retained, {measure}\n(% of target at same precision)")
     return fig
 
 
@@ -244,26 +259,16 @@ def robustness_heatmap(table: pd.DataFrame):
     attacks = list(dict.fromkeys(order.attack))
     sizes = [len(table[table.bench == b][["metric", "split"]].drop_duplicates()) for b in benches]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(benches), 1, squeeze=False, sharex=True,
-                                 height_ratios=sizes, layout="constrained",
-                                 figsize=(4.0 + 1.0 * len(attacks), 1.2 + 0.35 * sum(sizes)))
+        fig, axes = _stacked_panels(sizes, 4.0 + 1.0 * len(attacks), 0.35)
         image = None
         for ax, bench in zip(axes[:, 0], benches):
             sub = table[table.bench == bench]
             grid = sub.pivot_table(index=["metric", "split"], columns="attack", values="value",
                                    aggfunc="mean").reindex(columns=attacks)
-            values = grid.to_numpy(dtype=float)
-            image = ax.imshow(values, cmap="cividis", vmin=0, vmax=1, aspect="auto")
-            for (i, j), v in np.ndenumerate(values):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                            color="black" if v > 0.55 else "white")
+            image = _annotated_image(ax, grid.to_numpy(dtype=float), 1, ".2f", 8)
             ax.set_yticks(range(len(grid)), [f"{m} ({s})" for m, s in grid.index])
             ax.set_ylabel("metric (split)")
             ax.set_title(bench)
-        last = axes[-1, 0]
-        last.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-        last.set_xlabel("attack")
-        cbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)
-        cbar.set_label("robustness score\n(1 = no knowledge read back)")
+        _finish_stacked(fig, axes, image, attacks, "attack",
+                        "robustness score\n(1 = no knowledge read back)")
     return fig
