@@ -466,7 +466,9 @@ def test_lora_adapter_mode_takes_along_the_checkpoint_a_base_cell_reads_in_place
 @pytest.mark.parametrize("type_name", ["q8_0", "q4_0", "q4_1"])
 def test_gguf_blocks_decoded_in_torch_equal_the_gguf_packages_dequantizer(type_name):
     """Random block bytes (any fp16 scale: subnormal, negative, inf, NaN) decode to the gguf
-    package's own values bit for bit."""
+    package's own values bit for bit; NaN where it has NaN (which NaN payload an operation
+    returns for two NaN operands may differ between SIMD code paths, so payloads are not
+    compared)."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
@@ -479,4 +481,7 @@ def test_gguf_blocks_decoded_in_torch_equal_the_gguf_packages_dequantizer(type_n
     want = dequantize(raw, GGMLQuantizationType[type_name.upper()]).reshape(6, 128)
     got = decode("gguf", {"shape": [6, 128], "type": type_name}, {"codes": torch.from_numpy(raw)})
     assert got.dtype == torch.float32
-    assert np.array_equal(got.numpy().view(np.uint32), want.astype(np.float32).view(np.uint32))
+    got, want = got.numpy(), want.astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
